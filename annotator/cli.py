@@ -1,0 +1,174 @@
+"""The command line: each command parses its options and calls one library function.
+
+Exit codes: 0 success; 1 failure (one message on stderr); 2 usage error;
+3 finished, but some input records were skipped (see --errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from annotator import __version__
+from annotator.errors import AnnotatorError
+
+EXIT_SKIPPED = 3
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Logs go to stderr only, so stdout stays clean for data.
+
+    Flair configures its own stdout logger on import, so it is imported first and then redirected.
+    """
+    import flair  # noqa: F401
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("annotator", "flair"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO if verbose or name == "annotator" else logging.WARNING)
+
+
+class _Group(click.Group):
+    """Turns user errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AnnotatorError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="annotator")
+@click.option("-v", "--verbose", is_flag=True, help="Show Flair's training and loading log.")
+def cli(verbose: bool) -> None:
+    """Named-entity annotation of large document collections with Flair and spaCy."""
+    _setup_logging(verbose)
+
+
+def main() -> None:
+    cli(prog_name="annotator")
+
+
+# --- corpus -----------------------------------------------------------------------------
+
+@cli.group()
+def corpus() -> None:
+    """Fetch a corpus and look inside it."""
+
+
+@corpus.command("fetch")
+@click.argument("name")
+@click.option("--dest", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the corpus files into.")
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Copy from a local folder instead of downloading (checked the same way).")
+def corpus_fetch(name: str, dest: Path, source: Path | None) -> None:
+    """Download corpus NAME (e.g. conllpp) and verify each file's sha256."""
+    from annotator.corpus import fetch_corpus
+
+    for path in fetch_corpus(name, dest, source=source, progress=sys.stderr.isatty()):
+        click.echo(f"{path}  ok", err=True)
+
+
+COLUMN_FORMAT = click.option(
+    "--column-format", default="text,pos,chunk,ner", show_default=True,
+    help="Names of the corpus columns, comma-separated; 'text' is the token, 'ner' the tag "
+         "(IOB1, BIO or BIOES). Two-column files: text,ner.")
+
+
+@corpus.command("stats")
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@COLUMN_FORMAT
+def corpus_stats(corpus_dir: Path, column_format: str) -> None:
+    """Sentences, tokens and entities per type of each split."""
+    from annotator.corpus import reference_warnings, corpus_stats as stats_of
+
+    stats = stats_of(corpus_dir, column_format)
+    labels = sorted({label for item in stats.values() for label in item.entities})
+    names = {"train": "Train", "test": "Test", "dev": "Development"}
+    header = f"{'split':<13}{'sentences':>10}{'tokens':>9}" + "".join(f"{l:>7}" for l in labels)
+    click.echo(header)
+    for split in ("train", "test", "dev"):
+        if split in stats:
+            item = stats[split]
+            click.echo(f"{names[split]:<13}{item.sentences:>10}{item.tokens:>9}"
+                       + "".join(f"{item.entities[l]:>7}" for l in labels))
+    if {"train", "dev", "test"} <= set(stats) and column_format == "text,pos,chunk,ner":
+        for line in reference_warnings(stats):
+            click.echo(f"Warning: {line}", err=True)
+
+
+# --- train / evaluate -------------------------------------------------------------------
+
+DEVICE = click.option("--device", default="auto", show_default=True,
+                      help="auto (a GPU when there is one), cpu, or cuda[:N].")
+
+
+@cli.command()
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the model, its config, log, metrics and checkpoint.")
+@click.option("--preset", type=click.Choice(["seed", "offline", "transformer"]),
+              help="Recipe to start from (default: offline, or the config file's).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file of settings; flags override it.")
+@click.option("--max-epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--hidden-size", type=int)
+@click.option("--seed", type=int)
+@click.option("--word-vectors", help="seed preset: word-vector text file (or a Flair name, e.g. glove).")
+@click.option("--flair-forward", help="seed preset: forward Flair language model file (or name).")
+@click.option("--flair-backward", help="seed preset: backward Flair language model file (or name).")
+@click.option("--transformer", help="transformer preset: Hugging Face model name or local folder.")
+@click.option("--column-format", help="Corpus columns (default text,pos,chunk,ner).")
+@DEVICE
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
+def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path | None,
+          resume: bool, **flags: Any) -> None:
+    """Train a tagger on CORPUS_DIR (column format: train/dev/test files)."""
+    from annotator import training
+
+    if resume and preset is None and config_file is None and (output / training.CONFIG).exists():
+        config_file = output / training.CONFIG
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if flags.get("device") == "auto" and resume:
+        flags.pop("device")
+    config = training.resolve_config(preset, config_file, flags)
+    result = training.train(corpus_dir, output, config, resume=resume)
+    click.echo(f"trained {result.epochs} epochs in {result.seconds:.0f} s; best dev F1 "
+               f"{100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}; model: "
+               f"{output / 'best-model.pt'}")
+    if result.test:
+        click.echo(f"test micro-F1 {100 * result.test['micro']['f1']:.2f}")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the scores as JSON.")
+@click.option("--batch-size", default=64, show_default=True)
+@COLUMN_FORMAT
+@DEVICE
+def evaluate(model: str, corpus_dir: Path, split: str, json_file: Path | None, batch_size: int,
+             column_format: str, device: str) -> None:
+    """Span-level precision, recall and F1 of MODEL on a split of CORPUS_DIR."""
+    import json
+
+    from annotator.evaluation import evaluate as run, format_table
+
+    result = run(model, corpus_dir, split, column_format, batch_size, device)
+    click.echo(format_table(result))
+    if json_file:
+        json_file.write_text(json.dumps(result.to_dict(), indent=2))

@@ -1,0 +1,239 @@
+"""Corpora: fetch with checksums, read column formats, and count what is inside.
+
+Fetching writes each file under a temporary name in the destination and renames it only
+after its sha256 matched, so a failed or interrupted fetch never leaves a corrupt file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+from tqdm import tqdm
+
+from annotator.errors import CorpusError
+
+SPLITS = ("train", "dev", "test")
+DEFAULT_COLUMN_FORMAT = "text,pos,chunk,ner"
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    split: str
+    name: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A named corpus: its files, its column layout, and the counts its paper reports."""
+
+    name: str
+    files: tuple[CorpusFile, ...]
+    column_format: str
+    reference: str
+    reference_sentences: dict[str, int] = field(default_factory=dict)
+    reference_tokens: dict[str, int] = field(default_factory=dict)
+
+
+_CROSSWEIGH = "https://raw.githubusercontent.com/ZihanWangKi/CrossWeigh/master/data"
+
+CORPORA: dict[str, CorpusSpec] = {
+    "conllpp": CorpusSpec(
+        name="conllpp",
+        files=(
+            CorpusFile("train", "conllpp_train.txt", f"{_CROSSWEIGH}/conllpp_train.txt",
+                       "213953b5522fb7924802d883e50f027b2c6ffb5d4d0e63368ed82909f9b60423"),
+            CorpusFile("dev", "conllpp_dev.txt", f"{_CROSSWEIGH}/conllpp_dev.txt",
+                       "c02eb19809eafb83998326a0481942eb37d96f31826ae387cfe8773699969f5b"),
+            CorpusFile("test", "conllpp_test.txt", f"{_CROSSWEIGH}/conllpp_test.txt",
+                       "4eb3b5114787d0df24087e9c9dfc956abf4cfd5e201bc1056b48ff4f7b37c0e8"),
+        ),
+        column_format=DEFAULT_COLUMN_FORMAT,
+        reference="CoNLL-2003 (Tjong Kim Sang & De Meulder, 2003)",
+        # Sentence counts as the paper (and Flair) count them: blank-line blocks, -DOCSTART- included.
+        reference_sentences={"train": 14987, "dev": 3466, "test": 3684},
+    ),
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_verified(read: IO[bytes], total: int | None, target: Path, expected: str, label: str,
+                   progress: bool) -> None:
+    """Stream into a temporary file beside `target`; rename only when the checksum matches."""
+    tmp = target.with_name(f".{target.name}.part")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=label,
+                                           disable=not progress, leave=False) as bar:
+            for block in iter(lambda: read.read(CHUNK), b""):
+                out.write(block)
+                digest.update(block)
+                bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != expected:
+            raise CorpusError(
+                f"{label}: sha256 {digest.hexdigest()} does not match the expected {expected}; "
+                "the file was not written")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_corpus(name: str, dest: str | Path, source: str | Path | None = None,
+                 progress: bool = True,
+                 opener: Callable[[str], IO[bytes]] | None = None) -> list[Path]:
+    """Download (or copy from `source`) a named corpus into `dest`, verifying every file.
+
+    Files already present with the right checksum are kept, so a fetch can be re-run.
+    """
+    spec = CORPORA.get(name)
+    if spec is None:
+        raise CorpusError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in spec.files:
+        target = dest / item.name
+        if target.exists() and sha256_file(target) == item.sha256:
+            written.append(target)
+            continue
+        if source is not None:
+            local = Path(source) / item.name
+            if not local.is_file():
+                raise CorpusError(f"{local}: no such file (expected {item.name} in {source})")
+            with open(local, "rb") as handle:
+                _copy_verified(handle, local.stat().st_size, target, item.sha256, str(local), progress)
+        else:
+            try:
+                with (opener or _open_url)(item.url) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None \
+                        if hasattr(response, "headers") else None
+                    _copy_verified(response, total, target, item.sha256, item.name, progress)
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise CorpusError(
+                    f"could not download {item.url}: {reason}. On a machine without access, "
+                    f"copy the files by other means and use --from DIR") from None
+        written.append(target)
+    return written
+
+
+def _open_url(url: str) -> IO[bytes]:
+    return urllib.request.urlopen(url, timeout=60)
+
+
+def parse_column_format(spec: str) -> tuple[dict[int, str], str]:
+    """`text,pos,chunk,ner` → ({0: 'text', 3: 'ner'}, 'ner'): the token column and the tag column.
+
+    The tag column is the one named `ner` (or else the last named column); `_` or other names
+    are skipped, so `text,ner` reads two-column `token TAG` files.
+    """
+    names = [name.strip() for name in spec.split(",")]
+    if "text" not in names:
+        raise CorpusError(f"column format {spec!r} names no 'text' column")
+    others = [name for name in names if name not in ("text", "_", "")]
+    if not others:
+        raise CorpusError(f"column format {spec!r} names no tag column")
+    tag = "ner" if "ner" in others else others[-1]
+    return {names.index("text"): "text", names.index(tag): tag}, tag
+
+
+def find_split_files(corpus_dir: str | Path) -> dict[str, Path]:
+    """The train/dev/test files of a corpus folder, by the usual naming conventions."""
+    corpus_dir = Path(corpus_dir)
+    if not corpus_dir.is_dir():
+        raise CorpusError(f"{corpus_dir}: no such corpus directory")
+    patterns = {"train": ("train",), "dev": ("dev", "testa", "valid"), "test": ("testb", "test")}
+    found: dict[str, Path] = {}
+    files = sorted(p for p in corpus_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    for split, keys in patterns.items():
+        for key in keys:
+            match = [p for p in files if key in p.name.lower() and p not in found.values()
+                     and not (split == "test" and "testa" in p.name.lower())]
+            if match:
+                found[split] = match[0]
+                break
+    if "train" not in found:
+        raise CorpusError(f"{corpus_dir}: no training file (a file whose name contains 'train')")
+    return found
+
+
+def load_corpus(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT):
+    """Read a column-format corpus with Flair (IOB1, BIO and BIOES tags all become spans)."""
+    from flair.datasets import ColumnCorpus
+
+    columns, _ = parse_column_format(column_format)
+    files = find_split_files(corpus_dir)
+    try:
+        return ColumnCorpus(
+            Path(corpus_dir), columns,
+            train_file=files["train"].name,
+            dev_file=files["dev"].name if "dev" in files else None,
+            test_file=files["test"].name if "test" in files else None,
+            sample_missing_splits=False, in_memory=True, encoding="utf-8",
+        )
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{corpus_dir}: a corpus file is not UTF-8 ({exc})") from None
+
+
+@dataclass
+class SplitStats:
+    sentences: int = 0
+    tokens: int = 0
+    entities: Counter = field(default_factory=Counter)
+
+
+def split_sentences(corpus, split: str):
+    return {"train": corpus.train, "dev": corpus.dev, "test": corpus.test}[split]
+
+
+def corpus_stats(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT
+                 ) -> dict[str, SplitStats]:
+    """Sentences, tokens and entities per type for each split, as Flair reads them."""
+    corpus = load_corpus(corpus_dir, column_format)
+    _, tag = parse_column_format(column_format)
+    stats: dict[str, SplitStats] = {}
+    for split in SPLITS:
+        sentences = split_sentences(corpus, split)
+        if sentences is None:
+            continue
+        item = stats[split] = SplitStats()
+        for sentence in _iterate(sentences):
+            item.sentences += 1
+            item.tokens += len(sentence)
+            item.entities.update(span.get_label(tag).value for span in sentence.get_spans(tag))
+    return stats
+
+
+def _iterate(dataset) -> Iterator:
+    for index in range(len(dataset)):
+        yield dataset[index]
+
+
+def reference_warnings(stats: dict[str, SplitStats], name: str = "conllpp") -> list[str]:
+    """Differences between the counted sentences and the paper's, one line each."""
+    spec = CORPORA[name]
+    warnings = []
+    for split, expected in spec.reference_sentences.items():
+        got = stats[split].sentences if split in stats else 0
+        if got != expected:
+            warnings.append(f"{split}: {got} sentences, but {spec.reference} reports {expected}")
+    return warnings

@@ -1,0 +1,15 @@
+"""Errors a user can cause: the CLI turns each into one clear message and a non-zero exit."""
+
+
+class AnnotatorError(Exception):
+    """A problem with the user's input, files or environment (never a bug): shown without a traceback."""
+
+    exit_code = 1
+
+
+class CorpusError(AnnotatorError):
+    """A corpus file is missing, unreadable, or fails its checksum."""
+
+
+class ModelError(AnnotatorError):
+    """A model cannot be found, fetched or loaded."""

@@ -1,0 +1,73 @@
+"""Find and load taggers: a local file, a Flair/Hugging Face hub name, or the packaged default."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotator.corpus import sha256_file
+from annotator.errors import ModelError
+
+log = logging.getLogger("annotator")
+
+DATA_DIR = Path(__file__).parent / "data"
+DEFAULT_MODEL = DATA_DIR / "default-model.pt"
+DEFAULT_MODEL_CARD = DATA_DIR / "MODEL_CARD.md"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance written beside every output: which model, exactly."""
+
+    name: str
+    sha256: str | None
+
+
+def resolve_model(model: str | Path | None) -> str | Path:
+    """None means the packaged default; an existing path is a file; anything else a hub name."""
+    if model is None:
+        if not DEFAULT_MODEL.exists():
+            raise ModelError("no --model given and no default model is packaged; "
+                             "train one with `annotator train` and pass --model PATH")
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if path.is_dir():
+        for name in ("best-model.pt", "final-model.pt"):
+            if (path / name).exists():
+                return path / name
+        raise ModelError(f"{path}: a folder without best-model.pt or final-model.pt")
+    if path.exists():
+        return path
+    if path.suffix in (".pt", ".pth", ".bin") or str(model).startswith(("/", ".", "~")):
+        raise ModelError(f"{path}: no such model file")
+    return str(model)
+
+
+def model_info(model: str | Path | None) -> ModelInfo:
+    resolved = resolve_model(model)
+    if isinstance(resolved, Path):
+        return ModelInfo(name=str(model) if model is not None else "default", sha256=sha256_file(resolved))
+    return ModelInfo(name=resolved, sha256=None)
+
+
+def load_tagger(model: str | Path | None = None, device: str = "auto"):
+    """Load a SequenceTagger onto `device`; every failure is one ModelError naming the model."""
+    import flair
+    from flair.models import SequenceTagger
+
+    from annotator.training import choose_device
+
+    resolved = resolve_model(model)
+    flair.device = choose_device(device)
+    try:
+        tagger = SequenceTagger.load(resolved)
+    except Exception as exc:  # unpickling, hub and torch errors all mean "cannot use this model"
+        where = "file" if isinstance(resolved, Path) else "hub model"
+        hint = "" if isinstance(resolved, Path) else \
+            " (hub models need network access; pass a local file with --model PATH)"
+        raise ModelError(f"cannot load {where} {resolved}: {type(exc).__name__}: {exc}{hint}") from None
+    if not isinstance(tagger, SequenceTagger):
+        raise ModelError(f"{resolved}: is a {type(tagger).__name__}, not a sequence tagger")
+    tagger.eval()
+    return tagger

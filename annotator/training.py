@@ -1,0 +1,436 @@
+"""Train a Flair sequence tagger from a preset, a TOML config and command-line overrides.
+
+Presets:
+- ``seed``: the tutorial's recipe — GloVe + Flair news-forward/backward, BiLSTM-CRF 256.
+- ``offline``: needs no network — word embeddings learned from the training split's own
+  vocabulary and a character encoder whose alphabet comes from the training data.
+- ``transformer``: fine-tunes a Hugging Face encoder (FLERT-style), by name or local folder.
+
+Everything the run needs to be reproduced is written beside the model: the resolved
+config, the corpus checksums, the training log, per-epoch metrics and a checkpoint that
+``--resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import re
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from annotator.corpus import (
+    DEFAULT_COLUMN_FORMAT,
+    find_split_files,
+    load_corpus,
+    parse_column_format,
+    sha256_file,
+)
+from annotator.errors import AnnotatorError
+
+log = logging.getLogger("annotator")
+
+PRESETS = ("seed", "offline", "transformer")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CONFIG = "config.toml"
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run; a TOML file and flags override the preset's values."""
+
+    preset: str = "offline"
+    column_format: str = DEFAULT_COLUMN_FORMAT
+    # model
+    hidden_size: int = 256
+    rnn_layers: int = 1
+    use_crf: bool = True
+    dropout: float = 0.0
+    word_dropout: float = 0.05
+    locked_dropout: float = 0.5
+    # seed preset: names Flair fetches, or local files for air-gapped machines
+    word_vectors: str = "glove"
+    flair_forward: str = "news-forward"
+    flair_backward: str = "news-backward"
+    # offline preset
+    word_embedding_dim: int = 100
+    min_word_freq: int = 2
+    char_embedding_dim: int = 25
+    char_hidden_size: int = 25
+    # transformer preset
+    transformer: str = "bert-base-cased"
+    transformer_layers: str = "-1"
+    context: bool = True
+    # optimisation
+    learning_rate: float = 0.1
+    batch_size: int = 32
+    max_epochs: int = 50
+    patience: int = 3
+    anneal_factor: float = 0.5
+    min_learning_rate: float = 0.0001
+    seed: int = 1
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_preset(cls, preset: str) -> "TrainConfig":
+        if preset not in PRESETS:
+            raise AnnotatorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        config = cls(preset=preset)
+        if preset == "transformer":
+            config.learning_rate, config.batch_size, config.max_epochs = 5e-6, 4, 10
+            config.use_crf = False
+        return config
+
+    def update(self, values: dict[str, Any], origin: str) -> None:
+        known = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in values.items():
+            if key not in known or key == "extra":
+                raise AnnotatorError(f"{origin}: unknown setting {key!r}; known: "
+                                     f"{', '.join(sorted(k for k in known if k != 'extra'))}")
+            if value is None:
+                continue
+            expected = type(getattr(self, key))
+            if expected is float and isinstance(value, int):
+                value = float(value)
+            if not isinstance(value, expected):
+                raise AnnotatorError(f"{origin}: {key} must be {expected.__name__}, not {value!r}")
+            setattr(self, key, value)
+
+    def to_toml(self) -> str:
+        lines = []
+        for key, value in dataclasses.asdict(self).items():
+            if key == "extra":
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def resolve_config(preset: str | None, config_file: str | Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Preset defaults, then the TOML file, then flags — later wins."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AnnotatorError(f"{config_file}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise AnnotatorError(f"{config_file}: not valid TOML ({exc})") from None
+    preset = preset or file_values.get("preset") or "offline"
+    config = TrainConfig.for_preset(preset)
+    config.update({k: v for k, v in file_values.items() if k != "preset"}, str(config_file))
+    config.update(overrides or {}, "command line")
+    return config
+
+
+def choose_device(name: str = "auto"):
+    """`auto` is the first GPU when there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AnnotatorError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnnotatorError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    import flair
+
+    random.seed(seed)
+    flair.set_seed(seed)
+
+
+# --- embeddings -------------------------------------------------------------------------
+
+def _normalise_word(word: str) -> str:
+    """The key learned word vectors use: lower case, digits as 0 (WordEmbeddings' own fallback)."""
+    return re.sub(r"\d", "0", word.lower())
+
+
+def build_vocabulary(sentences, min_freq: int) -> dict[str, int]:
+    """Training-split words seen at least `min_freq` times; rarer ones train the unknown row."""
+    counts = Counter(_normalise_word(token.text) for sentence in sentences for token in sentence)
+    words = sorted(word for word, count in counts.items() if count >= min_freq)
+    return {word: index for index, word in enumerate(words)}
+
+
+def build_char_dictionary(sentences):
+    from flair.data import Dictionary
+
+    chars = Dictionary(add_unk=True)
+    for char in sorted({char for sentence in sentences for token in sentence for char in token.text}):
+        chars.add_item(char)
+    return chars
+
+
+def learned_word_embeddings(vocab: dict[str, int], dim: int, name: str = "words"):
+    """Trainable word vectors built without gensim, randomly initialised (unknown row included)."""
+    import torch
+    from flair.embeddings import WordEmbeddings
+
+    embeddings = WordEmbeddings(None, vocab=vocab, embedding_length=dim, fine_tune=True,
+                                force_cpu=False, name=name)
+    with torch.no_grad():
+        bound = (3.0 / dim) ** 0.5
+        embeddings.embedding.weight.uniform_(-bound, bound)
+    return embeddings
+
+
+def read_word_vectors(path: str | Path, name: str):
+    """Frozen vectors from a word2vec/GloVe text file (header optional), without gensim."""
+    import numpy as np
+    import torch
+    from flair.embeddings import WordEmbeddings
+
+    path = Path(path)
+    if path.suffix not in (".txt", ".vec", ".w2v"):
+        # gensim KeyedVectors files (e.g. Flair's glove.gensim) need flair's own loader
+        return WordEmbeddings(str(path), name=name)
+    vocab: dict[str, int] = {}
+    rows: list[list[float]] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle):
+            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            if number == 0 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                continue
+            if len(parts) < 2 or parts[0] in vocab:
+                continue
+            vocab[parts[0]] = len(rows)
+            rows.append([float(x) for x in parts[1:]])
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise AnnotatorError(f"{path}: not a word-vector text file (one word and its numbers a line)")
+    embeddings = WordEmbeddings(None, vocab=vocab, embedding_length=len(rows[0]), name=name)
+    with torch.no_grad():
+        table = np.vstack([np.asarray(rows, dtype="float32"), np.zeros((1, len(rows[0])), "float32")])
+        embeddings.embedding.weight.copy_(torch.from_numpy(table))
+    return embeddings
+
+
+def _fetch(kind: str, value: str, flag: str, make: Callable[[], Any]):
+    """Build a pretrained embedding; a failed download is one message naming the way out."""
+    try:
+        return make()
+    except AnnotatorError:
+        raise
+    except Exception as exc:  # flair raises many kinds (HTTP, OSError, ValueError) for one cause
+        raise AnnotatorError(
+            f"could not load the {kind} {value!r} ({type(exc).__name__}: {exc}). "
+            f"Give a local file with {flag} PATH, or train with --preset offline, "
+            "which needs nothing from the network") from None
+
+
+def build_embeddings(config: TrainConfig, corpus):
+    from flair.embeddings import (
+        CharacterEmbeddings,
+        FlairEmbeddings,
+        StackedEmbeddings,
+        TransformerWordEmbeddings,
+        WordEmbeddings,
+    )
+
+    if config.preset == "seed":
+        local = Path(config.word_vectors).exists()
+        words = _fetch("word vectors", config.word_vectors, "--word-vectors",
+                       lambda: read_word_vectors(config.word_vectors, "glove") if local
+                       else WordEmbeddings(config.word_vectors))
+        forward = _fetch("Flair language model", config.flair_forward, "--flair-forward",
+                         lambda: FlairEmbeddings(config.flair_forward))
+        backward = _fetch("Flair language model", config.flair_backward, "--flair-backward",
+                          lambda: FlairEmbeddings(config.flair_backward))
+        return StackedEmbeddings([words, forward, backward])
+    if config.preset == "offline":
+        vocab = build_vocabulary(corpus.train, config.min_word_freq)
+        words = learned_word_embeddings(vocab, config.word_embedding_dim)
+        chars = CharacterEmbeddings(build_char_dictionary(corpus.train),
+                                    char_embedding_dim=config.char_embedding_dim,
+                                    hidden_size_char=config.char_hidden_size)
+        return StackedEmbeddings([words, chars])
+    return _fetch("transformer", config.transformer, "--transformer",
+                  lambda: TransformerWordEmbeddings(
+                      config.transformer, layers=config.transformer_layers,
+                      subtoken_pooling="first", fine_tune=True, use_context=config.context))
+
+
+def has_trainable_embeddings(embeddings) -> bool:
+    return any(p.requires_grad for p in embeddings.parameters())
+
+
+def build_tagger(config: TrainConfig, corpus, label_type: str):
+    from flair.models import SequenceTagger
+
+    tag_dictionary = corpus.make_label_dictionary(label_type=label_type, add_unk=False)
+    embeddings = build_embeddings(config, corpus)
+    if config.preset == "transformer":
+        return SequenceTagger(embeddings=embeddings, tag_dictionary=tag_dictionary,
+                              tag_type=label_type, hidden_size=config.hidden_size,
+                              use_crf=config.use_crf, use_rnn=False, reproject_embeddings=False)
+    return SequenceTagger(embeddings=embeddings, tag_dictionary=tag_dictionary, tag_type=label_type,
+                          hidden_size=config.hidden_size, rnn_layers=config.rnn_layers,
+                          use_crf=config.use_crf, dropout=config.dropout,
+                          word_dropout=config.word_dropout, locked_dropout=config.locked_dropout)
+
+
+# --- the run ----------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    output: Path
+    epochs: int
+    best_epoch: int
+    best_dev_f1: float
+    test: dict[str, Any] | None
+    seconds: float
+
+
+def _run_plugin(output: Path, state: dict[str, Any], on_epoch: Callable[[Path], None] | None):
+    """Per-epoch bookkeeping Flair's trainer lacks: our own best model, metrics and checkpoint.
+
+    Best-model choice is kept here (not in Flair's local variables) so that it survives
+    ``--resume``; the annealing scheduler's state is saved and restored for the same reason.
+    """
+    from flair.trainers.plugins.base import TrainerPlugin
+    from flair.trainers.plugins.functional.anneal_on_plateau import AnnealingPlugin
+
+    class RunPlugin(TrainerPlugin):
+        def _scheduler(self):
+            for plugin in self.trainer.plugins:
+                if isinstance(plugin, AnnealingPlugin):
+                    return plugin.scheduler
+            return None
+
+        @TrainerPlugin.hook
+        def after_setup(self, **kw):
+            saved = state.get("scheduler")
+            if saved:
+                vars(self._scheduler()).update(saved)
+
+        @TrainerPlugin.hook
+        def before_training_epoch(self, epoch, **kw):
+            self.epoch_started = time.time()
+            self.losses = []
+
+        @TrainerPlugin.hook
+        def metric_recorded(self, record):
+            if tuple(record.name) == ("train", "loss"):
+                state["last_train_loss"] = float(record.value)
+            elif tuple(record.name) == ("dev", "micro avg", "precision"):
+                state["last_dev_p"] = float(record.value)
+            elif tuple(record.name) == ("dev", "micro avg", "recall"):
+                state["last_dev_r"] = float(record.value)
+
+        @TrainerPlugin.hook
+        def after_evaluation(self, epoch, validation_scores, **kw):
+            dev_f1 = float(validation_scores[0]) if validation_scores else 0.0
+            lr = self.trainer.optimizer.param_groups[0]["lr"]
+            entry = {"epoch": epoch, "train_loss": state.get("last_train_loss"),
+                     "dev_precision": state.get("last_dev_p"), "dev_recall": state.get("last_dev_r"),
+                     "dev_f1": dev_f1, "learning_rate": lr,
+                     "seconds": round(time.time() - self.epoch_started, 2)}
+            state["epochs"].append(entry)
+            if dev_f1 > state["best_dev_f1"] or state["best_epoch"] == 0:
+                state["best_dev_f1"], state["best_epoch"] = dev_f1, epoch
+                self.model.save(output / "best-model.pt")
+            scheduler = self._scheduler()
+            state["scheduler"] = {k: v for k, v in vars(scheduler).items()
+                                  if isinstance(v, (int, float, str, bool))} if scheduler else None
+            state["epoch"], state["learning_rate"] = epoch, lr
+            self.model.save(output / CHECKPOINT)
+            _write_json(output / METRICS, state)
+            if on_epoch is not None:
+                on_epoch(output)
+
+    return RunPlugin()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resume: bool = False,
+          on_epoch: Callable[[Path], None] | None = None) -> TrainResult:
+    """Train `config` on a column corpus into `output`; with `resume`, continue its checkpoint."""
+    import flair
+    from flair.data import Corpus
+    from flair.models import SequenceTagger
+    from flair.trainers import ModelTrainer
+
+    from annotator.evaluation import evaluate_tagger
+
+    output = Path(output)
+    started = time.time()
+    flair.device = choose_device(config.device)
+    _, label_type = parse_column_format(config.column_format)
+    checksums = {split: {"file": path.name, "sha256": sha256_file(path)}
+                 for split, path in find_split_files(corpus_dir).items()}
+    state: dict[str, Any]
+    if resume:
+        if not (output / CHECKPOINT).exists() or not (output / METRICS).exists():
+            raise AnnotatorError(f"{output}: nothing to resume (no {CHECKPOINT}); start without --resume")
+        state = json.loads((output / METRICS).read_text())
+        if state["corpus"] != checksums:
+            raise AnnotatorError(f"{output}: the corpus differs from the one this run started on")
+        saved = resolve_config(None, output / CONFIG)
+        if saved != config:
+            diff = [f.name for f in dataclasses.fields(config)
+                    if getattr(saved, f.name) != getattr(config, f.name)]
+            raise AnnotatorError(f"{output}: --resume with other settings than the run started with "
+                                 f"({', '.join(diff)}); resume without changing them")
+        if state.get("finished"):
+            raise AnnotatorError(f"{output}: this run already finished")
+    else:
+        if (output / CHECKPOINT).exists():
+            raise AnnotatorError(f"{output}: holds a run already; use --resume to continue it, "
+                                 "or choose another --output")
+        output.mkdir(parents=True, exist_ok=True)
+        (output / CONFIG).write_text(config.to_toml())
+        state = {"corpus": checksums, "epochs": [], "best_epoch": 0, "best_dev_f1": 0.0,
+                 "epoch": 0, "learning_rate": config.learning_rate, "scheduler": None}
+
+    seed_everything(config.seed + state["epoch"])
+    corpus = load_corpus(corpus_dir, config.column_format)
+    if resume:
+        tagger = SequenceTagger.load(output / CHECKPOINT)
+    else:
+        tagger = build_tagger(config, corpus, label_type)
+    trainable = has_trainable_embeddings(tagger.embeddings)
+    # Flair 0.15.1 keeps embeddings computed under no_grad when storage is "cpu": trainable
+    # ones would then be frozen at their epoch-1 values for every later dev evaluation.
+    storage = "none" if trainable else ("gpu" if flair.device.type == "cuda" else "cpu")
+    training_corpus = Corpus(train=corpus.train, dev=corpus.dev, test=None, name="annotator",
+                             sample_missing_splits=False)
+    trainer = ModelTrainer(tagger, training_corpus)
+    plugin = _run_plugin(output, state, on_epoch)
+    common = dict(base_path=output, learning_rate=state["learning_rate"],
+                  mini_batch_size=config.batch_size, max_epochs=config.max_epochs,
+                  epoch=state["epoch"], embeddings_storage_mode=storage, plugins=[plugin],
+                  use_final_model_for_eval=True, save_final_model=True)
+    if config.preset == "transformer":
+        trainer.fine_tune(**common)
+    else:
+        trainer.train(anneal_factor=config.anneal_factor, patience=config.patience,
+                      min_learning_rate=config.min_learning_rate, **common)
+
+    test_scores = None
+    best = output / "best-model.pt"
+    if corpus.test is not None and best.exists():
+        test_scores = evaluate_tagger(SequenceTagger.load(best), corpus.test).to_dict()
+    state.update(finished=True, test=test_scores,
+                 seconds=round(state.get("seconds", 0) + time.time() - started, 1))
+    _write_json(output / METRICS, state)
+    return TrainResult(output=output, epochs=state["epoch"], best_epoch=state["best_epoch"],
+                       best_dev_f1=state["best_dev_f1"], test=test_scores, seconds=state["seconds"])
