@@ -145,6 +145,10 @@ def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path 
         flags.pop("device")
     config = training.resolve_config(preset, config_file, flags)
     result = training.train(corpus_dir, output, config, resume=resume)
+    if not result.finished:
+        click.echo(f"stopped after epoch {result.epochs}; continue with: annotator train "
+                   f"{corpus_dir} --output {output} --resume", err=True)
+        sys.exit(1)
     click.echo(f"trained {result.epochs} epochs in {result.seconds:.0f} s; best dev F1 "
                f"{100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}; model: "
                f"{output / 'best-model.pt'}")
@@ -172,3 +176,84 @@ def evaluate(model: str, corpus_dir: Path, split: str, json_file: Path | None, b
     click.echo(format_table(result))
     if json_file:
         json_file.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+# --- annotate / tag ---------------------------------------------------------------------
+
+MODEL = click.option("--model", "-m", help="Flair model file or folder, or a hub name "
+                                           "(default: the packaged model).")
+
+
+def _exit_quietly_on_broken_pipe() -> None:
+    """`annotator annotate | head` ends quietly: stdout closed early is no error to report."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@click.option("--output", "-o", help="Output file (.jsonl or .parquet), or - for stdout (default).")
+@MODEL
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]),
+              help="Output format (default: from the extension; stdout is JSONL).")
+@click.option("--layout", type=click.Choice(["documents", "spans"]),
+              help="One record per document (JSONL default) or per entity (Parquet default).")
+@click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
+              help="Input format (default: from each file's extension; stdin is JSONL).")
+@click.option("--text-field", default="text", show_default=True, help="JSONL/Parquet text field.")
+@click.option("--id-field", default="id", show_default=True,
+              help="JSONL/Parquet id field; without one, ids are SOURCE:ROW.")
+@click.option("--drop-fields", is_flag=True, help="documents layout: write only id and entities.")
+@click.option("--spacy-model", help="Installed spaCy pipeline whose parser/senter finds sentences "
+                                    "(default: a blank English pipeline with the sentencizer).")
+@click.option("--max-sentence-tokens", default=250, show_default=True,
+              help="Longer sentences are cut into pieces of this many tokens.")
+@click.option("--batch-size", default=32, show_default=True, help="Sentences per mini-batch.")
+@DEVICE
+@click.option("--engine", type=click.Choice(["auto", "fast", "flair"]), default="auto",
+              show_default=True, help="fast: vectorised engine; flair: Flair's predict; "
+                                      "auto: fast where the model is supported.")
+@click.option("--labels", help="Keep only these entity types, comma-separated (e.g. PER,ORG).")
+@click.option("--min-score", default=0.0, show_default=True, help="Keep entities scoring at least this.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="Bad input record: stop with a message, or skip it and report it.")
+@click.option("--errors", "errors_file", type=click.Path(dir_okay=False),
+              help="With --on-error skip: write skipped records here as JSONL (else to stderr).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+def annotate(inputs: tuple[str, ...], output: str | None, labels: str | None,
+             errors_file: str | None, **options: Any) -> None:
+    """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
+
+    Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
+    """
+    from annotator.pipeline import AnnotateOptions, annotate as run
+
+    settings = AnnotateOptions(
+        labels=tuple(l.strip() for l in labels.split(",") if l.strip()) if labels else (),
+        errors=errors_file, **options)
+    try:
+        summary = run(inputs, output, settings)
+    except BrokenPipeError:
+        _exit_quietly_on_broken_pipe()
+    click.echo(summary.line(), err=True)
+    if summary.skipped:
+        sys.exit(EXIT_SKIPPED)
+
+
+@cli.command()
+@click.argument("text", required=False)
+@MODEL
+@DEVICE
+def tag(text: str | None, model: str | None, device: str) -> None:
+    """Tag TEXT (or stdin) and print it with its entities inline."""
+    from annotator.pipeline import Annotator
+    from annotator.tagging import tagged_string
+
+    if text is None:
+        text = sys.stdin.read()
+    annotator = Annotator(model, device=device)
+    click.echo(tagged_string(text, annotator.annotate_text(text)))

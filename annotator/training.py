@@ -155,14 +155,14 @@ def seed_everything(seed: int) -> None:
 
 # --- embeddings -------------------------------------------------------------------------
 
-def _normalise_word(word: str) -> str:
+def normalise_word(word: str) -> str:
     """The key learned word vectors use: lower case, digits as 0 (WordEmbeddings' own fallback)."""
     return re.sub(r"\d", "0", word.lower())
 
 
 def build_vocabulary(sentences, min_freq: int) -> dict[str, int]:
     """Training-split words seen at least `min_freq` times; rarer ones train the unknown row."""
-    counts = Counter(_normalise_word(token.text) for sentence in sentences for token in sentence)
+    counts = Counter(normalise_word(token.text) for sentence in sentences for token in sentence)
     words = sorted(word for word, count in counts.items() if count >= min_freq)
     return {word: index for index, word in enumerate(words)}
 
@@ -293,6 +293,7 @@ class TrainResult:
     best_dev_f1: float
     test: dict[str, Any] | None
     seconds: float
+    finished: bool
 
 
 def _run_plugin(output: Path, state: dict[str, Any], on_epoch: Callable[[Path], None] | None):
@@ -312,13 +313,11 @@ def _run_plugin(output: Path, state: dict[str, Any], on_epoch: Callable[[Path], 
             return None
 
         @TrainerPlugin.hook
-        def after_setup(self, **kw):
-            saved = state.get("scheduler")
+        def before_training_epoch(self, epoch, **kw):
+            # restored here, not in after_setup: the annealing plugin may set up after this one
+            saved, state["scheduler"] = state.get("scheduler"), None
             if saved:
                 vars(self._scheduler()).update(saved)
-
-        @TrainerPlugin.hook
-        def before_training_epoch(self, epoch, **kw):
             self.epoch_started = time.time()
             self.losses = []
 
@@ -425,12 +424,20 @@ def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resum
         trainer.train(anneal_factor=config.anneal_factor, patience=config.patience,
                       min_learning_rate=config.min_learning_rate, **common)
 
+    # Flair's trainer returns normally after Ctrl-C too: a run is finished only when it ran all
+    # its epochs or annealing took the learning rate below the minimum.
+    finished = state["epoch"] >= config.max_epochs or \
+        state["learning_rate"] < config.min_learning_rate
+    state["seconds"] = round(state.get("seconds", 0) + time.time() - started, 1)
     test_scores = None
     best = output / "best-model.pt"
-    if corpus.test is not None and best.exists():
+    if finished and corpus.test is not None and best.exists():
         test_scores = evaluate_tagger(SequenceTagger.load(best), corpus.test).to_dict()
-    state.update(finished=True, test=test_scores,
-                 seconds=round(state.get("seconds", 0) + time.time() - started, 1))
+    state.update(finished=finished, test=test_scores)
     _write_json(output / METRICS, state)
+    if not finished:
+        log.warning("training stopped after epoch %d of %d; continue it with --resume",
+                    state["epoch"], config.max_epochs)
     return TrainResult(output=output, epochs=state["epoch"], best_epoch=state["best_epoch"],
-                       best_dev_f1=state["best_dev_f1"], test=test_scores, seconds=state["seconds"])
+                       best_dev_f1=state["best_dev_f1"], test=test_scores, seconds=state["seconds"],
+                       finished=finished)

@@ -1,0 +1,282 @@
+"""read → split → batch → predict → map spans to offsets → write, as one streaming loop.
+
+Documents are pooled into chunks so that sentences from many documents share length-sorted
+mini-batches; a chunk is cut when it is large enough *or* when no more input is waiting, so
+a slow pipe still sees its results promptly. Output keeps input order; memory is bounded by
+one chunk plus a bounded read-ahead queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from annotator import __version__
+from annotator.errors import AnnotatorError
+from annotator.readers import (
+    Document,
+    ReaderOptions,
+    Record,
+    RecordError,
+    count_documents,
+    expand_inputs,
+    read_documents,
+)
+from annotator.segmentation import Segmenter
+from annotator.tagging import Entity, entities_of, make_engine
+from annotator.writers import default_layout, open_writer, output_format
+
+log = logging.getLogger("annotator")
+
+CHUNK_CHARS = 200_000  # text per chunk: enough sentences for well-filled batches
+READ_AHEAD = 4096  # records queued ahead of the tagger
+
+
+@dataclass
+class AnnotateOptions:
+    """Everything `annotator annotate` can be told; the Parquet metadata records it."""
+
+    model: str | None = None
+    device: str = "auto"
+    engine: str = "auto"
+    batch_size: int = 32
+    spacy_model: str | None = None
+    max_sentence_tokens: int = 250
+    input_format: str | None = None
+    text_field: str = "text"
+    id_field: str = "id"
+    output_format: str | None = None
+    layout: str | None = None
+    drop_fields: bool = False
+    labels: tuple[str, ...] = ()
+    min_score: float = 0.0
+    on_error: str = "fail"
+    errors: str | None = None
+    progress: bool | None = None
+
+
+@dataclass
+class Summary:
+    documents: int = 0
+    sentences: int = 0
+    words: int = 0
+    entities: Counter = field(default_factory=Counter)
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def words_per_second(self) -> float:
+        return self.words / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        types = ", ".join(f"{label} {count}" for label, count in sorted(self.entities.items()))
+        return (f"{self.documents} documents, {self.sentences} sentences, "
+                f"{sum(self.entities.values())} entities ({types or 'none'}), "
+                f"{self.skipped} skipped, {self.words_per_second:,.0f} words/s")
+
+
+@dataclass
+class Annotated:
+    document: Document
+    entities: list[Entity]
+    sentences: int
+    tokens: int
+
+
+class Annotator:
+    """A loaded tagger plus sentence splitter: the Python API the CLI is built on.
+
+    >>> annotator = Annotator()                       # the packaged default model
+    >>> [e.text for e in annotator.annotate_text("Angela Merkel visited Paris.")]
+    """
+
+    def __init__(self, model: str | None = None, device: str = "auto", batch_size: int = 32,
+                 spacy_model: str | None = None, max_sentence_tokens: int = 250,
+                 engine: str = "auto") -> None:
+        from annotator.models import load_tagger, model_info
+        from annotator.training import choose_device
+
+        self.device = choose_device(device)
+        self.model = model_info(model)
+        self.tagger = load_tagger(model, device=str(self.device))
+        self.engine = make_engine(self.tagger, batch_size=batch_size, device=self.device, engine=engine)
+        self.segmenter = Segmenter(spacy_model, max_sentence_tokens)
+
+    @property
+    def labels(self) -> list[str]:
+        tags = self.tagger.label_dictionary.get_items()
+        return sorted({tag.split("-", 1)[1] for tag in tags if "-" in tag})
+
+    def annotate_text(self, text: str) -> list[Entity]:
+        return next(self.annotate_texts([text]))
+
+    def annotate_texts(self, texts: Iterable[str]) -> Iterator[list[Entity]]:
+        """Entities of each text, in order."""
+        documents = (Document(id=str(i), text=t, source="", row=i) for i, t in enumerate(texts))
+        for result in self.annotate_documents(documents):
+            yield result.entities
+
+    def annotate_documents(self, documents: Iterable[Document]) -> Iterator[Annotated]:
+        """Each document with its entities, in input order."""
+        for chunk in _chunks(documents, CHUNK_CHARS):
+            yield from self._annotate_chunk(chunk)
+
+    def _annotate_chunk(self, chunk: list[Document]) -> Iterator[Annotated]:
+        per_doc = list(self.segmenter.split(doc.text for doc in chunk))
+        flat = [sentence.tokens for sentences in per_doc for sentence in sentences]
+        spans = self.engine.predict(flat)
+        position = 0
+        for doc, sentences in zip(chunk, per_doc):
+            found = spans[position:position + len(sentences)]
+            position += len(sentences)
+            yield Annotated(doc, entities_of(doc.text, sentences, found), len(sentences),
+                            sum(len(sentence) for sentence in sentences))
+
+
+def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[list[Any]]:
+    """Group records into chunks of about `chunk_chars` of text, without waiting on slow input.
+
+    A reader thread fills a bounded queue; a chunk ends when it is full or the queue is empty.
+    Exceptions in the reader are re-raised here, in the caller's thread.
+    """
+    done = object()
+    pending: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+
+    def read() -> None:
+        try:
+            for record in records:
+                pending.put(record)
+        except BaseException as exc:  # handed over to the consumer, which re-raises it
+            pending.put(exc)
+        pending.put(done)
+
+    threading.Thread(target=read, daemon=True, name="annotator-reader").start()
+    finished = False
+    while not finished:
+        item = pending.get()
+        chunk: list[Any] = []
+        size = 0
+        while True:
+            if item is done:
+                finished = True
+                break
+            if isinstance(item, BaseException):
+                raise item
+            chunk.append(item)
+            size += len(getattr(item, "text", "")) + 1
+            if size >= chunk_chars:
+                break
+            try:
+                item = pending.get_nowait()
+            except queue.Empty:
+                break
+        if chunk:
+            yield chunk
+
+
+class _ErrorReport:
+    """Where skipped records go: a JSONL file with --errors, else one line each on stderr."""
+
+    def __init__(self, path: str | None) -> None:
+        self.handle = open(path, "w", encoding="utf-8") if path else None
+
+    def add(self, error: RecordError) -> None:
+        if self.handle:
+            self.handle.write(json.dumps(error.to_dict(), ensure_ascii=False) + "\n")
+            self.handle.flush()
+        else:
+            log.warning("skipped %s", error)
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
+
+
+def _split_records(records: Iterable[Record], on_error: str, report: _ErrorReport,
+                   summary: Summary) -> Iterator[Document]:
+    for record in records:
+        if isinstance(record, RecordError):
+            if on_error == "fail":
+                raise AnnotatorError(f"{record} (use --on-error skip to skip bad records)")
+            summary.skipped += 1
+            report.add(record)
+        else:
+            yield record
+
+
+def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
+    import flair
+
+    return {"model": annotator.model.name, "model_sha256": annotator.model.sha256,
+            "annotator_version": __version__, "flair_version": flair.__version__,
+            "engine": annotator.engine.name, "splitter": annotator.segmenter.name,
+            "options": asdict(options)}
+
+
+def annotate(inputs: list[str] | tuple[str, ...], output: str | None,
+             options: AnnotateOptions = AnnotateOptions(),
+             annotator: Annotator | None = None,
+             on_document: Callable[[Document, list[Entity]], None] | None = None) -> Summary:
+    """Annotate every document of `inputs` into `output` (None or '-' for stdout)."""
+    if options.on_error not in ("fail", "skip"):
+        raise AnnotatorError("--on-error is fail or skip")
+    files = expand_inputs(list(inputs))
+    fmt = output_format(output, options.output_format)
+    layout = options.layout or default_layout(fmt)
+    reader_options = ReaderOptions(options.input_format, options.text_field, options.id_field)
+    annotator = annotator or Annotator(options.model, options.device, options.batch_size,
+                                       options.spacy_model, options.max_sentence_tokens, options.engine)
+    labels = set(options.labels)
+    unknown = labels - set(annotator.labels)
+    if unknown:
+        raise AnnotatorError(f"--labels {', '.join(sorted(unknown))}: the model predicts only "
+                             f"{', '.join(annotator.labels)}")
+    show = options.progress if options.progress is not None else sys.stderr.isatty()
+    summary = Summary()
+    report = _ErrorReport(options.errors if options.on_error == "skip" else None)
+    writer = open_writer(output, fmt, layout, _metadata(annotator, options), options.drop_fields)
+    bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
+    if show:
+        threading.Thread(target=lambda: setattr(bar, "total", count_documents(files, reader_options)),
+                         daemon=True).start()
+    started = time.perf_counter()
+    try:
+        documents = _split_records(read_documents(files, reader_options), options.on_error,
+                                   report, summary)
+        for result in annotator.annotate_documents(documents):
+            entities = result.entities
+            if labels or options.min_score > 0:
+                entities = [e for e in entities if (not labels or e.label in labels)
+                            and e.score >= options.min_score]
+            writer.write(result.document, entities)
+            writer.flush()
+            if on_document is not None:
+                on_document(result.document, entities)
+            summary.documents += 1
+            summary.sentences += result.sentences
+            summary.words += result.tokens
+            summary.entities.update(e.label for e in entities)
+            bar.update(1)
+            if show:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(entities=sum(summary.entities.values()),
+                                words_s=f"{summary.words / elapsed:,.0f}", refresh=False)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        report.close()
+        summary.seconds = time.perf_counter() - started
+    return summary
+

@@ -1,0 +1,219 @@
+"""Document sources: JSONL, plain text and Parquet files (optionally gzip/zstd), or stdin.
+
+Every input record becomes either a `Document` or a `RecordError` — never an exception that
+ends the stream — so the pipeline can decide whether to stop or to skip and report it.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterator, Union
+
+from annotator.errors import AnnotatorError
+
+FORMATS = ("jsonl", "text", "parquet")
+STDIN = "-"
+_COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
+               ".pq": "parquet", ".txt": "text", ".text": "text", ".md": "text"}
+
+
+@dataclass
+class Document:
+    """One input document; `row` is the 1-based line (JSONL), 0-based row (Parquet) or 0 (text)."""
+
+    id: str
+    text: str
+    source: str
+    row: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecordError:
+    """A record that could not become a Document, with where it was and why."""
+
+    source: str
+    row: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "row": self.row, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.row}: {self.reason}"
+
+
+Record = Union[Document, RecordError]
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    input_format: str | None = None
+    text_field: str = "text"
+    id_field: str = "id"
+
+
+def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
+    """Files, folders (recursively, sorted) and globs → a list of files; no input means stdin."""
+    if not inputs:
+        return [STDIN]
+    files: list[str] = []
+    for item in inputs:
+        if item == STDIN:
+            files.append(STDIN)
+        elif os.path.isdir(item):
+            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            files.extend(found)
+        elif os.path.exists(item):
+            files.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise AnnotatorError(f"{item}: no file matches this pattern")
+            files.extend(m for m in matches if os.path.isfile(m))
+        else:
+            raise AnnotatorError(f"{item}: no such file or directory")
+    return files
+
+
+def detect_format(path: str, explicit: str | None) -> tuple[str, str | None]:
+    """(format, compression) from `--input-format` or the file's extensions."""
+    suffixes = [s.lower() for s in Path(path).suffixes] if path != STDIN else []
+    compression = _COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    if explicit:
+        return explicit, compression
+    if path == STDIN:
+        return "jsonl", None
+    return (_EXTENSIONS.get(suffixes[-1], "text") if suffixes else "text"), compression
+
+
+def _open_binary(path: str, compression: str | None) -> IO[bytes]:
+    raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if compression == "zstd":
+        import zstandard
+
+        # line iteration needs a buffered reader around zstd's raw stream
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore
+    return raw
+
+
+def read_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) -> Iterator[Record]:
+    """Every record of every input, in order."""
+    for path in inputs:
+        fmt, compression = detect_format(path, options.input_format)
+        if fmt not in FORMATS:
+            raise AnnotatorError(f"unknown input format {fmt!r}; use one of {', '.join(FORMATS)}")
+        reader = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet}[fmt]
+        try:
+            yield from reader(path, compression, options)
+        except (OSError, EOFError) as exc:  # truncated/corrupt compressed streams, vanished files
+            yield RecordError(path, 0, f"cannot read the rest of this file: {exc}")
+
+
+def _stable_id(source: str, row: int) -> str:
+    return f"{source}:{row}"
+
+
+def _document(record: dict[str, Any], source: str, row: int, options: ReaderOptions) -> Record:
+    text = record.get(options.text_field)
+    if options.text_field not in record:
+        return RecordError(source, row, f"no {options.text_field!r} field")
+    if not isinstance(text, str):
+        return RecordError(source, row, f"field {options.text_field!r} is {type(text).__name__}, "
+                                        "not a string")
+    doc_id = record.get(options.id_field)
+    if doc_id is None:
+        doc_id = _stable_id(source, row)
+    elif not isinstance(doc_id, (str, int)):
+        return RecordError(source, row, f"field {options.id_field!r} is {type(doc_id).__name__}, "
+                                        "not a string or integer")
+    fields = {k: v for k, v in record.items() if k != options.id_field}
+    return Document(id=str(doc_id), text=text, source=source, row=row, fields=fields)
+
+
+def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
+    with _open_binary(path, compression) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RecordError(path, number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RecordError(path, number, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(record, dict):
+                yield RecordError(path, number, f"a JSON {type(record).__name__}, not an object")
+                continue
+            yield _document(record, path, number, options)
+
+
+def _read_text(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
+    with _open_binary(path, compression) as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield RecordError(path, 0, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+        return
+    yield Document(id=path, text=text, source=path, row=0, fields={options.text_field: text})
+
+
+def _read_parquet(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
+    """Record batches, never the whole file: memory stays bounded by one batch."""
+    import pyarrow.parquet as pq
+
+    if path == STDIN or compression:
+        raise AnnotatorError(f"{path}: Parquet is read from a plain file (not stdin, not compressed)")
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for the same bad file
+        yield RecordError(path, 0, f"not a readable Parquet file ({exc})")
+        return
+    names = parquet.schema_arrow.names
+    if options.text_field not in names:
+        raise AnnotatorError(f"{path}: no column {options.text_field!r} (columns: {', '.join(names)})")
+    row = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield _document(record, path, row, options)
+            row += 1
+
+
+def count_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) -> int | None:
+    """How many records the inputs hold (for a progress bar's ETA); None when it can't be known."""
+    total = 0
+    for path in inputs:
+        if path == STDIN:
+            return None
+        fmt, compression = detect_format(path, options.input_format)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except Exception:  # the reader reports the bad file; the bar just has no total
+                return None
+        elif fmt == "text":
+            total += 1
+        else:
+            with _open_binary(path, compression) as handle:
+                total += sum(1 for line in handle if line.strip())
+    return total

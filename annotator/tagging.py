@@ -1,0 +1,110 @@
+"""The tagger engine: token lists in, entity spans out.
+
+Two engines give the same predictions: the vectorised fast path (`annotator.fast_tagger`)
+for the model families it supports, and Flair's own `SequenceTagger.predict` otherwise.
+Spans are mapped back to character offsets here, so downstream code never sees tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from annotator.segmentation import Sentence
+
+log = logging.getLogger("annotator")
+
+TokenSpan = tuple[int, int, str, float]  # first token, end token (exclusive), label, score
+
+
+@dataclass
+class Entity:
+    """An entity with offsets into the original document text: text == doc.text[start:end]."""
+
+    start: int
+    end: int
+    text: str
+    label: str
+    score: float
+    sentence: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Engine(Protocol):
+    name: str
+
+    def predict(self, sentences: list[list[str]]) -> list[list[TokenSpan]]: ...
+
+
+class FlairEngine:
+    """Flair's own `predict`: works for every SequenceTagger, at Flair's speed."""
+
+    name = "flair"
+
+    def __init__(self, tagger, batch_size: int = 32) -> None:
+        self.tagger = tagger
+        self.batch_size = batch_size
+
+    def predict(self, sentences: list[list[str]]) -> list[list[TokenSpan]]:
+        from flair.data import Sentence as FlairSentence
+
+        flair_sentences = [FlairSentence(tokens) for tokens in sentences if tokens]
+        if flair_sentences:
+            self.tagger.predict(flair_sentences, mini_batch_size=self.batch_size,
+                                embedding_storage_mode="none")
+        results: list[list[TokenSpan]] = []
+        filled = iter(flair_sentences)
+        label_type = self.tagger.label_type
+        for tokens in sentences:
+            if not tokens:
+                results.append([])
+                continue
+            sentence = next(filled)
+            results.append([(span.tokens[0].idx - 1, span.tokens[-1].idx, span.get_label(label_type).value,
+                             float(span.get_label(label_type).score))
+                            for span in sentence.get_spans(label_type)])
+        return results
+
+
+def make_engine(tagger, batch_size: int = 32, device=None, engine: str = "auto") -> Engine:
+    """The fast engine where it supports the model, else Flair's predict (said once, in the log)."""
+    if engine == "flair":
+        return FlairEngine(tagger, batch_size)
+    from annotator.fast_tagger import FastSequenceTagger
+
+    reason = FastSequenceTagger.unsupported_reason(tagger)
+    if reason is None:
+        fast = FastSequenceTagger(tagger, device=device)
+        fast.name = "fast"
+        return fast
+    if engine == "fast":
+        from annotator.errors import ModelError
+
+        raise ModelError(f"the fast engine does not support this model: {reason}")
+    log.info("fast engine unavailable for this model (%s); using Flair's predict", reason)
+    return FlairEngine(tagger, batch_size)
+
+
+def entities_of(text: str, sentences: list[Sentence], spans: list[list[TokenSpan]]) -> list[Entity]:
+    """Token spans → entities with character offsets into `text`."""
+    entities = []
+    for number, (sentence, found) in enumerate(zip(sentences, spans)):
+        for first, end, label, score in found:
+            start, stop = sentence.starts[first], sentence.ends[end - 1]
+            entities.append(Entity(start=start, end=stop, text=text[start:stop], label=label,
+                                   score=score, sentence=number))
+    return entities
+
+
+def tagged_string(text: str, entities: list[Entity]) -> str:
+    """The text with each entity followed by its label, as Flair's `to_tagged_string` shows it."""
+    parts, position = [], 0
+    for entity in sorted(entities, key=lambda e: e.start):
+        parts.append(text[position:entity.end])
+        parts.append(f" <{entity.label}>")
+        position = entity.end
+    parts.append(text[position:])
+    return "".join(parts)

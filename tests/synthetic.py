@@ -1,0 +1,67 @@
+"""A small, learnable CoNLL-style corpus the tests build themselves (no downloads, no shared data)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+PEOPLE = ["John Smith", "Maria Garcia", "Angela Merkel", "Li Wei", "Ahmed Khan", "Anna Berg",
+          "Peter Brown", "Sofia Rossi", "David Cohen", "Yuki Tanaka", "Carlos Silva", "Emma Stone"]
+ORGS = ["Reuters", "Siemens", "the United Nations", "Microsoft", "Deutsche Bank", "Toyota",
+        "the World Bank", "Nestle", "Oxfam", "Airbus"]
+PLACES = ["London", "Paris", "Berlin", "New York", "Tokyo", "Madrid", "Cairo", "Lima", "Oslo",
+          "Sydney", "Rome", "Nairobi"]
+MISC = ["German", "French", "British", "Japanese", "Olympic", "Christmas"]
+TEMPLATES = [
+    "{PER} works for {ORG} in {LOC} .",
+    "{PER} said on Monday that {ORG} would open an office in {LOC} .",
+    "The {MISC} minister met {PER} in {LOC} .",
+    "{ORG} shares fell 3 percent in {LOC} trading .",
+    "In {LOC} , {PER} told reporters the {MISC} team had won .",
+    "A spokesman for {ORG} declined to comment .",
+    "Prices rose sharply last week .",
+    "{PER} arrived in {LOC} on Friday .",
+]
+
+
+def _tags(words: list[str], label: str | None, scheme: str) -> list[str]:
+    if label is None or label == "the":
+        return ["O"] * len(words)
+    if scheme == "iob1":
+        return [f"I-{label}"] * len(words)
+    return [f"B-{label}"] + [f"I-{label}"] * (len(words) - 1)
+
+
+def sentences(count: int, seed: int = 0, scheme: str = "bio") -> list[list[tuple[str, str]]]:
+    """`count` sentences of (token, tag) pairs drawn from the templates."""
+    rng = random.Random(seed)
+    pools = {"PER": PEOPLE, "ORG": ORGS, "LOC": PLACES, "MISC": MISC}
+    result = []
+    for _ in range(count):
+        pairs: list[tuple[str, str]] = []
+        for piece in rng.choice(TEMPLATES).split(" "):
+            if piece.startswith("{"):
+                label = piece[1:-1]
+                words = rng.choice(pools[label]).split(" ")
+                if words[0] == "the":
+                    pairs.append(("the", "O"))
+                    words = words[1:]
+                pairs.extend(zip(words, _tags(words, label, scheme)))
+            else:
+                pairs.append((piece, "O"))
+        result.append(pairs)
+    return result
+
+
+def write_corpus(folder: Path, sizes: tuple[int, int, int] = (240, 60, 60), columns: int = 4,
+                 scheme: str = "bio") -> Path:
+    """train/dev/test files in CoNLL layout (4 columns) or `token TAG` (2 columns)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for offset, (split, size) in enumerate(zip(("train", "dev", "test"), sizes)):
+        lines = ["-DOCSTART- -X- -X- O" if columns == 4 else "-DOCSTART- O", ""]
+        for sentence in sentences(size, seed=offset, scheme=scheme):
+            for token, tag in sentence:
+                lines.append(f"{token} NN O {tag}" if columns == 4 else f"{token} {tag}")
+            lines.append("")
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,102 @@
+import io
+import shutil
+import urllib.error
+
+import pytest
+from click.testing import CliRunner
+
+from annotator.cli import cli
+from annotator.corpus import CORPORA, corpus_stats, fetch_corpus, load_corpus, parse_column_format
+from annotator.errors import CorpusError
+from tests.synthetic import write_corpus
+
+
+def test_fetch_from_local_copy_verifies_and_is_idempotent(conllpp_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["corpus", "fetch", "conllpp", "--dest", str(tmp_path / "c"),
+                                      "--from", str(conllpp_dir)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names == ["conllpp_dev.txt", "conllpp_test.txt", "conllpp_train.txt"]
+    again = fetch_corpus("conllpp", tmp_path / "c", source=conllpp_dir, progress=False)
+    assert len(again) == 3
+
+
+def test_fetch_rejects_wrong_checksum_and_leaves_nothing(conllpp_dir, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(conllpp_dir, source)
+    (source / "conllpp_dev.txt").chmod(0o644)
+    with open(source / "conllpp_dev.txt", "a") as handle:
+        handle.write("tampered O\n")
+    dest = tmp_path / "dest"
+    result = CliRunner().invoke(cli, ["corpus", "fetch", "conllpp", "--dest", str(dest),
+                                      "--from", str(source)])
+    assert result.exit_code == 1
+    assert "sha256" in result.output and "Traceback" not in result.output
+    assert not (dest / "conllpp_dev.txt").exists()
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+class _Response(io.BytesIO):
+    headers = {}
+
+
+def test_download_path_streams_and_verifies(conllpp_dir, tmp_path):
+    opened = []
+
+    def opener(url):
+        opened.append(url)
+        name = url.rsplit("/", 1)[1]
+        return _Response((conllpp_dir / name).read_bytes())
+
+    fetch_corpus("conllpp", tmp_path, opener=opener, progress=False)
+    assert [u.rsplit("/", 1)[1] for u in opened] == [f.name for f in CORPORA["conllpp"].files]
+    assert all(u.startswith("https://raw.githubusercontent.com/ZihanWangKi/CrossWeigh/") for u in opened)
+
+
+def test_network_failure_is_one_clear_message(tmp_path):
+    def opener(url):
+        raise urllib.error.URLError("Name or service not known")
+
+    with pytest.raises(CorpusError, match="could not download .*--from DIR"):
+        fetch_corpus("conllpp", tmp_path, opener=opener, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_corpus():
+    result = CliRunner().invoke(cli, ["corpus", "fetch", "nope", "--dest", "x"])
+    assert result.exit_code == 1 and "unknown corpus 'nope'" in result.output
+
+
+def test_stats_of_conllpp_match_the_tutorial(conllpp_dir):
+    result = CliRunner().invoke(cli, ["corpus", "stats", str(conllpp_dir)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:4]}
+    assert rows["Train"][1:3] == ["14987", "204567"]
+    assert rows["Test"][1] == "3684" and rows["Development"][1] == "3466"
+    assert "Warning" not in result.output
+
+
+def test_stats_warn_when_counts_differ_from_the_paper(tmp_path):
+    corpus = write_corpus(tmp_path / "c", sizes=(10, 5, 5))
+    result = CliRunner().invoke(cli, ["corpus", "stats", str(corpus)])
+    assert result.exit_code == 0
+    assert "Warning: train: 11 sentences, but CoNLL-2003" in result.output
+
+
+def test_iob1_and_two_column_files_read_as_spans(tmp_path):
+    (tmp_path / "train.txt").write_text(
+        "John I-PER\nSmith I-PER\nMary B-PER\nmet O\nSiemens I-ORG\nAG I-ORG\nin O\nParis I-LOC\n\n")
+    columns, tag = parse_column_format("text,ner")
+    assert (columns, tag) == ({0: "text", 1: "ner"}, "ner")
+    sentence = load_corpus(tmp_path, "text,ner").train[0]
+    spans = [(s.text, s.get_label("ner").value) for s in sentence.get_spans("ner")]
+    assert spans == [("John Smith", "PER"), ("Mary", "PER"), ("Siemens AG", "ORG"), ("Paris", "LOC")]
+    stats = corpus_stats(tmp_path, "text,ner")
+    assert stats["train"].entities == {"PER": 2, "ORG": 1, "LOC": 1}
+
+
+def test_column_format_needs_text_and_tag():
+    with pytest.raises(CorpusError):
+        parse_column_format("pos,ner")
+    with pytest.raises(CorpusError):
+        parse_column_format("text,_")

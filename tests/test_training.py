@@ -1,0 +1,201 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from annotator.cli import cli
+from annotator.errors import AnnotatorError
+from annotator.training import TrainConfig, resolve_config, train
+from tests.synthetic import write_corpus
+
+SENTENCES = [["John", "Smith", "works", "for", "Siemens", "in", "Berlin", "."],
+             ["Angela", "Merkel", "met", "Li", "Wei", "in", "Tokyo", "and", "Tokyo", "."],
+             ["Prices", "rose", "in", "Xqzville", "3", "percent", "."]]
+
+
+def _predict(tagger, sentences=SENTENCES):
+    from flair.data import Sentence
+
+    flair_sentences = [Sentence(list(tokens)) for tokens in sentences]
+    tagger.predict(flair_sentences)
+    return [[(s.text, s.get_label("ner").value, round(s.get_label("ner").score, 5))
+             for s in sentence.get_spans("ner")] for sentence in flair_sentences]
+
+
+def _word_vectors(path: Path, words: list[str], dim: int = 8) -> Path:
+    import random
+
+    rng = random.Random(0)
+    lines = [f"{len(words)} {dim}"] + [
+        " ".join([word] + [f"{rng.uniform(-1, 1):.4f}" for _ in range(dim)]) for word in words]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _language_model(path: Path, forward: bool) -> Path:
+    from flair.data import Dictionary
+    from flair.models import LanguageModel
+
+    chars = Dictionary(add_unk=True)
+    for char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,\n":
+        chars.add_item(char)
+    LanguageModel(chars, is_forward_lm=forward, hidden_size=16, nlayers=1, embedding_size=8).save(path)
+    return path
+
+
+def test_seed_preset_stacks_local_stand_ins_trains_saves_and_evaluates(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", sizes=(40, 10, 10))
+    vectors = _word_vectors(tmp_path / "vectors.txt", ["john", "smith", "berlin", "the", "."])
+    forward = _language_model(tmp_path / "fw.pt", True)
+    backward = _language_model(tmp_path / "bw.pt", False)
+    result = CliRunner().invoke(cli, [
+        "train", str(corpus), "--output", str(tmp_path / "model"), "--preset", "seed",
+        "--word-vectors", str(vectors), "--flair-forward", str(forward),
+        "--flair-backward", str(backward), "--max-epochs", "1", "--hidden-size", "16",
+        "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    model = tmp_path / "model"
+    for name in ("best-model.pt", "final-model.pt", "config.toml", "metrics.json", "training.log"):
+        assert (model / name).exists(), name
+    from flair.models import SequenceTagger
+
+    tagger = SequenceTagger.load(model / "best-model.pt")
+    kinds = [type(e).__name__ for e in tagger.embeddings.embeddings]
+    assert kinds == ["WordEmbeddings", "FlairEmbeddings", "FlairEmbeddings"]
+    assert tagger.hidden_size == 16 and tagger.use_crf
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["test"]["micro"]["support"] > 0
+    assert set(metrics["corpus"]) == {"train", "dev", "test"}
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(model), str(corpus)])
+    assert evaluated.exit_code == 0 and "micro avg" in evaluated.output
+
+
+def test_unfetchable_embedding_names_the_way_out(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", sizes=(5, 2, 2))
+    result = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "m"),
+                                      "--preset", "seed", "--word-vectors", "glove", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "--word-vectors PATH" in result.output and "--preset offline" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_offline_preset_learns_and_reloads_identically_in_a_fresh_process(tiny_model, tmp_path):
+    from flair.models import SequenceTagger
+
+    metrics = json.loads((tiny_model.parent / "metrics.json").read_text())
+    assert metrics["test"]["micro"]["f1"] > 0.8  # chance is near 0 for exact spans
+    embeddings = SequenceTagger.load(tiny_model).embeddings
+    assert [type(e).__name__ for e in embeddings.embeddings] == ["WordEmbeddings", "CharacterEmbeddings"]
+    # the character alphabet comes from the training data, not Flair's downloadable one
+    assert len(embeddings.embeddings[1].char_dictionary) < 80
+
+    in_memory = _predict(SequenceTagger.load(tiny_model))
+    assert any(in_memory)
+    script = ("import json,sys; from tests.test_training import _predict;"
+              "from flair.models import SequenceTagger;"
+              f"print(json.dumps(_predict(SequenceTagger.load({str(tiny_model)!r}))))")
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1])
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == [[list(s) for s in sent] for sent in in_memory]
+
+
+def test_offline_vocabulary_comes_from_the_training_split_only(tiny_model, synthetic_corpus):
+    from flair.models import SequenceTagger
+
+    from annotator.training import normalise_word
+
+    words = SequenceTagger.load(tiny_model).embeddings.embeddings[0].vocab
+    train_words = {normalise_word(line.split()[0]) for line in (synthetic_corpus / "train.txt").read_text().splitlines()
+                   if line.strip()}
+    assert set(words) <= train_words
+
+
+def test_dev_scores_track_a_fresh_evaluation(tiny_model, synthetic_corpus):
+    """Flair's default embedding storage would freeze trainable embeddings at epoch 1 for dev."""
+    from flair.models import SequenceTagger
+
+    from annotator.corpus import load_corpus
+    from annotator.evaluation import evaluate_tagger
+
+    metrics = json.loads((tiny_model.parent / "metrics.json").read_text())
+    final = SequenceTagger.load(tiny_model.parent / "final-model.pt")
+    fresh = evaluate_tagger(final, load_corpus(synthetic_corpus).dev)
+    assert metrics["epochs"][-1]["dev_f1"] == pytest.approx(fresh.micro.f1, abs=1e-6)
+    assert len({round(e["dev_f1"], 6) for e in metrics["epochs"]}) > 1
+
+
+def test_evaluate_equals_flairs_own_evaluation(tiny_model, synthetic_corpus, tmp_path):
+    from flair.models import SequenceTagger
+
+    from annotator.corpus import load_corpus
+
+    tagger = SequenceTagger.load(tiny_model)
+    flair_result = tagger.evaluate(list(load_corpus(synthetic_corpus).test), gold_label_type="ner")
+    report = flair_result.classification_report
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(cli, ["evaluate", str(tiny_model), str(synthetic_corpus), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())
+    assert scores["micro"]["f1"] == pytest.approx(report["micro avg"]["f1-score"])
+    for label in ("PER", "ORG", "LOC"):
+        assert scores["per_type"][label]["f1"] == pytest.approx(report[label]["f1-score"])
+        assert f"{100 * report[label]['f1-score']:.2f}" in result.output
+
+
+def test_iob1_two_column_corpus_scores_right(tiny_model, tmp_path):
+    """The same sentences as IOB1 `token TAG` files must score exactly as the BIO original."""
+    bio = write_corpus(tmp_path / "bio", sizes=(5, 5, 30))
+    iob1 = write_corpus(tmp_path / "iob1", sizes=(5, 5, 30), columns=2, scheme="iob1")
+    runner = CliRunner()
+    a = runner.invoke(cli, ["evaluate", str(tiny_model), str(bio), "--json", str(tmp_path / "a.json")])
+    b = runner.invoke(cli, ["evaluate", str(tiny_model), str(iob1), "--column-format", "text,ner",
+                            "--json", str(tmp_path / "b.json")])
+    assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
+    a_scores, b_scores = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a_scores == b_scores and a_scores["micro"]["f1"] > 0.8
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(synthetic_corpus, tmp_path):
+    config = resolve_config("offline", overrides={"max_epochs": 3, "hidden_size": 16,
+                                                  "word_embedding_dim": 16, "device": "cpu"})
+
+    def stop_after_first(output: Path) -> None:
+        raise KeyboardInterrupt  # what Ctrl-C does; Flair's trainer catches it and stops
+
+    first = train(synthetic_corpus, tmp_path / "run", config, on_epoch=stop_after_first)
+    assert first.epochs == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert not metrics.get("finished")
+    with pytest.raises(AnnotatorError, match="--resume"):
+        train(synthetic_corpus, tmp_path / "run", config)
+    changed = resolve_config("offline", overrides={"max_epochs": 3, "hidden_size": 32,
+                                                   "word_embedding_dim": 16, "device": "cpu"})
+    with pytest.raises(AnnotatorError, match="hidden_size"):
+        train(synthetic_corpus, tmp_path / "run", changed, resume=True)
+    result = CliRunner().invoke(cli, ["train", str(synthetic_corpus), "-o", str(tmp_path / "run"), "--resume"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["finished"]
+
+
+def test_config_file_and_flags_override_the_preset(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('preset = "offline"\nhidden_size = 128\nlearning_rate = 0.05\n')
+    config = resolve_config(None, toml, {"learning_rate": 0.2})
+    assert (config.preset, config.hidden_size, config.learning_rate, config.batch_size) == \
+        ("offline", 128, 0.2, 32)
+    assert resolve_config(None, None, None) == TrainConfig.for_preset("offline")
+    toml.write_text("hiden_size = 3\n")
+    with pytest.raises(AnnotatorError, match="unknown setting 'hiden_size'"):
+        resolve_config(None, toml)
+
+
+def test_seed_preset_defaults_are_the_tutorials_recipe():
+    config = TrainConfig.for_preset("seed")
+    assert (config.word_vectors, config.flair_forward, config.flair_backward) == \
+        ("glove", "news-forward", "news-backward")
+    assert (config.hidden_size, config.use_crf, config.learning_rate, config.batch_size,
+            config.max_epochs) == (256, True, 0.1, 32, 50)
