@@ -130,6 +130,8 @@ DEVICE = click.option("--device", default="auto", show_default=True,
 @click.option("--flair-forward", help="seed preset: forward Flair language model file (or name).")
 @click.option("--flair-backward", help="seed preset: backward Flair language model file (or name).")
 @click.option("--transformer", help="transformer preset: Hugging Face model name or local folder.")
+@click.option("--spacy-vectors", help="offline preset: also stack the word vectors of this spaCy "
+                                      "pipeline (installed name or folder), e.g. en_core_web_md.")
 @click.option("--column-format", help="Corpus columns (default text,pos,chunk,ner).")
 @DEVICE
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
@@ -257,3 +259,11 @@ def tag(text: str | None, model: str | None, device: str) -> None:
         text = sys.stdin.read()
     annotator = Annotator(model, device=device)
     click.echo(tagged_string(text, annotator.annotate_text(text)))
+
+
+@cli.command()
+def info() -> None:
+    """Versions, the device that would be used, and the default model's card."""
+    from annotator.models import describe_environment
+
+    click.echo(describe_environment())

@@ -56,6 +56,7 @@ def load_tagger(model: str | Path | None = None, device: str = "auto"):
     import flair
     from flair.models import SequenceTagger
 
+    import annotator.embeddings  # noqa: F401  (registers our embeddings with Flair's loader)
     from annotator.training import choose_device
 
     resolved = resolve_model(model)
@@ -71,3 +72,28 @@ def load_tagger(model: str | Path | None = None, device: str = "auto"):
         raise ModelError(f"{resolved}: is a {type(tagger).__name__}, not a sequence tagger")
     tagger.eval()
     return tagger
+
+
+def describe_environment() -> str:
+    """What `annotator info` prints: versions, device, and the default model's card."""
+    import flair
+    import pyarrow
+    import spacy
+    import torch
+
+    from annotator import __version__
+    from annotator.training import choose_device
+
+    device = choose_device("auto")
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    lines = [f"annotator {__version__}", f"flair     {flair.__version__}", f"torch     {torch.__version__}",
+             f"spacy     {spacy.__version__}", f"pyarrow   {pyarrow.__version__}",
+             f"device    {device}{gpu}", ""]
+    if DEFAULT_MODEL.exists():
+        size = DEFAULT_MODEL.stat().st_size / 1e6
+        lines.append(f"default model: {DEFAULT_MODEL} ({size:.1f} MB, sha256 {sha256_file(DEFAULT_MODEL)[:12]})")
+        if DEFAULT_MODEL_CARD.exists():
+            lines += ["", DEFAULT_MODEL_CARD.read_text(encoding="utf-8").rstrip()]
+    else:
+        lines.append("default model: none packaged (pass --model)")
+    return "\n".join(lines)

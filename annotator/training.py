@@ -64,6 +64,7 @@ class TrainConfig:
     min_word_freq: int = 2
     char_embedding_dim: int = 25
     char_hidden_size: int = 25
+    spacy_vectors: str = ""  # a spaCy pipeline (name or folder) whose word vectors are stacked in
     # transformer preset
     transformer: str = "bert-base-cased"
     transformer_layers: str = "-1"
@@ -257,7 +258,13 @@ def build_embeddings(config: TrainConfig, corpus):
         chars = CharacterEmbeddings(build_char_dictionary(corpus.train),
                                     char_embedding_dim=config.char_embedding_dim,
                                     hidden_size_char=config.char_hidden_size)
-        return StackedEmbeddings([words, chars])
+        stack = [words, chars]
+        if config.spacy_vectors:
+            from annotator.embeddings import SharedVectorEmbeddings
+
+            stack.append(_fetch("spaCy vectors", config.spacy_vectors, "--spacy-vectors",
+                                lambda: SharedVectorEmbeddings.from_spacy(config.spacy_vectors)))
+        return StackedEmbeddings(stack)
     return _fetch("transformer", config.transformer, "--transformer",
                   lambda: TransformerWordEmbeddings(
                       config.transformer, layers=config.transformer_layers,
@@ -368,6 +375,7 @@ def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resum
     from flair.models import SequenceTagger
     from flair.trainers import ModelTrainer
 
+    import annotator.embeddings  # noqa: F401  (registers our embeddings for loading checkpoints)
     from annotator.evaluation import evaluate_tagger
 
     output = Path(output)

@@ -199,3 +199,34 @@ def test_seed_preset_defaults_are_the_tutorials_recipe():
         ("glove", "news-forward", "news-backward")
     assert (config.hidden_size, config.use_crf, config.learning_rate, config.batch_size,
             config.max_epochs) == (256, True, 0.1, 32, 50)
+
+
+def _tiny_bert(folder: Path) -> Path:
+    """A randomly initialised 1-layer BERT with a word-level vocabulary, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from tests.synthetic import sentences
+
+    words = sorted({token.lower() for s in sentences(200) for token, _ in s})
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_transformer_preset_fine_tunes_a_local_encoder(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", sizes=(30, 10, 10))
+    encoder = _tiny_bert(tmp_path / "bert")
+    result = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "m"), "--preset",
+                                      "transformer", "--transformer", str(encoder), "--max-epochs", "1",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    from flair.models import SequenceTagger
+
+    tagger = SequenceTagger.load(tmp_path / "m" / "best-model.pt")
+    assert type(tagger.embeddings).__name__ == "TransformerWordEmbeddings"
+    assert tagger.embeddings.fine_tune and not tagger.use_rnn
+    assert _predict(tagger) is not None

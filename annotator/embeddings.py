@@ -1,0 +1,129 @@
+"""Compact frozen word vectors for models that ship inside the package.
+
+spaCy's en_core_web_md maps 684k words onto 20k shared 300-d vectors. Flair's
+`WordEmbeddings` stores one row per word (820 MB here); `SharedVectorEmbeddings` stores the
+shared rows once, quantised to int8 with a scale per row, plus a word → row table, so the
+vectors of the default model take about 10 MB. The class is registered with Flair, so a saved
+tagger loads with `SequenceTagger.load` once `annotator.embeddings` has been imported.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from flair.data import Sentence
+from flair.embeddings import TokenEmbeddings
+from flair.embeddings.base import register_embeddings
+
+_DIGIT = re.compile(r"\d")
+
+
+def lookup_key(word: str) -> str:
+    """The key vectors are stored under: lower case (case is the character encoder's job)."""
+    return word.lower()
+
+
+@register_embeddings
+class SharedVectorEmbeddings(TokenEmbeddings):
+    """Frozen vectors where many words share one row; unknown words get a zero vector."""
+
+    def __init__(self, words: list[str] | None = None, rows: torch.Tensor | None = None,
+                 vectors: torch.Tensor | None = None, name: str = "vectors",
+                 size: tuple[int, int] | None = None, table: tuple[int, int] = (0, 0)) -> None:
+        super().__init__()
+        self.name = name
+        self.static_embeddings = True
+        if vectors is not None:
+            size = tuple(vectors.shape)
+        assert size is not None, "give vectors, or the size of the saved ones"
+        count, dim = size
+        self.__embedding_length = dim
+        # int8 rows with one float scale each: a quarter of float32's size, ~1% relative error
+        self.register_buffer("codes", torch.zeros((count + 1, dim), dtype=torch.int8))
+        self.register_buffer("scales", torch.zeros(count + 1))
+        # saved models are rebuilt empty from to_params(), then filled from their state dict
+        self.register_buffer("word_bytes", torch.zeros(table[0], dtype=torch.uint8))
+        self.register_buffer("word_rows", torch.zeros(table[1], dtype=torch.int32))
+        if vectors is not None and words is not None and rows is not None:
+            scales = vectors.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            self.codes[:count] = torch.round(vectors / scales[:, None]).to(torch.int8)
+            self.scales[:count] = scales
+            self.word_bytes = torch.frombuffer(bytearray("\n".join(words).encode("utf-8")),
+                                               dtype=torch.uint8).clone()
+            self.word_rows = rows.to(torch.int32)
+        self._index: dict[str, int] | None = None
+        self.to(torch.device("cpu"))
+        self.eval()
+
+    @classmethod
+    def from_spacy(cls, nlp_or_path: Any, name: str = "vectors") -> "SharedVectorEmbeddings":
+        """The lower-case words of a spaCy pipeline's vectors, with the rows they share."""
+        import spacy
+
+        nlp = spacy.load(nlp_or_path) if not hasattr(nlp_or_path, "vocab") else nlp_or_path
+        table, strings = nlp.vocab.vectors, nlp.vocab.strings
+        words, rows = [], []
+        for key, row in table.key2row.items():
+            word = strings[key]
+            if word == lookup_key(word) and "\n" not in word:
+                words.append(word)
+                rows.append(row)
+        order = sorted(set(rows))
+        remap = {row: index for index, row in enumerate(order)}
+        vectors = torch.from_numpy(table.data[order].astype("float32"))
+        return cls(words, torch.tensor([remap[r] for r in rows]), vectors, name=name)
+
+    @property
+    def embedding_length(self) -> int:
+        return self.__embedding_length
+
+    @property
+    def unknown_row(self) -> int:
+        return self.codes.shape[0] - 1
+
+    def index(self) -> dict[str, int]:
+        """word → row, rebuilt from the compact buffers on first use."""
+        if self._index is None:
+            words = bytes(self.word_bytes.cpu().numpy()).decode("utf-8").split("\n") \
+                if self.word_bytes.numel() else []
+            self._index = dict(zip(words, self.word_rows.tolist()))
+        return self._index
+
+    def row_of(self, word: str) -> int:
+        index = self.index()
+        key = lookup_key(word)
+        row = index.get(key)
+        if row is None and _DIGIT.search(key):
+            row = index.get(_DIGIT.sub("#", key), index.get(_DIGIT.sub("0", key)))
+        return self.unknown_row if row is None else row
+
+    def vectors_of(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.codes[rows].float() * self.scales[rows, None]
+
+    def _add_embeddings_internal(self, sentences: list[Sentence]) -> list[Sentence]:
+        tokens = [token for sentence in sentences for token in sentence.tokens]
+        rows = torch.tensor([self.row_of(token.text) for token in tokens], dtype=torch.long,
+                            device=self.codes.device)
+        for vector, token in zip(self.vectors_of(rows), tokens):
+            token.set_embedding(self.name, vector)
+        return sentences
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._index = None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def extra_repr(self) -> str:
+        return f"rows={self.codes.shape[0] - 1}, dim={self.embedding_length}, words={self.word_rows.numel()}"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "SharedVectorEmbeddings":
+        return cls(name=params["name"], size=tuple(params["size"]), table=tuple(params["table"]))
+
+    def to_params(self) -> dict[str, Any]:
+        return {"name": self.name, "size": (self.codes.shape[0] - 1, self.embedding_length),
+                "table": (self.word_bytes.numel(), self.word_rows.numel())}
