@@ -77,9 +77,7 @@ def make_engine(tagger, batch_size: int = 32, device=None, engine: str = "auto")
 
     reason = FastSequenceTagger.unsupported_reason(tagger)
     if reason is None:
-        fast = FastSequenceTagger(tagger, device=device)
-        fast.name = "fast"
-        return fast
+        return FastSequenceTagger(tagger, device=device)
     if engine == "fast":
         from annotator.errors import ModelError
 

@@ -60,3 +60,14 @@ def test_stacked_in_a_tagger_it_saves_and_reloads_identically(spacy_vectors, syn
     first = scores(tagger)
     tagger.save(tmp_path / "again.pt")
     assert scores(SequenceTagger.load(tmp_path / "again.pt")) == first
+
+    from annotator.fast_tagger import FastSequenceTagger
+    from annotator.tagging import FlairEngine
+
+    sentences = [s.split() for s in ("Anna Berg flew from Paris to London in 1999 .",
+                                      "John Smith works for Siemens in Berlin .", "Prices rose .")]
+    fast = FastSequenceTagger(tagger).predict(sentences)
+    slow = FlairEngine(tagger).predict(sentences)
+    assert [[s[:3] for s in sent] for sent in fast] == [[s[:3] for s in sent] for sent in slow]
+    for a, b in zip(sum(fast, []), sum(slow, [])):
+        assert abs(a[3] - b[3]) < 1e-4
