@@ -165,25 +165,83 @@ def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path 
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the scores as JSON.")
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write scores.png, confusion.png, errors.html and report.json here.")
 @COLUMN_FORMAT
 @DEVICE
 def evaluate(model: str, corpus_dir: Path, split: str, json_file: Path | None, batch_size: int,
-             column_format: str, device: str) -> None:
+             column_format: str, device: str, report_dir: Path | None) -> None:
     """Span-level precision, recall and F1 of MODEL on a split of CORPUS_DIR."""
     import json
 
     from annotator.evaluation import evaluate as run, format_table
 
-    result = run(model, corpus_dir, split, column_format, batch_size, device)
+    if report_dir is not None:
+        from annotator.views import evaluation_report
+
+        result = evaluation_report(model, corpus_dir, report_dir, split, column_format, batch_size,
+                                   device)
+    else:
+        result = run(model, corpus_dir, split, column_format, batch_size, device)
     click.echo(format_table(result))
+    if report_dir is not None:
+        click.echo(f"report: {report_dir}/ (errors.html, scores.png, confusion.png, report.json)",
+                   err=True)
     if json_file:
         json_file.write_text(json.dumps(result.to_dict(), indent=2))
 
 
+# --- see the results --------------------------------------------------------------------
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write (default: MODEL_DIR/training.png).")
+def plot(model_dir: Path, output: Path | None) -> None:
+    """Redraw a training run's curves (loss, dev F1, learning rate) from its metrics.json."""
+    from annotator.views import plot_training
+
+    click.echo(str(plot_training(model_dir, output)))
+
+
+@cli.command()
+@click.argument("spans", type=click.Path(exists=True, dir_okay=False))
+@click.option("--docs", multiple=True,
+              help="The documents annotate read: files, folders or globs (repeatable). Not needed "
+                   "for documents-layout output that holds the text.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="HTML page to write.")
+@click.option("--limit", default=100, show_default=True, help="Show at most this many documents.")
+@click.option("--label", "label_names", multiple=True,
+              help="Only entities of this type, and only documents that have one (repeatable).")
+@click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
+              help="Format of --docs (default: from each file's extension).")
+@click.option("--text-field", default="text", show_default=True, help="JSONL/Parquet text field.")
+@click.option("--id-field", default="id", show_default=True,
+              help="JSONL/Parquet id field, as given to annotate.")
+def view(spans: str, docs: tuple[str, ...], output: str, limit: int, label_names: tuple[str, ...],
+         input_format: str | None, text_field: str, id_field: str) -> None:
+    """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
+    from annotator.views import build_view, write_page
+
+    labels = tuple(l.strip() for item in label_names for l in item.split(",") if l.strip())
+    page = build_view(spans, docs, text_field=text_field, id_field=id_field,
+                      input_format=input_format, limit=limit, labels=labels)
+    write_page(page.html, output)
+    warnings = page.warnings()
+    for line in warnings[:20]:
+        click.echo(f"Warning: {line}", err=True)
+    if len(warnings) > 20:
+        click.echo(f"Warning: ... and {len(warnings) - 20} more (listed in the page)", err=True)
+    types = ", ".join(f"{label} {count}" for label, count in sorted(page.counts.items()))
+    click.echo(f"{output}: {page.shown} of {page.eligible} documents, "
+               f"{sum(page.counts.values())} entities ({types or 'none'})", err=True)
+
+
 # --- annotate / tag ---------------------------------------------------------------------
 
-MODEL = click.option("--model", "-m", help="Flair model file or folder, or a hub name "
-                                           "(default: the packaged model).")
+MODEL = click.option("--model", "-m", envvar="ANNOTATOR_MODEL", show_envvar=True,
+                     help="Flair model file or folder, or a hub name (default: the packaged model).")
 
 
 def _exit_quietly_on_broken_pipe() -> None:
@@ -197,10 +255,13 @@ def _exit_quietly_on_broken_pipe() -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1)
-@click.option("--output", "-o", help="Output file (.jsonl or .parquet), or - for stdout (default).")
+@click.option("--output", "-o", help="Output file (.jsonl or .parquet), - for stdout (default), or a "
+                                    "directory (DIR/ or an existing one) for part files and a "
+                                    "manifest that --resume continues.")
 @MODEL
 @click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]),
-              help="Output format (default: from the extension; stdout is JSONL).")
+              help="Output format (default: from the extension; stdout is JSONL; a directory "
+                   "Parquet).")
 @click.option("--layout", type=click.Choice(["documents", "spans"]),
               help="One record per document (JSONL default) or per entity (Parquet default).")
 @click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
@@ -215,8 +276,8 @@ def _exit_quietly_on_broken_pipe() -> None:
               help="Longer sentences are cut into pieces of this many tokens.")
 @click.option("--batch-size", default=32, show_default=True, help="Sentences per mini-batch.")
 @DEVICE
-@click.option("--engine", type=click.Choice(["auto", "fast", "flair"]), default="auto",
-              show_default=True, help="fast: vectorised engine; flair: Flair's predict; "
+@click.option("--tagger", "engine", type=click.Choice(["auto", "fast", "flair"]), default="auto",
+              show_default=True, help="fast: vectorised tagger; flair: Flair's predict; "
                                       "auto: fast where the model is supported.")
 @click.option("--labels", help="Keep only these entity types, comma-separated (e.g. PER,ORG).")
 @click.option("--min-score", default=0.0, show_default=True, help="Keep entities scoring at least this.")
@@ -226,19 +287,46 @@ def _exit_quietly_on_broken_pipe() -> None:
               help="With --on-error skip: write skipped records here as JSONL (else to stderr).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in the output directory "
+                                             "(starts one if there is none).")
+@click.option("--part-size", default=10_000, show_default=True,
+              help="Directory output: documents per part file (the most a resume redoes).")
+@click.option("--shard", metavar="K/N", help="Only the documents of shard K of N (K = 0..N-1, "
+                                              "by a stable hash of the document id).")
+@click.option("--devices", metavar="LIST", help="One worker process per device, e.g. "
+                                                "cuda:0,cuda:1 (directory output).")
+@click.option("--workers", type=int, help="Worker processes on --device (local engine) or tagger "
+                                          "actors (ray engine).")
+@click.option("--engine", "run_engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="ray: tag on a Ray cluster (pip install 'annotator[ray]').")
+@click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--html", "html_page", type=click.Path(dir_okay=False),
+              help="Also write an entity viewer page (like `annotator view`) of the first documents.")
+@click.option("--html-limit", default=100, show_default=True, help="Documents in the --html page.")
 def annotate(inputs: tuple[str, ...], output: str | None, labels: str | None,
-             errors_file: str | None, **options: Any) -> None:
+             errors_file: str | None, resume: bool, part_size: int, shard: str | None,
+             devices: str | None, workers: int | None, run_engine: str, ray_address: str | None,
+             html_page: str | None, html_limit: int, **options: Any) -> None:
     """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
-    from annotator.pipeline import AnnotateOptions, annotate as run
+    from annotator.pipeline import AnnotateOptions
+    from annotator.runs import RunOptions, annotate_run
 
     settings = AnnotateOptions(
         labels=tuple(l.strip() for l in labels.split(",") if l.strip()) if labels else (),
         errors=errors_file, **options)
+    run = RunOptions(resume=resume, shard=shard, part_size=part_size, workers=workers,
+                     devices=tuple(d.strip() for d in devices.split(",") if d.strip())
+                     if devices else (), engine=run_engine, ray_address=ray_address)
     try:
-        summary = run(inputs, output, settings)
+        if html_page:
+            from annotator.views import annotate_with_page
+
+            summary = annotate_with_page(inputs, output, settings, run, html_page, html_limit)
+        else:
+            summary = annotate_run(inputs, output, settings, run)
     except BrokenPipeError:
         _exit_quietly_on_broken_pipe()
     click.echo(summary.line(), err=True)
@@ -267,3 +355,42 @@ def info() -> None:
     from annotator.models import describe_environment
 
     click.echo(describe_environment())
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@MODEL
+@DEVICE
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@click.option("--docs", type=int, help="Use the first N input documents (generated: N, default 200).")
+@click.option("--corpus", type=click.Path(file_okay=False),
+              help="CoNLL folder to generate documents from when no INPUTS are given "
+                   "(default: ../shared/data/conllpp beside the repository, else templates).")
+@click.option("--text-field", default="text", show_default=True, help="JSONL/Parquet text field.")
+@click.option("--batch-sizes", default="32,128,512", show_default=True,
+              help="Flair predict mini-batch sizes to try (32 is always run: the reference).")
+@click.option("--spacy-ner", help="spaCy pipeline (name or folder) for the spaCy NER row; 'off' "
+                                  "skips it (default: ANNOTATOR_SPACY_NER, else en_core_web_sm).")
+@click.option("--stand-in", type=click.Choice(["tutorial"]),
+              help="Also bench a same-shape stand-in of Flair's tutorial tagger (GloVe + "
+                   "news-forward/backward, random weights).")
+@click.option("--stand-in-docs", default=5, show_default=True,
+              help="Documents for the stand-in section (its language models are slow on CPU).")
+@click.option("--stand-in-vocab", default=400_000, show_default=True,
+              help="Word-vector rows of the stand-in (GloVe has 400,000).")
+@click.option("--memory", is_flag=True, help="Also run annotate on the documents x10 and compare "
+                                             "peak RSS.")
+@click.option("--repeat", default=1, show_default=True, help="Runs per row (best time is kept).")
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="A fresh process per row (per-row peak RSS); --no-isolate is faster.")
+def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
+    """Words/s of Flair, spaCy and annotator side by side on the same documents (INPUTS: files
+    or folders like annotate's; none: generated news-like documents)."""
+    from annotator.bench import BenchOptions, run_bench
+
+    try:
+        sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
+    except ValueError:
+        raise AnnotatorError("--batch-sizes: comma-separated integers, e.g. 32,128,512") from None
+    run_bench(BenchOptions(inputs=inputs, batch_sizes=sizes, **options), echo=click.echo,
+              log=lambda line: click.echo(line, err=True))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -703,8 +703,12 @@ class FastSequenceTagger:
         return np.fromiter(ids, dtype=np.int64, count=len(ids))
 
     # ------------------------------------------------------------------ preparation (Python side)
-    def prepare(self, sentences: Sequence[Sequence[str]]) -> PreparedBatch:
-        """Builds index tensors for non-empty sentences that are already sorted by length, descending."""
+    def prepare(self, sentences: Sequence[Sequence[str]], skip: Collection[int] = ()) -> PreparedBatch:
+        """Builds index tensors for non-empty sentences that are already sorted by length, descending.
+
+        ``skip``: indices into ``self.components`` whose inputs are not prepared (``None``); their
+        embeddings must then be passed to :meth:`embed_flat` / :meth:`forward_packed` as ``given``.
+        """
         lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
         if lengths.size == 0 or lengths.min() == 0:
             raise ValueError("prepare() needs a non-empty list of non-empty sentences")
@@ -737,7 +741,8 @@ class FastSequenceTagger:
             type_columns=self._type_columns.array,
         )
         inputs = [
-            component.prepare(ctx, cols, self.device) for component, cols in zip(self.components, self._column_slices)
+            None if index in skip else component.prepare(ctx, cols, self.device)
+            for index, (component, cols) in enumerate(zip(self.components, self._column_slices))
         ]
         return PreparedBatch(
             lengths=lengths.tolist(),
@@ -749,29 +754,40 @@ class FastSequenceTagger:
         )
 
     # ------------------------------------------------------------------ forward (torch side)
-    def embed_flat(self, batch: PreparedBatch) -> torch.Tensor:
-        """Token embeddings ``[N, E]`` in flat order, concatenated in flair's (sorted-name) order."""
+    def embed_flat(self, batch: PreparedBatch, given: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
+        """Token embeddings ``[N, E]`` in flat order, concatenated in flair's (sorted-name) order.
+
+        ``given`` maps component indices to their ``[N, length]`` flat embeddings computed elsewhere
+        (e.g. a trainer's cache of frozen embeddings); those components are not run.
+        """
         parts = [
-            component.forward(inputs, self.device)
-            for component, inputs in zip(self.components, batch.component_inputs)
+            given[index].to(self.device) if given and index in given else component.forward(inputs, self.device)
+            for index, (component, inputs) in enumerate(zip(self.components, batch.component_inputs))
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def forward_packed(self, batch: PreparedBatch) -> torch.Tensor:
+    def forward_packed(
+        self,
+        batch: PreparedBatch,
+        given: Optional[dict[int, torch.Tensor]] = None,
+        rnn: Optional[Callable[[torch.Tensor, PreparedBatch], torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """Emissions ``[N, num_tags]`` in packed order; mirrors ``SequenceTagger.forward``.
 
         Differentiable; dropouts apply only if the tagger is in train mode (flair's dropout /
         word dropout / locked dropout, with masks per token / per sentence as in flair).
+        ``given``: precomputed flat embeddings of some components (see :meth:`embed_flat`);
+        ``rnn``: computes ``tagger.rnn`` on packed data another way (a trainer's, same math).
         """
         tagger = self.tagger
-        x = self.embed_flat(batch)[batch.packed_to_flat]
+        x = self.embed_flat(batch, given)[batch.packed_to_flat]
         x = x.to(tagger.linear.weight.dtype)
         if tagger.training:
             x = self._train_dropouts(x, batch, word_level=True)
         if tagger.reproject_embeddings:
             x = tagger.embedding2nn(x)
         if tagger.use_rnn:
-            x = tagger.rnn(PackedSequence(x, batch.batch_sizes))[0].data
+            x = rnn(x, batch) if rnn is not None else tagger.rnn(PackedSequence(x, batch.batch_sizes))[0].data
         if tagger.training:
             x = self._train_dropouts(x, batch, word_level=False)
         return tagger.linear(x)

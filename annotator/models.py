@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from annotator.corpus import sha256_file
 from annotator.errors import ModelError
@@ -51,6 +53,18 @@ def model_info(model: str | Path | None) -> ModelInfo:
     return ModelInfo(name=resolved, sha256=None)
 
 
+@contextlib.contextmanager
+def _quiet_flair() -> Iterator[None]:
+    """Flair logs its tag dictionary to stdout on load; library users' stdout stays theirs."""
+    flair_log = logging.getLogger("flair")
+    level = flair_log.level
+    flair_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        flair_log.setLevel(level)
+
+
 def load_tagger(model: str | Path | None = None, device: str = "auto"):
     """Load a SequenceTagger onto `device`; every failure is one ModelError naming the model."""
     import flair
@@ -62,7 +76,8 @@ def load_tagger(model: str | Path | None = None, device: str = "auto"):
     resolved = resolve_model(model)
     flair.device = choose_device(device)
     try:
-        tagger = SequenceTagger.load(resolved)
+        with _quiet_flair():
+            tagger = SequenceTagger.load(resolved)
     except Exception as exc:  # unpickling, hub and torch errors all mean "cannot use this model"
         where = "file" if isinstance(resolved, Path) else "hub model"
         hint = "" if isinstance(resolved, Path) else \

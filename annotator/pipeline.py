@@ -201,6 +201,23 @@ class _ErrorReport:
             self.handle.close()
 
 
+def _tag_locally(annotator: Annotator, documents: Iterable[Document]) -> Iterator[Annotated]:
+    return annotator.annotate_documents(documents)
+
+
+@dataclass
+class Hooks:
+    """The seams `annotator.runs` and `annotator.ray_engine` plug into; the defaults are a plain
+    run into one file. `records` and `tag` must keep input order."""
+
+    expand: Callable[[list[str]], list[str]] = expand_inputs
+    records: Callable[[list[str], ReaderOptions], Iterable[Record]] = read_documents
+    tag: Callable[[Annotator, Iterable[Document]], Iterable[Annotated]] = _tag_locally
+    open_writer: Callable[[dict[str, Any]], Any] | None = None  # metadata -> writer; None: `output`
+    errors: Callable[[str | None], Any] = _ErrorReport  # --errors path -> report (add, close)
+    total: Callable[[list[str], ReaderOptions], int | None] = count_documents  # progress bar
+
+
 def _split_records(records: Iterable[Record], on_error: str, report: _ErrorReport,
                    summary: Summary) -> Iterator[Document]:
     for record in records:
@@ -225,11 +242,13 @@ def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
 def annotate(inputs: list[str] | tuple[str, ...], output: str | None,
              options: AnnotateOptions = AnnotateOptions(),
              annotator: Annotator | None = None,
-             on_document: Callable[[Document, list[Entity]], None] | None = None) -> Summary:
+             on_document: Callable[[Document, list[Entity]], None] | None = None,
+             hooks: Hooks | None = None) -> Summary:
     """Annotate every document of `inputs` into `output` (None or '-' for stdout)."""
     if options.on_error not in ("fail", "skip"):
         raise AnnotatorError("--on-error is fail or skip")
-    files = expand_inputs(list(inputs))
+    hooks = hooks or Hooks()
+    files = hooks.expand(list(inputs))
     fmt = output_format(output, options.output_format)
     layout = options.layout or default_layout(fmt)
     reader_options = ReaderOptions(options.input_format, options.text_field, options.id_field)
@@ -242,17 +261,19 @@ def annotate(inputs: list[str] | tuple[str, ...], output: str | None,
                              f"{', '.join(annotator.labels)}")
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     summary = Summary()
-    report = _ErrorReport(options.errors if options.on_error == "skip" else None)
-    writer = open_writer(output, fmt, layout, _metadata(annotator, options), options.drop_fields)
+    report = hooks.errors(options.errors if options.on_error == "skip" else None)
+    metadata = _metadata(annotator, options)
+    writer = hooks.open_writer(metadata) if hooks.open_writer else \
+        open_writer(output, fmt, layout, metadata, options.drop_fields)
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
-        threading.Thread(target=lambda: setattr(bar, "total", count_documents(files, reader_options)),
+        threading.Thread(target=lambda: setattr(bar, "total", hooks.total(files, reader_options)),
                          daemon=True).start()
     started = time.perf_counter()
     try:
-        documents = _split_records(read_documents(files, reader_options), options.on_error,
+        documents = _split_records(hooks.records(files, reader_options), options.on_error,
                                    report, summary)
-        for result in annotator.annotate_documents(documents):
+        for result in hooks.tag(annotator, documents):
             entities = result.entities
             if labels or options.min_score > 0:
                 entities = [e for e in entities if (not labels or e.label in labels)

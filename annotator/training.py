@@ -13,6 +13,7 @@ config, the corpus checksums, the training log, per-epoch metrics and a checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,6 +38,8 @@ from annotator.errors import AnnotatorError
 log = logging.getLogger("annotator")
 
 PRESETS = ("seed", "offline", "transformer")
+TRAINERS = ("auto", "fast", "flair")
+CHOICES = {"trainer": TRAINERS, "batching": ("shuffle", "bucket")}
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 CONFIG = "config.toml"
@@ -78,6 +81,12 @@ class TrainConfig:
     min_learning_rate: float = 0.0001
     seed: int = 1
     device: str = "auto"
+    # which trainer: auto (the fast one where it supports the model), fast, or flair (ModelTrainer)
+    trainer: str = "auto"
+    # fast trainer: "shuffle" draws batches like Flair's DataLoader; "bucket" groups sentences of
+    # similar length (fewer RNN/CRF time steps per batch), batches still of batch_size sentences
+    batching: str = "shuffle"
+    mixed_precision: bool = False  # fast trainer on a GPU: bfloat16 autocast (opt-in)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -103,6 +112,9 @@ class TrainConfig:
                 value = float(value)
             if not isinstance(value, expected):
                 raise AnnotatorError(f"{origin}: {key} must be {expected.__name__}, not {value!r}")
+            if key in CHOICES and value not in CHOICES[key]:
+                raise AnnotatorError(f"{origin}: {key} must be one of {', '.join(CHOICES[key])}, "
+                                     f"not {value!r}")
             setattr(self, key, value)
 
     def to_toml(self) -> str:
@@ -303,62 +315,147 @@ class TrainResult:
     finished: bool
 
 
-def _run_plugin(output: Path, state: dict[str, Any], on_epoch: Callable[[Path], None] | None):
-    """Per-epoch bookkeeping Flair's trainer lacks: our own best model, metrics and checkpoint.
+@dataclass
+class DevScores:
+    """An epoch's dev evaluation: Flair's micro-averaged span scores and loss per token."""
 
-    Best-model choice is kept here (not in Flair's local variables) so that it survives
-    ``--resume``; the annealing scheduler's state is saved and restored for the same reason.
+    precision: float | None
+    recall: float | None
+    f1: float
+    loss: float | None = None
+
+
+class RunBook:
+    """The per-epoch bookkeeping both trainers share (Flair's ModelTrainer and the fast trainer).
+
+    It owns what must survive ``--resume``: metrics.json (one entry per epoch), the best model
+    (best dev micro-F1, kept here rather than in a trainer's local variables), checkpoint.pt,
+    and the state of the AnnealOnPlateau scheduler, which it steps after each evaluation as
+    Flair's AnnealingPlugin does (mode max on dev micro-F1, dev loss breaking ties).  The state
+    is saved *after* that step, so a resumed run starts with the learning rate and patience
+    counters the next epoch would have had.
     """
-    from flair.trainers.plugins.base import TrainerPlugin
-    from flair.trainers.plugins.functional.anneal_on_plateau import AnnealingPlugin
+
+    def __init__(self, output: Path, state: dict[str, Any], config: "TrainConfig",
+                 on_epoch: Callable[[Path], None] | None = None) -> None:
+        self.output, self.state, self.config, self.on_epoch = output, state, config, on_epoch
+        self.started = time.time()
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.state["learning_rate"])
+
+    def make_scheduler(self, optimizer):
+        """Flair's AnnealOnPlateau as its AnnealingPlugin sets it up, with the saved state restored."""
+        from flair.training_utils import AnnealOnPlateau
+
+        scheduler = AnnealOnPlateau(optimizer, mode="max", factor=self.config.anneal_factor,
+                                    patience=self.config.patience, initial_extra_patience=0)
+        if self.state.get("scheduler"):
+            vars(scheduler).update(self.state["scheduler"])
+        return scheduler
+
+    def start_epoch(self) -> None:
+        self.started = time.time()
+
+    def end_epoch(self, model, epoch: int, train_loss: float | None, dev: DevScores | None,
+                  optimizer, scheduler) -> bool:
+        """Anneal, record the epoch, save best model / checkpoint / metrics; True: stop training."""
+        state = self.state
+        lr = float(optimizer.param_groups[0]["lr"])
+        note = ""
+        if scheduler is not None:
+            # Flair steps on (dev micro-F1, dev loss), or on the train loss without a dev split
+            scores = (dev.f1, dev.loss) if dev is not None else (train_loss,)
+            if scheduler.step(*scores):
+                note = f"; {self.config.patience + 1} epochs without improvement: learning rate annealed " \
+                       f"to {optimizer.param_groups[0]['lr']:g}"
+            elif scheduler.num_bad_epochs:
+                note = f"; {scheduler.num_bad_epochs} epochs without improvement"
+        entry = {"epoch": epoch, "train_loss": train_loss,
+                 "dev_precision": dev.precision if dev else None,
+                 "dev_recall": dev.recall if dev else None,
+                 "dev_f1": dev.f1 if dev else None, "learning_rate": lr,
+                 "seconds": round(time.time() - self.started, 2)}
+        state["epochs"].append(entry)
+        state["last_train_loss"] = train_loss
+        state["last_dev_p"], state["last_dev_r"] = entry["dev_precision"], entry["dev_recall"]
+        best = dev is None or dev.f1 > state["best_dev_f1"] or state["best_epoch"] == 0
+        if best:
+            state["best_epoch"] = epoch
+            if dev is not None:
+                state["best_dev_f1"] = dev.f1
+            model.save(self.output / "best-model.pt")
+        state["scheduler"] = {k: v for k, v in vars(scheduler).items()
+                              if isinstance(v, (int, float, str, bool))} if scheduler else None
+        state["epoch"], state["learning_rate"] = epoch, float(optimizer.param_groups[0]["lr"])
+        model.save(self.output / CHECKPOINT)
+        _write_json(self.output / METRICS, state)
+        _draw_curves(self.output)
+        dev_text = f"dev P {100 * dev.precision:.2f} R {100 * dev.recall:.2f} F1 {100 * dev.f1:.2f}" \
+            if dev is not None and dev.precision is not None and dev.recall is not None else \
+            (f"dev F1 {100 * dev.f1:.2f}" if dev is not None else "no dev split")
+        log.info("epoch %d/%d: train loss %.4f, %s%s, lr %g, %.1f s%s", epoch, self.config.max_epochs,
+                 train_loss if train_loss is not None else float("nan"), dev_text,
+                 " (best)" if best else "", lr, entry["seconds"], note)
+        if self.on_epoch is not None:
+            self.on_epoch(self.output)
+        return scheduler is not None and state["learning_rate"] < self.config.min_learning_rate
+
+
+def _run_plugin(book: RunBook, anneal: bool, has_dev: bool):
+    """Flair's ModelTrainer reports each epoch to the shared RunBook through this plugin.
+
+    With `anneal`, the plugin replaces Flair's AnnealingPlugin (the RunBook steps the same
+    AnnealOnPlateau), so the scheduler's state is recorded after its step, not before.
+    """
+    from flair.trainers.plugins.base import TrainerPlugin, TrainingInterrupt
 
     class RunPlugin(TrainerPlugin):
-        def _scheduler(self):
-            for plugin in self.trainer.plugins:
-                if isinstance(plugin, AnnealingPlugin):
-                    return plugin.scheduler
-            return None
+        scheduler = None
+
+        @TrainerPlugin.hook
+        def after_setup(self, **kw):
+            self.scheduler = book.make_scheduler(self.trainer.optimizer) if anneal else None
 
         @TrainerPlugin.hook
         def before_training_epoch(self, epoch, **kw):
-            # restored here, not in after_setup: the annealing plugin may set up after this one
-            saved, state["scheduler"] = state.get("scheduler"), None
-            if saved:
-                vars(self._scheduler()).update(saved)
-            self.epoch_started = time.time()
-            self.losses = []
+            book.start_epoch()
+            self.scores: dict[str, float] = {}
 
         @TrainerPlugin.hook
         def metric_recorded(self, record):
-            if tuple(record.name) == ("train", "loss"):
-                state["last_train_loss"] = float(record.value)
-            elif tuple(record.name) == ("dev", "micro avg", "precision"):
-                state["last_dev_p"] = float(record.value)
-            elif tuple(record.name) == ("dev", "micro avg", "recall"):
-                state["last_dev_r"] = float(record.value)
+            names = {("train", "loss"): "loss", ("dev", "micro avg", "precision"): "p",
+                     ("dev", "micro avg", "recall"): "r"}
+            name = names.get(tuple(record.name))
+            if name is not None:
+                self.scores[name] = float(record.value)
 
         @TrainerPlugin.hook
         def after_evaluation(self, epoch, validation_scores, **kw):
-            dev_f1 = float(validation_scores[0]) if validation_scores else 0.0
-            lr = self.trainer.optimizer.param_groups[0]["lr"]
-            entry = {"epoch": epoch, "train_loss": state.get("last_train_loss"),
-                     "dev_precision": state.get("last_dev_p"), "dev_recall": state.get("last_dev_r"),
-                     "dev_f1": dev_f1, "learning_rate": lr,
-                     "seconds": round(time.time() - self.epoch_started, 2)}
-            state["epochs"].append(entry)
-            if dev_f1 > state["best_dev_f1"] or state["best_epoch"] == 0:
-                state["best_dev_f1"], state["best_epoch"] = dev_f1, epoch
-                self.model.save(output / "best-model.pt")
-            scheduler = self._scheduler()
-            state["scheduler"] = {k: v for k, v in vars(scheduler).items()
-                                  if isinstance(v, (int, float, str, bool))} if scheduler else None
-            state["epoch"], state["learning_rate"] = epoch, lr
-            self.model.save(output / CHECKPOINT)
-            _write_json(output / METRICS, state)
-            if on_epoch is not None:
-                on_epoch(output)
+            dev = None
+            if has_dev and validation_scores:
+                dev = DevScores(self.scores.get("p"), self.scores.get("r"), float(validation_scores[0]),
+                                float(validation_scores[1]) if len(validation_scores) > 1 else None)
+            if book.end_epoch(self.model, epoch, self.scores.get("loss"), dev, self.trainer.optimizer,
+                              self.scheduler):
+                raise TrainingInterrupt("learning rate too small - quitting training!")
 
     return RunPlugin()
+
+
+def _draw_curves(output: Path) -> None:
+    """training.png beside the model, redrawn every epoch so that a long run can be watched."""
+    try:
+        from annotator.views import TRAINING_PNG, plot_training
+
+        plot_training(output, output / TRAINING_PNG)
+    except Exception as exc:  # a figure is never worth stopping a training run for
+        log.warning("could not draw the training curves: %s", exc)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -367,13 +464,72 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def choose_trainer(config: TrainConfig, tagger) -> tuple[str, str]:
+    """("fast" | "flair", why): `auto` is the fast trainer wherever it supports the model."""
+    from annotator.fast_training import unsupported_reason
+
+    if config.trainer == "flair":
+        return "flair", "Flair's ModelTrainer (trainer = flair)"
+    reason = unsupported_reason(tagger, config)
+    if reason is None:
+        return "fast", f"the fast trainer (vectorised batches, trainer = {config.trainer})"
+    if config.trainer == "fast":
+        raise AnnotatorError(f"--trainer fast cannot train this model: {reason}; "
+                             "use --trainer flair (or auto)")
+    return "flair", f"Flair's ModelTrainer (the fast trainer does not support this model: {reason})"
+
+
+@contextlib.contextmanager
+def _training_log(output: Path):
+    """training.log beside the model: our per-epoch lines and Flair's log, appended on --resume."""
+    handler = logging.FileHandler(output / "training.log", mode="a", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)-15s %(name)s: %(message)s"))
+    loggers = [log, logging.getLogger("flair")]
+    level = log.level
+    if not log.isEnabledFor(logging.INFO):
+        log.setLevel(logging.INFO)
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()
+
+
+def _train_with_flair(tagger, corpus, config: TrainConfig, book: RunBook) -> None:
+    import flair
+    from flair.data import Corpus
+    from flair.trainers import ModelTrainer
+
+    trainable = has_trainable_embeddings(tagger.embeddings)
+    # Flair 0.15.1 keeps embeddings computed under no_grad when storage is "cpu": trainable
+    # ones would then be frozen at their epoch-1 values for every later dev evaluation.
+    storage = "none" if trainable else ("gpu" if flair.device.type == "cuda" else "cpu")
+    training_corpus = Corpus(train=corpus.train, dev=corpus.dev, test=None, name="annotator",
+                             sample_missing_splits=False)
+    trainer = ModelTrainer(tagger, training_corpus)
+    anneal = config.preset != "transformer"
+    plugin = _run_plugin(book, anneal=anneal, has_dev=corpus.dev is not None)
+    common = dict(base_path=book.output, learning_rate=book.learning_rate,
+                  mini_batch_size=config.batch_size, max_epochs=config.max_epochs,
+                  epoch=book.epoch, embeddings_storage_mode=storage, plugins=[plugin],
+                  use_final_model_for_eval=True, save_final_model=True, create_file_logs=False)
+    if anneal:
+        # the RunBook steps Flair's AnnealOnPlateau itself (see RunBook.end_epoch)
+        trainer.train(attach_default_scheduler=False, **common)
+    else:
+        trainer.fine_tune(**common)
+
+
 def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resume: bool = False,
           on_epoch: Callable[[Path], None] | None = None) -> TrainResult:
     """Train `config` on a column corpus into `output`; with `resume`, continue its checkpoint."""
     import flair
-    from flair.data import Corpus
     from flair.models import SequenceTagger
-    from flair.trainers import ModelTrainer
 
     import annotator.embeddings  # noqa: F401  (registers our embeddings for loading checkpoints)
     from annotator.evaluation import evaluate_tagger
@@ -392,9 +548,10 @@ def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resum
         if state["corpus"] != checksums:
             raise AnnotatorError(f"{output}: the corpus differs from the one this run started on")
         saved = resolve_config(None, output / CONFIG)
-        if saved != config:
-            diff = [f.name for f in dataclasses.fields(config)
-                    if getattr(saved, f.name) != getattr(config, f.name)]
+        # both trainers write the same checkpoint, so a run may continue with the other one
+        diff = [f.name for f in dataclasses.fields(config) if f.name not in ("trainer", "extra")
+                and getattr(saved, f.name) != getattr(config, f.name)]
+        if diff:
             raise AnnotatorError(f"{output}: --resume with other settings than the run started with "
                                  f"({', '.join(diff)}); resume without changing them")
         if state.get("finished"):
@@ -414,38 +571,34 @@ def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resum
         tagger = SequenceTagger.load(output / CHECKPOINT)
     else:
         tagger = build_tagger(config, corpus, label_type)
-    trainable = has_trainable_embeddings(tagger.embeddings)
-    # Flair 0.15.1 keeps embeddings computed under no_grad when storage is "cpu": trainable
-    # ones would then be frozen at their epoch-1 values for every later dev evaluation.
-    storage = "none" if trainable else ("gpu" if flair.device.type == "cuda" else "cpu")
-    training_corpus = Corpus(train=corpus.train, dev=corpus.dev, test=None, name="annotator",
-                             sample_missing_splits=False)
-    trainer = ModelTrainer(tagger, training_corpus)
-    plugin = _run_plugin(output, state, on_epoch)
-    common = dict(base_path=output, learning_rate=state["learning_rate"],
-                  mini_batch_size=config.batch_size, max_epochs=config.max_epochs,
-                  epoch=state["epoch"], embeddings_storage_mode=storage, plugins=[plugin],
-                  use_final_model_for_eval=True, save_final_model=True)
-    if config.preset == "transformer":
-        trainer.fine_tune(**common)
-    else:
-        trainer.train(anneal_factor=config.anneal_factor, patience=config.patience,
-                      min_learning_rate=config.min_learning_rate, **common)
+    book = RunBook(output, state, config, on_epoch)
+    with _training_log(output):
+        kind, why = choose_trainer(config, tagger)
+        log.info("training with %s", why)
+        if kind == "fast":
+            from annotator.fast_training import fit
 
-    # Flair's trainer returns normally after Ctrl-C too: a run is finished only when it ran all
-    # its epochs or annealing took the learning rate below the minimum.
-    finished = state["epoch"] >= config.max_epochs or \
-        state["learning_rate"] < config.min_learning_rate
-    state["seconds"] = round(state.get("seconds", 0) + time.time() - started, 1)
-    test_scores = None
-    best = output / "best-model.pt"
-    if finished and corpus.test is not None and best.exists():
-        test_scores = evaluate_tagger(SequenceTagger.load(best), corpus.test).to_dict()
-    state.update(finished=finished, test=test_scores)
-    _write_json(output / METRICS, state)
-    if not finished:
-        log.warning("training stopped after epoch %d of %d; continue it with --resume",
-                    state["epoch"], config.max_epochs)
+            fit(tagger, corpus, config, book)
+        else:
+            _train_with_flair(tagger, corpus, config, book)
+
+        # Both trainers return normally after Ctrl-C too: a run is finished only when it ran all
+        # its epochs or annealing took the learning rate below the minimum.
+        finished = state["epoch"] >= config.max_epochs or \
+            state["learning_rate"] < config.min_learning_rate
+        state["seconds"] = round(state.get("seconds", 0) + time.time() - started, 1)
+        test_scores = None
+        best = output / "best-model.pt"
+        if finished and corpus.test is not None and best.exists():
+            test_scores = evaluate_tagger(SequenceTagger.load(best), corpus.test).to_dict()
+            log.info("test micro-F1 of the best model (epoch %d): %.2f", state["best_epoch"],
+                     100 * test_scores["micro"]["f1"])
+        state.update(finished=finished, test=test_scores)
+        _write_json(output / METRICS, state)
+        _draw_curves(output)
+        if not finished:
+            log.warning("training stopped after epoch %d of %d; continue it with --resume",
+                        state["epoch"], config.max_epochs)
     return TrainResult(output=output, epochs=state["epoch"], best_epoch=state["best_epoch"],
                        best_dev_f1=state["best_dev_f1"], test=test_scores, seconds=state["seconds"],
                        finished=finished)

@@ -1,0 +1,353 @@
+"""`annotator annotate --engine ray`: the same pipeline on a Ray cluster (optional extra).
+
+    files ──► Ray Dataset of file names ──► read tasks ──► tagger actors ──► driver ──► writers
+              (one row per input file)     (annotator.    (map_batches, one  (in input
+                                            readers)       Annotator each,    order)
+                                                           one GPU each)
+
+Reading runs in Ray tasks with `annotator.readers`, so ids, rows, bad records and compressed
+or Parquet inputs are exactly what the local engine sees (Ray's own `read_json` and
+`read_parquet` cannot say which line a row came from, so `source_row` and SOURCE:ROW ids
+would differ). Each actor loads the tagger once. The driver receives the results in input
+order (`preserve_order`) and writes them with the local engine's writers — the same files,
+the same schema (`annotator.writers.SPANS_SCHEMA`), and for a directory output the same part
+files and manifest, so `--resume` and `--shard` work here too.
+
+Inputs are local (or shared-filesystem) paths, or URIs pyarrow's filesystems open (s3://,
+gs://, hdfs://...); a remote file is copied to the reading worker's temp dir and read there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from annotator.errors import AnnotatorError
+from annotator.pipeline import AnnotateOptions, Annotated, Annotator, Hooks, Summary, annotate
+from annotator.readers import STDIN, Document, ReaderOptions, RecordError, expand_inputs
+from annotator.runs import (Positioned, RunOptions, Shard, _directory_options, annotate_directory,
+                            is_directory_output, local_source)
+from annotator.tagging import Entity
+from annotator.writers import default_layout, output_format
+
+log = logging.getLogger("annotator")
+
+READ_BLOCK = 1024  # records per block out of a read task
+TAG_BATCH = 256  # documents per call of a tagger actor
+
+
+def _import_ray():
+    try:
+        import pyarrow  # noqa: F401
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise AnnotatorError(f"--engine ray needs Ray: pip install 'annotator[ray]' ({exc})") from None
+    return ray
+
+
+# --- inputs: local paths or URIs ---------------------------------------------------------
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def expand_any(inputs: list[str]) -> list[str]:
+    """Local files, folders and globs as `expand_inputs` finds them; URIs of files or folders."""
+    from pyarrow import fs
+
+    files: list[str] = []
+    for item in inputs:
+        if not _is_uri(item):
+            files.extend(expand_inputs([item]))
+            continue
+        filesystem, path = fs.FileSystem.from_uri(item)
+        info = filesystem.get_file_info(path)
+        scheme = item.split("://", 1)[0]
+        if info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+            files.extend(sorted(f"{scheme}://{f.path}" for f in found if f.type == fs.FileType.File
+                                and not os.path.basename(f.path).startswith(".")))
+        elif info.type == fs.FileType.File:
+            files.append(item)
+        else:
+            raise AnnotatorError(f"{item}: no such file or directory")
+    if STDIN in files:
+        raise AnnotatorError("--engine ray reads files, not stdin")
+    return files
+
+
+@contextmanager
+def _local_copy(uri: str) -> Iterator[str]:
+    """A remote file copied into a temp dir (keeping its name, so its extensions still count)."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    folder = tempfile.mkdtemp(prefix="annotator-")
+    local = os.path.join(folder, os.path.basename(path))
+    try:
+        with filesystem.open_input_stream(path) as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target, 8 << 20)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_from(record: Any, local: str, uri: str) -> Any:
+    """A record read from a local copy, as if read from `uri` (source and SOURCE:ROW id)."""
+    if isinstance(record, RecordError):
+        return RecordError(uri, record.row, record.reason.replace(local, uri))
+    if record.id in (f"{local}:{record.row}", local):
+        record.id = record.id.replace(local, uri, 1)
+    record.source = uri
+    return record
+
+
+def _records_of(path: str, skip: int, shard: Shard, options: ReaderOptions) -> Iterator[tuple[int, Any]]:
+    if not _is_uri(path):
+        for _, number, record in local_source([path], options, (0, skip), shard):
+            yield number, record
+        return
+    with _local_copy(path) as local:
+        for _, number, record in local_source([local], options, (0, skip), Shard()):
+            record = _as_from(record, local, path)
+            if shard.holds(record):
+                yield number, record
+
+
+# --- the Ray stages ----------------------------------------------------------------------
+
+
+def _schema(tagged: bool):
+    import pyarrow as pa
+
+    columns = [("file", pa.int64()), ("number", pa.int64()), ("kind", pa.string()),
+               ("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+               ("row", pa.int64()), ("fields", pa.binary()), ("reason", pa.string())]
+    if tagged:
+        columns += [("entities", pa.string()), ("sentences", pa.int64()), ("tokens", pa.int64())]
+    return pa.schema(columns)
+
+
+def _read_files(batch, *, reader_options: ReaderOptions, shard: Shard, cursor: tuple[int, int],
+                keep_fields: bool):
+    """Ray task: the records of the files in `batch`, as blocks of rows, in order."""
+    import pyarrow as pa
+
+    schema = _schema(tagged=False)
+    for index, path in zip(batch.column("file").to_pylist(), batch.column("path").to_pylist()):
+        skip = cursor[1] if index == cursor[0] else 0
+        rows: list[dict[str, Any]] = []
+        for number, record in _records_of(path, skip, shard, reader_options):
+            if isinstance(record, RecordError):
+                rows.append({"file": index, "number": number, "kind": "error", "id": None,
+                             "text": None, "source": record.source, "row": record.row,
+                             "fields": None, "reason": record.reason})
+            else:
+                rows.append({"file": index, "number": number, "kind": "doc", "id": record.id,
+                             "text": record.text, "source": record.source, "row": record.row,
+                             "fields": pickle.dumps(record.fields) if keep_fields else None,
+                             "reason": None})
+            if len(rows) >= READ_BLOCK:
+                yield pa.Table.from_pylist(rows, schema=schema)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=schema)
+
+
+class _Tagger:
+    """Ray actor: loads the tagger once, then tags batches of documents."""
+
+    def __init__(self, model: str | None, model_bytes: Any, device: str, batch_size: int,
+                 spacy_model: str | None, max_sentence_tokens: int, engine: str, threads: int,
+                 keep_text: bool) -> None:
+        import flair  # noqa: F401  (it sets up its own logger on import; quieten it after)
+        import torch
+
+        logging.getLogger("flair").setLevel(logging.WARNING)
+        torch.set_num_threads(max(1, threads))
+        if model_bytes is not None:  # a local model file, shipped through the object store
+            import ray
+
+            model_bytes = ray.get(model_bytes)
+            folder = tempfile.mkdtemp(prefix="annotator-model-")
+            model = os.path.join(folder, "model.pt")
+            with open(model, "wb") as handle:
+                handle.write(model_bytes)
+        self.annotator = Annotator(model, device, batch_size, spacy_model, max_sentence_tokens, engine)
+        self.keep_text = keep_text
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        rows = batch.to_pylist()
+        documents = [Document(r["id"], r["text"], r["source"], r["row"]) for r in rows
+                     if r["kind"] == "doc"]
+        results = iter(self.annotator.annotate_documents(documents))
+        for row in rows:
+            if row["kind"] == "doc":
+                result = next(results)
+                row["entities"] = json.dumps([e.to_dict() for e in result.entities])
+                row["sentences"], row["tokens"] = result.sentences, result.tokens
+            else:
+                row["entities"], row["sentences"], row["tokens"] = None, 0, 0
+            if not self.keep_text:
+                row["text"] = None
+        return pa.Table.from_pylist(rows, schema=_schema(tagged=True))
+
+
+@dataclass
+class _TaggedDocument(Document):
+    """A document that comes back from the cluster with its results."""
+
+    entities: list = field(default_factory=list)
+    sentences: int = 0
+    tokens: int = 0
+
+
+def _tagged(annotator: Annotator, documents: Iterable[Document]) -> Iterator[Annotated]:
+    """The pipeline's `tag` hook: the work was done on the cluster."""
+    for doc in documents:
+        yield Annotated(doc, doc.entities, doc.sentences, doc.tokens)
+
+
+def _annotator_error(exc: BaseException) -> AnnotatorError | None:
+    """The user error inside a Ray task's exception, if that is what it is."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, AnnotatorError):
+            return AnnotatorError(str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1])
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
+
+
+class RaySource:
+    """A `runs.Source` whose records come back from the cluster already tagged."""
+
+    def __init__(self, ray, options: AnnotateOptions, actors: int, gpus_per_actor: float,
+                 cpus_per_actor: float, show_progress: bool) -> None:
+        self.ray, self.options = ray, options
+        self.actors, self.gpus, self.cpus = actors, gpus_per_actor, cpus_per_actor
+        self.show_progress = show_progress
+
+    def __call__(self, files: list[str], reader_options: ReaderOptions, cursor: tuple[int, int],
+                 shard: Shard) -> Iterator[Positioned]:
+        ray, options = self.ray, self.options
+        items = [{"file": i, "path": p} for i, p in enumerate(files) if i >= cursor[0]]
+        if not items:
+            return
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # input order, so resume has a cursor
+        context.enable_progress_bars = self.show_progress
+        layout_documents = options.layout == "documents"
+        from annotator.models import resolve_model
+
+        resolved = resolve_model(options.model)  # a local file travels to the actors with the job
+        model_bytes = ray.put(resolved.read_bytes()) if isinstance(resolved, Path) else None
+        device = options.device if self.gpus else "cpu"
+        try:
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        except TypeError:  # Ray before 2.10
+            dataset = ray.data.from_items(items, parallelism=len(items))
+        dataset = dataset.map_batches(
+            _read_files, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+            fn_kwargs={"reader_options": reader_options, "shard": shard, "cursor": cursor,
+                       "keep_fields": layout_documents and not options.drop_fields})
+        dataset = dataset.map_batches(
+            _Tagger, batch_size=TAG_BATCH, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_gpus=self.gpus or None, num_cpus=self.cpus,
+            fn_constructor_kwargs={
+                "model": options.model, "model_bytes": model_bytes, "device": device,
+                "batch_size": options.batch_size, "spacy_model": options.spacy_model,
+                "max_sentence_tokens": options.max_sentence_tokens, "engine": options.engine,
+                "threads": int(self.cpus), "keep_text": layout_documents})
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    yield row["file"], row["number"], self._record(row)
+        except Exception as exc:
+            error = _annotator_error(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    @staticmethod
+    def _record(row: dict[str, Any]) -> Any:
+        if row["kind"] == "error":
+            return RecordError(row["source"], row["row"], row["reason"])
+        return _TaggedDocument(
+            id=row["id"], text=row["text"] or "", source=row["source"], row=row["row"],
+            fields=pickle.loads(row["fields"]) if row["fields"] is not None else {},
+            entities=[Entity(**e) for e in json.loads(row["entities"])],
+            sentences=row["sentences"], tokens=row["tokens"])
+
+
+# --- the entry point ---------------------------------------------------------------------
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray; True if we did."""
+    if log.getEffectiveLevel() > logging.DEBUG:  # Ray Data's own execution notes
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+    except Exception as exc:  # connection refused, bad address, version mismatch
+        raise AnnotatorError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    return True
+
+
+def annotate_with_ray(inputs: Iterable[str], output: str | None, options: AnnotateOptions,
+                      run: RunOptions = RunOptions(engine="ray"), shard: Shard = Shard()) -> Summary:
+    """Annotate `inputs` on a Ray cluster into `output` (a file or a directory of parts)."""
+    ray = _import_ray()
+    if output in (None, "-"):
+        raise AnnotatorError("--engine ray writes files: give -o FILE or -o DIR/")
+    if is_directory_output(output):
+        options = _directory_options(options)
+    else:
+        fmt = output_format(output, options.output_format)
+        options = replace(options, output_format=fmt, layout=options.layout or default_layout(fmt))
+    files = expand_any(list(inputs))
+    started_here = _connect(ray, run.ray_address)
+    try:
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0) if options.device != "cpu" else 0
+        cpus = resources.get("CPU", 1)
+        actors = run.workers or (int(gpus) if gpus >= 1 else max(1, int(cpus) - 1))
+        show = options.progress if options.progress is not None else False
+        source = RaySource(ray, options, actors, 1 if gpus >= 1 else 0, 1.0, show)
+        log.info("Ray: %d tagger actor(s) on %s", actors, f"{int(gpus)} GPU(s)" if gpus >= 1
+                 else f"{int(cpus)} CPU(s)")
+        # the driver loads the model too: for the label check and the files' provenance
+        driver = Annotator(options.model, "cpu", options.batch_size, options.spacy_model,
+                           options.max_sentence_tokens, options.engine)
+        if is_directory_output(output):
+            return annotate_directory(files, output, options, shard, run.resume, run.part_size,
+                                      annotator=driver, source=source, tag=_tagged,
+                                      expand=lambda _: files)
+        if run.resume:
+            raise AnnotatorError("--resume needs a directory output (-o DIR/)")
+        return annotate(files, output, options, driver, hooks=Hooks(
+            expand=lambda _: files, tag=_tagged,
+            records=lambda files, reader_options: (record for _, _, record in source(
+                files, reader_options, (0, 0), shard)),
+            total=lambda files, reader_options: None))
+    finally:
+        if started_here:
+            ray.shutdown()
