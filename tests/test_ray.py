@@ -76,7 +76,10 @@ def test_ray_resumes_a_sharded_run_the_local_engine_started(local_ray, tiny_mode
     monkeypatch.setattr(runs.Manifest, "save", real_save)
     assert len(read_manifests(out)[0]["parts"]) == 2
     result = _run(*common, "-o", f"{out}/", "--resume", "--engine", "ray", "--workers", "1")
-    assert result.exit_code == 3, result.output
-    reference = _run(*common, "-o", str(tmp_path / "reference.jsonl"))
-    assert reference.exit_code == 3
+    assert result.exit_code in (0, 3) and "resuming after 40 documents" in result.output
+    reference = _run(*common, "-o", str(tmp_path / "reference.jsonl"),
+                     "--errors", str(tmp_path / "errors.jsonl"))
+    assert reference.exit_code in (0, 3)
     assert_same_documents(_lines(part_files(out)), _lines([tmp_path / "reference.jsonl"]))
+    [manifest] = read_manifests(out)
+    assert manifest["complete"] and manifest["skipped"] == len(_lines([tmp_path / "errors.jsonl"]))
