@@ -113,6 +113,18 @@ DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (a GPU when there is one), cpu, or cuda[:N].")
 
 
+def _input_options(command):
+    """How documents are read: the same flags for `annotate` and `view`."""
+    command = click.option("--id-field", default="id", show_default=True,
+                           help="JSONL/Parquet id field; without one, ids are SOURCE:ROW.")(command)
+    command = click.option("--text-field", default="text", show_default=True,
+                           help="JSONL/Parquet text field.")(command)
+    return click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
+                        help="Input format (default: from each file's extension; stdin is "
+                             "JSONL).")(command)
+
+
+
 @cli.command()
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -217,11 +229,7 @@ def plot(model_dir: Path, output: Path | None) -> None:
 @click.option("--limit", default=100, show_default=True, help="Show at most this many documents.")
 @click.option("--label", "label_names", multiple=True,
               help="Only entities of this type, and only documents that have one (repeatable).")
-@click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
-              help="Format of --docs (default: from each file's extension).")
-@click.option("--text-field", default="text", show_default=True, help="JSONL/Parquet text field.")
-@click.option("--id-field", default="id", show_default=True,
-              help="JSONL/Parquet id field, as given to annotate.")
+@_input_options
 def view(spans: str, docs: tuple[str, ...], output: str, limit: int, label_names: tuple[str, ...],
          input_format: str | None, text_field: str, id_field: str) -> None:
     """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
@@ -267,11 +275,7 @@ def _exit_quietly_on_broken_pipe() -> None:
                    "Parquet).")
 @click.option("--layout", type=click.Choice(["documents", "spans"]),
               help="One record per document (JSONL default) or per entity (Parquet default).")
-@click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
-              help="Input format (default: from each file's extension; stdin is JSONL).")
-@click.option("--text-field", default="text", show_default=True, help="JSONL/Parquet text field.")
-@click.option("--id-field", default="id", show_default=True,
-              help="JSONL/Parquet id field; without one, ids are SOURCE:ROW.")
+@_input_options
 @click.option("--drop-fields", is_flag=True, help="documents layout: write only id and entities.")
 @click.option("--spacy-model", help="Installed spaCy pipeline whose parser/senter finds sentences "
                                     "(default: a blank English pipeline with the sentencizer).")

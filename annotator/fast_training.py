@@ -9,7 +9,10 @@ with the *same mathematics* and keeps only the Python that is needed once per ba
   :meth:`FastSequenceTagger.prepare` (word-type cache, the character encoder over the unique
   words of the batch at once, packed layout, Flair's char-duplicate quirk included);
 * the forward pass is :meth:`FastSequenceTagger.forward_packed` in train mode, which applies
-  the tagger's dropout / word dropout / locked dropout with Flair's distributions;
+  the tagger's dropout / word dropout / locked dropout with Flair's distributions; on the CPU the
+  BiLSTM and the character encoder run through :class:`_LSTMDirection`, the same LSTM equations
+  without the per-step slicing that makes torch's CPU LSTM backward quadratic in the batch length
+  (on a GPU, cuDNN's packed LSTM is used as is);
 * the CRF loss (:func:`crf_loss_packed`) is Flair's ``ViterbiLoss`` -- the forward algorithm
   minus the gold path score, summed over the batch -- vectorised over packed emissions;
 * frozen language-model embeddings (``FlairEmbeddings`` that are not fine-tuned) are computed
@@ -31,9 +34,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -443,14 +446,14 @@ class FastTrainer:
         self._dev_batches: Optional[list[tuple[np.ndarray, PreparedBatch, Optional[_Layout]]]] = None
 
     # ------------------------------------------------------------------ one batch
-    def _batch(self, split: _Split, ids: np.ndarray, cache: dict[int, _FrozenCache]):
+    def _batch(self, split: _Split, ids: np.ndarray, cache: Optional[dict[int, _FrozenCache]]):
         ids = ids[np.argsort(-split.lengths[ids], kind="stable")]  # Flair sorts a batch by length
         batch = self.fast.prepare([split.words[i] for i in ids], skip=self.frozen)
         layout = None
         if split.tags is not None:
             gold = np.concatenate([split.tags[i] for i in ids])
             layout = make_layout(split.lengths[ids], gold, self.start_index, self.device)
-        given = {i: cache[i].lookup(ids, self.device) for i in self.frozen}
+        given = {i: cache[i].lookup(ids, self.device) for i in self.frozen} if cache is not None else {}
         return ids, batch, layout, given
 
     def _emissions(self, batch: PreparedBatch, given: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -531,7 +534,7 @@ class FastTrainer:
             order = np.argsort(-split.lengths, kind="stable")
             batches = []
             for chunk in _token_chunks(order, split.lengths, self.fast.max_tokens_per_batch):
-                ids, batch, layout, _ = self._batch(split, np.asarray(chunk), {})
+                ids, batch, layout, _ = self._batch(split, np.asarray(chunk), None)
                 batches.append((ids, batch, layout))
             self._dev_batches = batches
         return self._dev_batches

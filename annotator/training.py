@@ -22,7 +22,7 @@ import re
 import time
 import tomllib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,7 +87,6 @@ class TrainConfig:
     # similar length (fewer RNN/CRF time steps per batch), batches still of batch_size sentences
     batching: str = "shuffle"
     mixed_precision: bool = False  # fast trainer on a GPU: bfloat16 autocast (opt-in)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_preset(cls, preset: str) -> "TrainConfig":
@@ -102,9 +101,9 @@ class TrainConfig:
     def update(self, values: dict[str, Any], origin: str) -> None:
         known = {f.name: f for f in dataclasses.fields(self)}
         for key, value in values.items():
-            if key not in known or key == "extra":
+            if key not in known:
                 raise AnnotatorError(f"{origin}: unknown setting {key!r}; known: "
-                                     f"{', '.join(sorted(k for k in known if k != 'extra'))}")
+                                     f"{', '.join(sorted(known))}")
             if value is None:
                 continue
             expected = type(getattr(self, key))
@@ -118,12 +117,7 @@ class TrainConfig:
             setattr(self, key, value)
 
     def to_toml(self) -> str:
-        lines = []
-        for key, value in dataclasses.asdict(self).items():
-            if key == "extra":
-                continue
-            lines.append(f"{key} = {json.dumps(value)}")
-        return "\n".join(lines) + "\n"
+        return "".join(f"{key} = {json.dumps(value)}\n" for key, value in dataclasses.asdict(self).items())
 
 
 def resolve_config(preset: str | None, config_file: str | Path | None = None,
@@ -549,7 +543,7 @@ def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resum
             raise AnnotatorError(f"{output}: the corpus differs from the one this run started on")
         saved = resolve_config(None, output / CONFIG)
         # both trainers write the same checkpoint, so a run may continue with the other one
-        diff = [f.name for f in dataclasses.fields(config) if f.name not in ("trainer", "extra")
+        diff = [f.name for f in dataclasses.fields(config) if f.name != "trainer"
                 and getattr(saved, f.name) != getattr(config, f.name)]
         if diff:
             raise AnnotatorError(f"{output}: --resume with other settings than the run started with "
