@@ -10,6 +10,7 @@ tagger loads with `SequenceTagger.load` once `annotator.embeddings` has been imp
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any
 
 import torch
@@ -39,20 +40,24 @@ class SharedVectorEmbeddings(TokenEmbeddings):
             size = tuple(vectors.shape)
         assert size is not None, "give vectors, or the size of the saved ones"
         count, dim = size
+        if count >= 2 ** 15:
+            raise ValueError(f"{count} vector rows: shared vectors are meant for spaCy's md-size "
+                             "tables (rows are stored as int16)")
         self.__embedding_length = dim
         # int8 rows with one float scale each: a quarter of float32's size, ~1% relative error
         self.register_buffer("codes", torch.zeros((count + 1, dim), dtype=torch.int8))
         self.register_buffer("scales", torch.zeros(count + 1))
         # saved models are rebuilt empty from to_params(), then filled from their state dict
         self.register_buffer("word_bytes", torch.zeros(table[0], dtype=torch.uint8))
-        self.register_buffer("word_rows", torch.zeros(table[1], dtype=torch.int32))
+        self.register_buffer("word_rows", torch.zeros(table[1], dtype=torch.int16))
         if vectors is not None and words is not None and rows is not None:
             scales = vectors.abs().amax(dim=1).clamp_min(1e-12) / 127.0
             self.codes[:count] = torch.round(vectors / scales[:, None]).to(torch.int8)
             self.scales[:count] = scales
-            self.word_bytes = torch.frombuffer(bytearray("\n".join(words).encode("utf-8")),
-                                               dtype=torch.uint8).clone()
-            self.word_rows = rows.to(torch.int32)
+            # the word list compresses 3:1, losslessly; rows fit int16 (spaCy has 20k of them)
+            packed = zlib.compress("\n".join(words).encode("utf-8"), 9)
+            self.word_bytes = torch.frombuffer(bytearray(packed), dtype=torch.uint8).clone()
+            self.word_rows = rows.to(torch.int16)
         self._index: dict[str, int] | None = None
         self.to(torch.device("cpu"))
         self.eval()
@@ -86,7 +91,7 @@ class SharedVectorEmbeddings(TokenEmbeddings):
     def index(self) -> dict[str, int]:
         """word → row, rebuilt from the compact buffers on first use."""
         if self._index is None:
-            words = bytes(self.word_bytes.cpu().numpy()).decode("utf-8").split("\n") \
+            words = zlib.decompress(bytes(self.word_bytes.cpu().numpy())).decode("utf-8").split("\n") \
                 if self.word_bytes.numel() else []
             self._index = dict(zip(words, self.word_rows.tolist()))
         return self._index
