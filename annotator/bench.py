@@ -282,6 +282,32 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Clock:
+    """Times a block: wall and process CPU seconds, RSS before it and the peak RSS right after."""
+
+    def __init__(self, device=None) -> None:
+        self.device = device
+
+    def __enter__(self) -> "_Clock":
+        self.loaded = rss_mb()
+        if self.device is not None:
+            _sync(self.device)
+        self.cpu = time.process_time()
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device is not None:
+            _sync(self.device)
+        self.seconds = time.perf_counter() - self.wall
+        self.cpu_seconds = time.process_time() - self.cpu
+        self.peak = peak_rss_mb()
+
+    def result(self, **more: Any) -> dict[str, Any]:
+        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "peak_rss_mb": self.peak,
+                "loaded_rss_mb": self.loaded, **more}
+
+
 def _read_texts(path: str) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line)["text"] for line in handle if line.strip()]
@@ -347,27 +373,19 @@ def _row_flair_docs(spec: dict[str, Any]) -> dict[str, Any]:
     segmenter = Segmenter()
     texts = _read_texts(spec["docs"])
     tagger.predict([FlairSentence(t) for t in _warm_tokens()])
-    loaded = rss_mb()
-    _sync(device)
-    cpu_started = time.process_time()
-    started = time.perf_counter()
     done = []
-    for text in texts:
-        sentences = next(segmenter.split([text]))
-        flair_sentences = [FlairSentence(s.tokens) for s in sentences]
-        if flair_sentences:
-            tagger.predict(flair_sentences)
-        done.append((sentences, flair_sentences))
-    _sync(device)
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
-    peak = peak_rss_mb()
+    with _Clock(device) as clock:
+        for text in texts:
+            sentences = next(segmenter.split([text]))
+            flair_sentences = [FlairSentence(s.tokens) for s in sentences]
+            if flair_sentences:
+                tagger.predict(flair_sentences)  # as the tutorial does: mini-batch 32
+            done.append((sentences, flair_sentences))
     per_doc = [sentences for sentences, _ in done]
     spans = [_flair_spans(tagger, s) for _, flair_sentences in done for s in flair_sentences]
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded,
-            "device": _device_name(device), "engine": "flair",
-            "words": sum(len(s) for d in per_doc for s in d),
-            "entities": _entities(texts, per_doc, spans)}
+    return clock.result(device=_device_name(device), engine="flair",
+                        words=sum(len(s) for d in per_doc for s in d),
+                        entities=_entities(texts, per_doc, spans))
 
 
 def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
@@ -386,19 +404,11 @@ def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
     per_doc = _load_split(spec["split"])
     flat = [s.tokens for d in per_doc for s in d]
     engine.predict(_warm_tokens())
-    loaded = rss_mb()
-    _sync(device)
-    cpu_started = time.process_time()
-    started = time.perf_counter()
-    spans = engine.predict(flat)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
-    peak = peak_rss_mb()
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded,
-            "device": _device_name(device), "engine": engine.name,
-            "words": sum(len(t) for t in flat), "entities": _entities(texts, per_doc, spans),
-            "max_tokens_per_batch": getattr(engine, "max_tokens_per_batch", None)}
+    with _Clock(device) as clock:
+        spans = engine.predict(flat)
+    return clock.result(device=_device_name(device), engine=engine.name,
+                        words=sum(len(t) for t in flat), entities=_entities(texts, per_doc, spans),
+                        max_tokens_per_batch=getattr(engine, "max_tokens_per_batch", None))
 
 
 def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -408,19 +418,11 @@ def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
     list(annotator.annotate_texts(WARMUP_TEXTS))
     options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
     output = spec["output"]
-    loaded = rss_mb()
-    _sync(annotator.device)
-    cpu_started = time.process_time()
-    started = time.perf_counter()
-    summary = annotate([spec["docs"]], output, options, annotator=annotator)
-    _sync(annotator.device)
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
-    peak = peak_rss_mb()
-    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded,
-              "device": _device_name(annotator.device), "engine": annotator.engine.name,
-              "words": summary.words, "documents": summary.documents,
-              "max_tokens_per_batch": getattr(annotator.engine, "max_tokens_per_batch", None)}
+    with _Clock(annotator.device) as clock:
+        summary = annotate([spec["docs"]], output, options, annotator=annotator)
+    result = clock.result(device=_device_name(annotator.device), engine=annotator.engine.name,
+                          words=summary.words, documents=summary.documents,
+                          max_tokens_per_batch=getattr(annotator.engine, "max_tokens_per_batch", None))
     if spec.get("entities", True):
         import pyarrow.parquet as pq
 
@@ -432,10 +434,13 @@ def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_forward(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ceiling: the fast engine's forward pass alone (no preparation, decoding or spans), on
+    the batches the pipeline would cut."""
     import torch
 
     from annotator.fast_tagger import FastSequenceTagger, _eval_mode
     from annotator.models import load_tagger
+    from annotator.tagging import make_engine
     from annotator.training import choose_device
 
     device = choose_device(spec["device"])
@@ -443,26 +448,18 @@ def _row_forward(spec: dict[str, Any]) -> dict[str, Any]:
     reason = FastSequenceTagger.unsupported_reason(tagger)
     if reason is not None:
         return {"skipped": f"the fast engine does not support this model ({reason})"}
-    fast = FastSequenceTagger(tagger, device=device)
+    fast = make_engine(tagger, device=device, engine="fast")
     per_doc = _load_split(spec["split"])
     flat = [s.tokens for d in per_doc for s in d]
     fast.emissions(_warm_tokens())
     with torch.inference_mode(), _eval_mode(tagger):
         prepared = [fast.prepare(batch) for _, batch, _ in fast._batches(flat)]
-        loaded = rss_mb()
-        _sync(device)
-        cpu_started = time.process_time()
-        started = time.perf_counter()
-        for batch in prepared:
-            fast.forward_packed(batch)
-        _sync(device)
-        seconds = time.perf_counter() - started
-        cpu_seconds = time.process_time() - cpu_started
-    peak = peak_rss_mb()
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded,
-            "device": _device_name(device), "engine": "fast (forward only)",
-            "words": sum(len(t) for t in flat), "batches": len(prepared),
-            "max_tokens_per_batch": fast.max_tokens_per_batch}
+        with _Clock(device) as clock:
+            for batch in prepared:
+                fast.forward_packed(batch)
+    return clock.result(device=_device_name(device), engine="fast (forward only)",
+                        words=sum(len(t) for t in flat), batches=len(prepared),
+                        max_tokens_per_batch=fast.max_tokens_per_batch)
 
 
 def spacy_ner_target(option: str | None) -> str | None:
@@ -494,20 +491,15 @@ def _row_spacy(spec: dict[str, Any]) -> dict[str, Any]:
     nlp.select_pipes(enable=[name for name in nlp.pipe_names if name in needed])
     texts = _read_texts(spec["docs"])
     list(nlp.pipe(WARMUP_TEXTS))
-    loaded = rss_mb()
-    cpu_started = time.process_time()
-    started = time.perf_counter()
     entities = tokens = 0
-    for doc in nlp.pipe(texts):
-        entities += len(doc.ents)
-        tokens += sum(1 for t in doc if not t.is_space)
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
-    peak = peak_rss_mb()
+    with _Clock() as clock:
+        for doc in nlp.pipe(texts):
+            entities += len(doc.ents)
+            tokens += len(doc)
     name = f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')} {nlp.meta.get('version', '')}"
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded, "device": "cpu",
-            "engine": f"spaCy {spacy.__version__} {name}: {', '.join(nlp.pipe_names)}",
-            "own_tokens": tokens, "entity_count": entities}
+    return clock.result(device="cpu", engine=f"spaCy {spacy.__version__} {name}: "
+                                             f"{', '.join(nlp.pipe_names)}",
+                        own_tokens=tokens, entity_count=entities)
 
 
 def _row_build_stand_in(spec: dict[str, Any]) -> dict[str, Any]:
@@ -550,8 +542,8 @@ def _row_build_stand_in(spec: dict[str, Any]) -> dict[str, Any]:
             tags.add_item(f"{prefix}-{label}")
     tagger = SequenceTagger(hidden_size=256, embeddings=StackedEmbeddings([words, *lms]),
                             tag_dictionary=tags, tag_type="ner", use_crf=True)
-    with torch.no_grad():  # about CoNLL's share of entity tokens, not random tags everywhere
-        tagger.linear.bias[tagger.label_dictionary.get_idx_for_item("O")] += spec.get("o_bias", 2.0)
+    with torch.no_grad():  # favour O: some entities (span work is part of the cost), not all tags
+        tagger.linear.bias[tagger.label_dictionary.get_idx_for_item("O")] += spec.get("o_bias", 1.0)
     tagger.save(spec["output"])
     return {"parameters": sum(p.numel() for p in tagger.parameters()), "vocab": len(vocab),
             "chars": len(chars), "file_mb": os.path.getsize(spec["output"]) / 1e6}
@@ -793,6 +785,7 @@ def run_section(name: str, model: str, docs_path: Path, split_path: Path, words:
                   "growth_percent": 100.0 * (big["peak_rss_mb"] / one.peak_rss_mb - 1.0)
                   if one.peak_rss_mb else None,
                   "goal_percent": 10.0}
+        memory["met"] = memory["growth_percent"] is not None and memory["growth_percent"] < 10.0
     return {"name": name, "model": model, "rows": [asdict(r) for r in _ordered(rows)],
             "goals": _goals(rows), "memory": memory}
 
@@ -873,7 +866,7 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
                      f"{memory['peak_rss_mb_10x']:,.0f} MB on it x{memory['factor']} "
                      f"({memory['words_10x']:,} words, {_fmt(memory['words_per_second_10x'], ',.0f')}"
                      f" words/s): {_fmt(growth, '+.1f', '%')} (goal < {memory['goal_percent']:.0f}%, "
-                     f"{'met' if growth is not None and growth < memory['goal_percent'] else 'NOT met'})")
+                     f"{'met' if memory['met'] else 'NOT met'})")
     if not per_row_rss:
         lines.append("* --no-isolate: peak RSS of the whole process so far, not of the row")
     return "\n".join(lines)
@@ -966,9 +959,9 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None] = print,
             built = run({"kind": "build-stand-in", "split": str(split_path),
                          "output": str(stand_in_model), "vocab": options.stand_in_vocab},
                         "building the tutorial stand-in (random weights, real sizes)")
-            stand_in_options = BenchOptions(**{**asdict(options), "batch_sizes": options.batch_sizes})
-            section = run_section("stand-in", str(stand_in_model), sub_docs, sub_split, sub["words"],
-                                  stand_in_options, run, workdir, with_spacy=False, memory_docs=None)
+            section = run_section("stand-in", str(stand_in_model), sub_docs, sub_split,
+                                  sub["words"], options, run, workdir, with_spacy=False,
+                                  memory_docs=None)
             section.update(title="stand-in of the Flair tutorial tagger (GloVe + news-forward/"
                                  "backward shapes, random weights)",
                            documents=sub["documents"], sentences=sub["sentences"],

@@ -391,6 +391,8 @@ def info() -> None:
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="A fresh process per row (per-row peak RSS); --no-isolate is faster.")
 @click.option("--threads", type=int, help="torch threads in every row (default: torch's own).")
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Keep the documents, stand-in model and worker logs here (default: a temp dir).")
 def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
     """Words/s of Flair, spaCy and annotator side by side on the same documents (INPUTS: files
     or folders like annotate's; none: generated news-like documents)."""

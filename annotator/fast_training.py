@@ -137,48 +137,50 @@ class _LSTMDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx: torch.Tensor, w_hh: torch.Tensor, sizes: tuple[int, ...], reverse: bool):
         n_rows, hidden = gx.size(0), w_hh.size(1)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         acts = gx.new_empty(n_rows, 4 * hidden)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
         cells = gx.new_empty(n_rows, hidden)
         tanh_cells = gx.new_empty(n_rows, hidden)
         out = gx.new_empty(n_rows, hidden)
         w = w_hh.t()
+        # per-step views, cut once
+        gx_t, acts_t, cells_t, tanh_t, out_t = (x.split(sizes) for x in (gx, acts, cells, tanh_cells, out))
         order = list(range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes)))
-        g_part = slice(2 * hidden, 3 * hidden)
-        for k, t in enumerate(order):
-            o, n = int(offsets[t]), sizes[t]
-            a = acts[o: o + n]
-            if k == 0:
-                gates = gx[o: o + n]
+        previous = None
+        for t in order:
+            n = sizes[t]
+            if previous is None:
+                gates = gx_t[t]
             else:
-                po, m = int(offsets[order[k - 1]]), min(n, sizes[order[k - 1]])
+                m = min(n, sizes[previous])
                 if m == n:
-                    gates = torch.addmm(gx[o: o + n], out[po: po + m], w)
+                    gates = torch.addmm(gx_t[t], out_t[previous][:m], w)
                 else:  # rows m.. start here from zero state
-                    gates = gx[o: o + n].clone()
-                    gates[:m].addmm_(out[po: po + m], w)
+                    gates = gx_t[t].clone()
+                    gates[:m].addmm_(out_t[previous], w)
+            a = acts_t[t]
             torch.sigmoid(gates, out=a)
-            torch.tanh(gates[:, g_part], out=a[:, g_part])
-            c = cells[o: o + n]
-            torch.mul(a[:, :hidden], a[:, g_part], out=c)
-            if k:
-                c[:m].addcmul_(a[:m, hidden: 2 * hidden], cells[po: po + m])
-            torch.tanh(c, out=tanh_cells[o: o + n])
-            torch.mul(a[:, 3 * hidden:], tanh_cells[o: o + n], out=out[o: o + n])
+            i, f, g, o = a.chunk(4, 1)
+            torch.tanh(gates.chunk(4, 1)[2], out=g)
+            c = torch.mul(i, g, out=cells_t[t])
+            if previous is not None:
+                c[:m].addcmul_(f[:m], cells_t[previous][:m])
+            torch.mul(o, torch.tanh(c, out=tanh_t[t]), out=out_t[t])
+            previous = t
         # the row whose state each row read (-1: zero state)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         prev_row = np.full(n_rows, -1, dtype=np.int64)
         for k in range(1, len(order)):
             t, p = order[k], order[k - 1]
             m = min(sizes[t], sizes[p])
             prev_row[offsets[t]: offsets[t] + m] = offsets[p] + np.arange(m)
         ctx.save_for_backward(w_hh, acts, cells, tanh_cells, out)
-        ctx.sizes, ctx.offsets, ctx.order, ctx.prev_row = sizes, offsets, order, prev_row
+        ctx.sizes, ctx.order, ctx.prev_row = sizes, order, prev_row
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         w_hh, acts, cells, tanh_cells, out = ctx.saved_tensors
-        sizes, offsets, order, prev_row = ctx.sizes, ctx.offsets, ctx.order, ctx.prev_row
+        sizes, order, prev_row = ctx.sizes, ctx.order, ctx.prev_row
         hidden = w_hh.size(1)
         n_rows = acts.size(0)
         has_prev = torch.from_numpy(np.flatnonzero(prev_row >= 0)).to(acts.device)
@@ -187,7 +189,7 @@ class _LSTMDirection(torch.autograd.Function):
         c_prev = acts.new_zeros(n_rows, hidden)
         h_prev[has_prev] = out[source]
         c_prev[has_prev] = cells[source]
-        i, f, g, og = acts.split(hidden, 1)
+        i, f, g, og = acts.chunk(4, 1)
         # d(gates)/d(state) factors for all rows at once
         to_cell = og * (1 - tanh_cells * tanh_cells)  # dc += dh * to_cell
         to_o = tanh_cells * og * (1 - og)  # dz_o = dh * to_o
@@ -195,19 +197,21 @@ class _LSTMDirection(torch.autograd.Function):
         dgates = grad_out.new_empty(acts.shape)
         dh_carry = grad_out.new_zeros(grad_out.shape)  # from the step that read this row's state
         dc_carry = grad_out.new_zeros(grad_out.shape)
+        grad_t, dh_t, dc_t, to_cell_t, to_o_t, to_ifg_t, f_t, d_t = (
+            x.split(sizes) for x in (grad_out, dh_carry, dc_carry, to_cell, to_o, to_ifg, f, dgates))
         for k in range(len(order) - 1, -1, -1):
             t = order[k]
-            o, n = int(offsets[t]), sizes[t]
-            dh = grad_out[o: o + n] + dh_carry[o: o + n]
-            dc = torch.addcmul(dc_carry[o: o + n], dh, to_cell[o: o + n])
-            d = dgates[o: o + n]
-            torch.mul(dh, to_o[o: o + n], out=d[:, 3 * hidden:])
-            torch.mul(dc.unsqueeze(1), to_ifg[o: o + n], out=d[:, : 3 * hidden].view(n, 3, hidden))
+            n = sizes[t]
+            dh = grad_t[t] + dh_t[t]
+            dc = torch.addcmul(dc_t[t], dh, to_cell_t[t])
+            d = d_t[t]
+            torch.mul(dh, to_o_t[t], out=d[:, 3 * hidden:])
+            torch.mul(dc.unsqueeze(1), to_ifg_t[t], out=d[:, : 3 * hidden].view(n, 3, hidden))
             if k:
                 p = order[k - 1]
-                po, m = int(offsets[p]), min(n, sizes[p])
-                torch.mm(d[:m], w_hh, out=dh_carry[po: po + m])
-                torch.mul(dc[:m], f[o: o + m], out=dc_carry[po: po + m])
+                m = min(n, sizes[p])
+                torch.mm(d[:m], w_hh, out=dh_t[p][:m])
+                torch.mul(dc[:m], f_t[t][:m], out=dc_t[p][:m])
         return dgates, dgates.t().mm(h_prev), None, None
 
 

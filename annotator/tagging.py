@@ -69,15 +69,26 @@ class FlairEngine:
         return results
 
 
+# Tokens per forward pass of the fast engine. On a CPU, 4096 runs as fast as 8192 and 5-10%
+# faster than 16384 (a smaller working set), with ~100 MB less peak RSS on a 76k-word run
+# (2-core EPYC, the CoNLL++ word+char model); a GPU wants the larger batches.
+CPU_TOKENS_PER_BATCH = 4096
+GPU_TOKENS_PER_BATCH = 16384
+
+
 def make_engine(tagger, batch_size: int = 32, device=None, engine: str = "auto") -> Engine:
     """The fast engine where it supports the model, else Flair's predict (said once, in the log)."""
     if engine == "flair":
         return FlairEngine(tagger, batch_size)
+    import torch
+
     from annotator.fast_tagger import FastSequenceTagger
 
     reason = FastSequenceTagger.unsupported_reason(tagger)
     if reason is None:
-        return FastSequenceTagger(tagger, device=device)
+        where = torch.device(device) if device is not None else tagger.linear.weight.device
+        tokens = CPU_TOKENS_PER_BATCH if where.type == "cpu" else GPU_TOKENS_PER_BATCH
+        return FastSequenceTagger(tagger, device=device, max_tokens_per_batch=tokens)
     if engine == "fast":
         from annotator.errors import ModelError
 

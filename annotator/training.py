@@ -9,6 +9,12 @@ Presets:
 Everything the run needs to be reproduced is written beside the model: the resolved
 config, the corpus checksums, the training log, per-epoch metrics and a checkpoint that
 ``--resume`` continues from.
+
+Trainers (``trainer = auto | fast | flair``): ``annotator.fast_training`` trains the same
+``SequenceTagger`` with Flair's loss and training semantics through vectorised batches
+(``auto`` picks it wherever it supports the model); Flair's ``ModelTrainer`` trains the rest
+(the transformer preset).  Both report each epoch to one :class:`RunBook` — metrics, best
+model, checkpoint, annealing state — so their runs look the same and resume either way.
 """
 
 from __future__ import annotations
