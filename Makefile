@@ -92,20 +92,22 @@ screenshots: install
 
 # Words/s side by side on the same ~76k words of CoNLL++ news text (200 generated documents):
 # Flair's tutorial usage, Flair's predict (batch 32/128/512), `annotator annotate` end to end,
-# the forward pass alone and spaCy's NER (en_core_web_sm, or ANNOTATOR_SPACY_NER=NAME|PATH),
-# each in a fresh process; outputs checked identical; peak RSS on the corpus and on it x10;
-# then the same rows for a stand-in of Flair's tutorial tagger (GloVe + news-forward/backward
-# shapes). BENCH_MODEL: the model to bench (default: the packaged one); BENCH_ARGS: more
-# options, e.g. --threads 1 or --repeat 3. Idle OpenMP threads sleep rather than spin
-# (OMP_WAIT_POLICY=PASSIVE, for every row alike): spinning threads make torch several times
-# slower on a CPU shared with other work.
+# the forward pass alone and spaCy's NER, each row in a fresh process; outputs checked
+# identical; peak RSS of annotate on the corpus and on it x10; then the same rows for a
+# stand-in of Flair's tutorial tagger (GloVe + news-forward/backward shapes, random weights).
+# BENCH_MODEL: the model (default: the packaged one). SPACY_NER: spaCy pipeline for the NER row
+# (default: ANNOTATOR_SPACY_NER, else `make model`'s en_core_web_md, else en_core_web_sm).
+# BENCH_ARGS: more options, e.g. --threads 1 (CPU-time ratios that other jobs barely move) or
+# --repeat 3. Idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, the same
+# for every row): on a CPU shared with other jobs, spinning makes torch rows 5-20x slower.
 BENCH_MODEL ?=
 BENCH_ARGS ?=
 BENCH_DIR ?= bench-results
+SPACY_NER ?= $(or $(ANNOTATOR_SPACY_NER),$(wildcard $(MD_MODEL)))
 bench: install
 	@mkdir -p $(BENCH_DIR)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/annotator bench \
 		$(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(if $(wildcard $(CONLLPP)),--corpus $(CONLLPP)) \
-		--memory --stand-in tutorial --json $(BENCH_DIR)/bench.json $(BENCH_ARGS) \
-		> $(BENCH_DIR)/bench.txt
+		$(if $(SPACY_NER),--spacy-ner $(SPACY_NER)) --memory --stand-in tutorial \
+		--json $(BENCH_DIR)/bench.json $(BENCH_ARGS) > $(BENCH_DIR)/bench.txt
 	@cat $(BENCH_DIR)/bench.txt
