@@ -97,17 +97,17 @@ screenshots: install
 # stand-in of Flair's tutorial tagger (GloVe + news-forward/backward shapes, random weights).
 # BENCH_MODEL: the model (default: the packaged one). SPACY_NER: spaCy pipeline for the NER row
 # (default: ANNOTATOR_SPACY_NER, else `make model`'s en_core_web_md, else en_core_web_sm).
-# BENCH_ARGS: more options, e.g. --threads 1 (CPU-time ratios that other jobs barely move) or
-# --repeat 3. Idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, the same
-# for every row): on a CPU shared with other jobs, spinning makes torch rows 5-20x slower.
+# BENCH_ARGS: options; the default, --threads 1, runs every row on one torch thread: CPU-time
+# ratios then barely move with other jobs on this shared 2-core box, where torch's two
+# spinning OpenMP threads make rows 5-20x slower at random. BENCH_ARGS= (empty) gives torch's
+# own threads (an idle machine; or export OMP_WAIT_POLICY=PASSIVE on a busy one).
 BENCH_MODEL ?=
-BENCH_ARGS ?=
+BENCH_ARGS ?= --threads 1
 BENCH_DIR ?= bench-results
 SPACY_NER ?= $(or $(ANNOTATOR_SPACY_NER),$(wildcard $(MD_MODEL)))
 bench: install
 	@mkdir -p $(BENCH_DIR)
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/annotator bench \
-		$(if $(BENCH_MODEL),--model $(BENCH_MODEL)) $(if $(wildcard $(CONLLPP)),--corpus $(CONLLPP)) \
-		$(if $(SPACY_NER),--spacy-ner $(SPACY_NER)) --memory --stand-in tutorial \
-		--json $(BENCH_DIR)/bench.json $(BENCH_ARGS) > $(BENCH_DIR)/bench.txt
+	$(VENV)/bin/annotator bench $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) \
+		$(if $(wildcard $(CONLLPP)),--corpus $(CONLLPP)) $(if $(SPACY_NER),--spacy-ner $(SPACY_NER)) \
+		--memory --stand-in tutorial --json $(BENCH_DIR)/bench.json $(BENCH_ARGS) > $(BENCH_DIR)/bench.txt
 	@cat $(BENCH_DIR)/bench.txt
