@@ -41,6 +41,17 @@ def _refuse_lookup(host, *args, **kwargs):
 _real_getaddrinfo = socket.getaddrinfo
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models: torch threads only add overhead (and thrash when the CPU is shared)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))

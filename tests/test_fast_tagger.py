@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -40,13 +39,7 @@ ODD_WORDS = ["café", "naïve", "Ünknown", "ß", "日本", "zzz", "qwerty", "42
 VOCAB_WORDS = ["the", "a", "of", "berlin", "paris", "john", "smith", "said", "in", "####", "0", "x", "ab", ",", "."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny models: threads only add overhead (and thrash when the CPU is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _char_dictionary() -> Dictionary:

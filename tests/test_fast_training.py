@@ -6,7 +6,6 @@ Everything is built in-process from the synthetic corpus and tiny models: no dow
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +46,7 @@ TINY = {"hidden_size": 24, "word_embedding_dim": 16, "min_word_freq": 1, "device
 NO_DROPOUT = {"dropout": 0.0, "word_dropout": 0.0, "locked_dropout": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
