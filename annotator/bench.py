@@ -242,18 +242,30 @@ def load_documents(options: BenchOptions) -> tuple[list[str], str]:
 # ----------------------------------------------------------------------------------------------
 # measurement helpers (used inside workers)
 # ----------------------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (VmHWM: a new process image starts it afresh;
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident set size in MB (VmHWM: a new process image starts it afresh;
     ru_maxrss would carry over the forking parent's peak across exec on Linux)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as handle:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if pid != "self":
+        return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time so far of another (running) process, from /proc; 0 where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def rss_mb() -> float:
@@ -283,16 +295,21 @@ def _sync(device) -> None:
 
 
 class _Clock:
-    """Times a block: wall and process CPU seconds, RSS before it and the peak RSS right after."""
+    """Times a block: wall and process CPU seconds, RSS before it and the peak RSS right after.
 
-    def __init__(self, device=None) -> None:
+    `helpers`: pids of child processes working for the row (annotate's sentence splitter):
+    their CPU time and peak RSS are added in.
+    """
+
+    def __init__(self, device=None, helpers: tuple[int, ...] = ()) -> None:
         self.device = device
+        self.helpers = helpers
 
     def __enter__(self) -> "_Clock":
         self.loaded = rss_mb()
         if self.device is not None:
             _sync(self.device)
-        self.cpu = time.process_time()
+        self.cpu = time.process_time() + sum(map(cpu_seconds, self.helpers))
         self.wall = time.perf_counter()
         return self
 
@@ -300,8 +317,8 @@ class _Clock:
         if self.device is not None:
             _sync(self.device)
         self.seconds = time.perf_counter() - self.wall
-        self.cpu_seconds = time.process_time() - self.cpu
-        self.peak = peak_rss_mb()
+        self.cpu_seconds = time.process_time() + sum(map(cpu_seconds, self.helpers)) - self.cpu
+        self.peak = peak_rss_mb() + sum(peak_rss_mb(pid) for pid in self.helpers)
 
     def result(self, **more: Any) -> dict[str, Any]:
         return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "peak_rss_mb": self.peak,
@@ -418,7 +435,8 @@ def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
     list(annotator.annotate_texts(WARMUP_TEXTS))
     options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
     output = spec["output"]
-    with _Clock(annotator.device) as clock:
+    helpers = (annotator.splitter.pid,) if annotator.splitter is not None else ()
+    with _Clock(annotator.device, helpers) as clock:
         summary = annotate([spec["docs"]], output, options, annotator=annotator)
     result = clock.result(device=_device_name(annotator.device), engine=annotator.engine.name,
                           words=summary.words, documents=summary.documents,
@@ -1000,7 +1018,7 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None] = print,
     load = report["environment"]["load_average"]
     echo(f"input: {origin}; {report['environment']['cpu_count']} CPUs, load average at start "
          f"{' '.join(f'{x:.1f}' for x in load) if load else '?'}; words/s = the same spaCy "
-         "token count / timed seconds; cpu s = the row's process CPU time (all its threads)")
+         "token count / timed seconds; cpu s and peak RSS: the row's process (all its threads) plus (3)'s sentence-splitter process")
     if options.json_file:
         path = Path(options.json_file)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,10 @@ tagger's own modules (so weights are shared, never copied) but
 * runs the character encoder once per unique character sequence (cached across calls until the
   char-encoder weights change),
 * works on a flat / packed token layout (no padding, no per-token tensors or ``Token`` objects),
-* decodes CRF and softmax outputs on packed tensors, one vectorised step per time step.
+* decodes CRF and softmax outputs on packed tensors, one vectorised step per time step,
+* on the CPU, projects each distinct input row of a batch once (reprojection and the BiLSTM's
+  input weights: most of its arithmetic), since without contextual embeddings a token's input
+  depends only on its word type, then runs the recurrence step by step (:func:`lstm_direction`).
 
 Predictions are identical to ``tagger.predict`` (scores up to float rounding) including flair's
 quirks, which are replicated on purpose; see :class:`_CharComponent` and :func:`viterbi_decode_packed`.
@@ -22,6 +25,8 @@ and :meth:`FastSequenceTagger.forward_packed` (torch only: index tensors -> emis
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +50,7 @@ _OUTSIDE_SPAN_TAGS = frozenset({"", "O", "_"})
 # tags that flair skips when it adds token-level (non-span) predictions
 _OUTSIDE_TOKEN_TAGS = frozenset({"O", "_"})
 _START_TAG = "<START>"
+_DIGITS = re.compile(r"\d")
 _STOP_TAG = "<STOP>"
 
 
@@ -98,6 +104,58 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = was_training
 
 
+def direction_weights(rnn: nn.LSTM, layer: int, suffix: str):
+    """(W_ih, W_hh, b_ih + b_hh) of one LSTM layer and direction ('' or '_reverse')."""
+    w_ih = getattr(rnn, f"weight_ih_l{layer}{suffix}")
+    w_hh = getattr(rnn, f"weight_hh_l{layer}{suffix}")
+    bias = getattr(rnn, f"bias_ih_l{layer}{suffix}") + getattr(rnn, f"bias_hh_l{layer}{suffix}") \
+        if rnn.bias else None
+    return w_ih, w_hh, bias
+
+
+def lstm_direction(gx: torch.Tensor, w_hh: torch.Tensor, sizes: Sequence[int], reverse: bool) -> torch.Tensor:
+    """One LSTM direction, without autograd, over packed input projections ``gx`` ``[N, 4H]``.
+
+    The cell equations of ``torch.nn.LSTM`` (gate order i, f, g, o; zero initial state); the
+    backward direction walks the steps last to first, sentences joining at their last token.
+    Returns ``h`` ``[N, H]`` in the same packed order.
+    """
+    hidden = w_hh.size(1)
+    out = gx.new_empty(gx.size(0), hidden)
+    w = w_hh.t()
+    gx_t, out_t = gx.split(list(sizes)), out.split(list(sizes))
+    h: Optional[torch.Tensor] = None
+    c: Optional[torch.Tensor] = None
+    for t in (range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))):
+        n = sizes[t]
+        if h is None or c is None:
+            gates = gx_t[t]
+        elif h.size(0) >= n:
+            gates, c = torch.addmm(gx_t[t], h[:n], w), c[:n]
+        else:  # rows h.size(0).. start here from zero state
+            gates = gx_t[t].clone()
+            gates[: h.size(0)].addmm_(h, w)
+            c = torch.cat([c, c.new_zeros(n - c.size(0), hidden)])
+        i, f, _, o = torch.sigmoid(gates).chunk(4, 1)
+        ig = i * torch.tanh(gates[:, 2 * hidden : 3 * hidden])
+        c = ig if c is None else torch.addcmul(ig, f, c)
+        h = torch.mul(o, torch.tanh(c), out=out_t[t])
+    return out
+
+
+def word_index(vocab: dict[str, int], word: str) -> int:
+    """flair's ``WordEmbeddings.get_cached_token_index``: the word, else its lower case, else with
+    digits as '#', else as '0', else the unknown row -- without the attribute hooks and per-instance
+    cache wrapper that make flair's version cost microseconds a word (the type cache caches)."""
+    if word in vocab:
+        return vocab[word]
+    lower = word.lower()
+    for key in (lower, _DIGITS.sub("#", lower), _DIGITS.sub("0", lower)):
+        if key in vocab:
+            return vocab[key]
+    return len(vocab)
+
+
 def _module_device(module: nn.Module, default: torch.device) -> torch.device:
     for p in module.parameters():
         return p.device
@@ -122,6 +180,10 @@ class PreparedBatch:
     flat_to_packed: torch.Tensor  # int64, on device
     packed_sentence_index: torch.Tensor  # int64, on device: sentence of each packed row
     component_inputs: list[dict[str, Any]] = field(default_factory=list)
+    # tokens whose embeddings are equal (same word type and inputs): the flat index of one token
+    # of each such group, and each packed row's group; None where embeddings are contextual
+    distinct_flat: Optional[torch.Tensor] = None
+    packed_to_distinct: Optional[torch.Tensor] = None
 
     @property
     def num_tokens(self) -> int:
@@ -150,6 +212,7 @@ class _Component:
     name: str
     length: int
     n_columns: int = 0  # how many integers type_values returns
+    contextual = False  # True: a token's embedding depends on more than its own inputs
 
     def type_values(self, word: str) -> list[int]:
         """Integers cached per word type (stored in the shared type table)."""
@@ -243,6 +306,7 @@ class _CharComponent(_Component):
         self.char_embedding: nn.Embedding = embedding.char_embedding
         self.char_rnn: nn.Module = embedding.char_rnn
         self.cache_encodings = cache_encodings
+        self._char_ids: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -258,8 +322,17 @@ class _CharComponent(_Component):
         self._encoded = np.zeros(0, dtype=bool)
         self._weights_key: tuple = ()
 
+    def _char_id(self, char: str) -> int:
+        """flair's dictionary lookup, remembered per character."""
+        cid = self._char_ids[char] = self.char_dictionary.get_idx_for_item(char)
+        return cid
+
     def type_values(self, word: str) -> list[int]:
-        chars = tuple(self.char_dictionary.get_idx_for_item(c) for c in word)
+        known = self._char_ids
+        try:
+            chars = tuple([known[c] for c in word])
+        except KeyError:
+            chars = tuple(known[c] if c in known else self._char_id(c) for c in word)
         cid = self._tuple_ids.get(chars)
         if cid is None:
             cid = len(self._offsets)
@@ -309,6 +382,7 @@ class _CharComponent(_Component):
             "chars": torch.from_numpy(chars).to(weight_device),  # [U, width]
             "lengths": torch.from_numpy(lens),  # [U], CPU (for packing)
             "token_to_unique": torch.from_numpy(inverse.reshape(-1)).to(weight_device),  # [N]
+            "source": src,  # [N] the character sequence each token is embedded from (numpy)
         }
 
     def encode(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -374,6 +448,7 @@ class _FlairComponent(_Component):
     """
 
     n_columns = 1
+    contextual = True
 
     def __init__(self, embedding: nn.Module, max_lm_floats: int = 32_000_000) -> None:
         self.name = embedding.name
@@ -584,6 +659,13 @@ class FastSequenceTagger:
             n_cols += width
         self._n_cols = n_cols
         self._reset_type_cache()
+        rnn = getattr(tagger, "rnn", None) if tagger.use_rnn else None
+        # on the CPU, inputs are projected once per distinct row (see _forward_distinct); cuDNN's
+        # LSTM on a GPU is left to do its own projection
+        self._distinct_rows: bool = (
+            self.device.type == "cpu" and autocast_dtype is None and type(rnn) is nn.LSTM
+            and not getattr(rnn, "proj_size", 0) and not any(c.contextual for c in self.components)
+        )
 
         dictionary = tagger.label_dictionary
         self.tags: list[str] = dictionary.get_items()
@@ -659,7 +741,8 @@ class FastSequenceTagger:
         kind = type(embedding)
         if kind is WordEmbeddings:
             return _IndexComponent(
-                embedding, embedding.embedding, getattr(embedding, "layer_norm", None), embedding.get_cached_token_index
+                embedding, embedding.embedding, getattr(embedding, "layer_norm", None),
+                functools.partial(word_index, embedding.vocab),
             )
         if kind is OneHotEmbeddings:
             return _IndexComponent(
@@ -744,7 +827,7 @@ class FastSequenceTagger:
             None if index in skip else component.prepare(ctx, cols, self.device)
             for index, (component, cols) in enumerate(zip(self.components, self._column_slices))
         ]
-        return PreparedBatch(
+        batch = PreparedBatch(
             lengths=lengths.tolist(),
             batch_sizes=torch.from_numpy(batch_sizes),
             packed_to_flat=torch.from_numpy(packed_to_flat).to(self.device),
@@ -752,6 +835,18 @@ class FastSequenceTagger:
             packed_sentence_index=torch.from_numpy(sentence_id[packed_to_flat]).to(self.device),
             component_inputs=inputs,
         )
+        if self._distinct_rows and not skip:
+            # equal embeddings <=> equal word type and equal character source (flair's re-sort
+            # quirk can give a token another word's characters)
+            key = type_ids
+            for component_inputs in inputs:
+                if component_inputs is not None and "source" in component_inputs:
+                    source = component_inputs["source"]
+                    key = key * (int(source.max()) + 1) + source
+            _, first, group = np.unique(key, return_index=True, return_inverse=True)
+            batch.distinct_flat = torch.from_numpy(first)
+            batch.packed_to_distinct = torch.from_numpy(group.reshape(-1)[packed_to_flat])
+        return batch
 
     # ------------------------------------------------------------------ forward (torch side)
     def embed_flat(self, batch: PreparedBatch, given: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
@@ -780,6 +875,8 @@ class FastSequenceTagger:
         ``rnn``: computes ``tagger.rnn`` on packed data another way (a trainer's, same math).
         """
         tagger = self.tagger
+        if batch.packed_to_distinct is not None and not given and rnn is None and not tagger.training:
+            return self._forward_distinct(batch)
         x = self.embed_flat(batch, given)[batch.packed_to_flat]
         x = x.to(tagger.linear.weight.dtype)
         if tagger.training:
@@ -790,6 +887,31 @@ class FastSequenceTagger:
             x = rnn(x, batch) if rnn is not None else tagger.rnn(PackedSequence(x, batch.batch_sizes))[0].data
         if tagger.training:
             x = self._train_dropouts(x, batch, word_level=False)
+        return tagger.linear(x)
+
+    def _forward_distinct(self, batch: PreparedBatch) -> torch.Tensor:
+        """``forward_packed`` at inference on the CPU, the first layer's input side per distinct row.
+
+        Reprojection and the input weights of the BiLSTM's first layer (most of the model's
+        arithmetic) see each distinct embedding row once, not once per token: a batch of news
+        text has fewer than half as many distinct rows as tokens.  The recurrence then runs
+        on the packed rows with the same equations as ``tagger.rnn``.
+        """
+        tagger = self.tagger
+        x = self.embed_flat(batch)[batch.distinct_flat.to(self.device)].to(tagger.linear.weight.dtype)
+        if tagger.reproject_embeddings:
+            x = tagger.embedding2nn(x)
+        rnn = tagger.rnn
+        sizes = batch.batch_sizes.tolist()
+        for layer in range(rnn.num_layers):
+            outputs = []
+            for suffix in ("", "_reverse") if rnn.bidirectional else ("",):
+                w_ih, w_hh, bias = direction_weights(rnn, layer, suffix)
+                gx = F.linear(x, w_ih, bias)
+                if layer == 0:
+                    gx = torch.index_select(gx, 0, batch.packed_to_distinct)
+                outputs.append(lstm_direction(gx, w_hh, sizes, reverse=bool(suffix)))
+            x = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
         return tagger.linear(x)
 
     def _train_dropouts(self, x: torch.Tensor, batch: PreparedBatch, word_level: bool) -> torch.Tensor:

@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from annotator.fast_tagger import FastSequenceTagger, PreparedBatch, _CharComponent, _eval_mode, _FlairComponent
+from annotator.fast_tagger import (
+    FastSequenceTagger,
+    PreparedBatch,
+    _CharComponent,
+    _eval_mode,
+    _FlairComponent,
+    direction_weights,
+)
 from annotator.training import DevScores
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -215,14 +222,6 @@ class _LSTMDirection(torch.autograd.Function):
         return dgates, dgates.t().mm(h_prev), None, None
 
 
-def _direction_weights(rnn: torch.nn.LSTM, layer: int, suffix: str):
-    w_ih = getattr(rnn, f"weight_ih_l{layer}{suffix}")
-    w_hh = getattr(rnn, f"weight_hh_l{layer}{suffix}")
-    bias = getattr(rnn, f"bias_ih_l{layer}{suffix}") + getattr(rnn, f"bias_hh_l{layer}{suffix}") \
-        if rnn.bias else None
-    return w_ih, w_hh, bias
-
-
 def lstm_packed(rnn: torch.nn.LSTM, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """``rnn(PackedSequence(x, sizes))[0].data`` (zero initial state), computed step by step."""
     directions = [("", False), ("_reverse", True)] if rnn.bidirectional else [("", False)]
@@ -230,7 +229,7 @@ def lstm_packed(rnn: torch.nn.LSTM, x: torch.Tensor, sizes: Sequence[int]) -> to
     for layer in range(rnn.num_layers):
         outputs = []
         for suffix, reverse in directions:
-            w_ih, w_hh, bias = _direction_weights(rnn, layer, suffix)
+            w_ih, w_hh, bias = direction_weights(rnn, layer, suffix)
             gx = torch.nn.functional.linear(x, w_ih, bias)
             outputs.append(_LSTMDirection.apply(gx, w_hh, sizes, reverse))
         x = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
@@ -253,12 +252,12 @@ def char_encode(component, inputs: dict[str, Any]) -> torch.Tensor:
     sizes, offsets, _, step, word = _packing(sorted_lengths)
     ids = chars[torch.from_numpy(order[word]).to(chars.device), torch.from_numpy(step).to(chars.device)]
     embedded = component.char_embedding(ids)  # packed [total chars, D]
-    w_ih, w_hh, bias = _direction_weights(rnn, 0, "")
+    w_ih, w_hh, bias = direction_weights(rnn, 0, "")
     gx = torch.nn.functional.linear(embedded, w_ih, bias)
     states = _LSTMDirection.apply(gx, w_hh, tuple(sizes.tolist()), False)
     last = torch.from_numpy(offsets[sorted_lengths - 1] + np.arange(lengths.size)).to(chars.device)
     forward = states[last]
-    w_ih, _, bias = _direction_weights(rnn, 0, "_reverse")
+    w_ih, _, bias = direction_weights(rnn, 0, "_reverse")
     backward, _ = _cell(torch.nn.functional.linear(embedded[last], w_ih, bias), None)
     unsort = np.empty_like(order)
     unsort[order] = np.arange(order.size)

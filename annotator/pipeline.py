@@ -8,13 +8,14 @@ one chunk plus a bounded read-ahead queue.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -31,7 +32,7 @@ from annotator.readers import (
     expand_inputs,
     read_documents,
 )
-from annotator.segmentation import Segmenter
+from annotator.segmentation import Segmenter, Sentence, SplitterProcess
 from annotator.tagging import Entity, entities_of, make_engine
 from annotator.writers import default_layout, open_writer, output_format
 
@@ -101,15 +102,26 @@ class Annotator:
 
     def __init__(self, model: str | None = None, device: str = "auto", batch_size: int = 32,
                  spacy_model: str | None = None, max_sentence_tokens: int = 250,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", split_process: bool | None = None) -> None:
+        """`split_process`: split sentences in a child process, beside tagging (default: when
+        this process has more than one CPU)."""
         from annotator.models import load_tagger, model_info
         from annotator.training import choose_device
 
+        if split_process is None:
+            split_process = SplitterProcess.worthwhile()
+        # started first: the child loads spaCy while this process loads the model
+        self.splitter = SplitterProcess(spacy_model, max_sentence_tokens) if split_process else None
         self.device = choose_device(device)
         self.model = model_info(model)
         self.tagger = load_tagger(model, device=str(self.device))
         self.engine = make_engine(self.tagger, batch_size=batch_size, device=self.device, engine=engine)
         self.segmenter = Segmenter(spacy_model, max_sentence_tokens)
+        # the model, its vocabularies and spaCy live as long as this object: moving them out of
+        # the cyclic garbage collector's view keeps its collections (which the many small
+        # objects of tagging trigger) from rescanning them, some 10% of a run's time otherwise
+        gc.collect()
+        gc.freeze()
 
     @property
     def labels(self) -> list[str]:
@@ -126,12 +138,25 @@ class Annotator:
             yield result.entities
 
     def annotate_documents(self, documents: Iterable[Document]) -> Iterator[Annotated]:
-        """Each document with its entities, in input order."""
-        for chunk in _chunks(documents, CHUNK_CHARS):
-            yield from self._annotate_chunk(chunk)
+        """Each document with its entities, in input order.
 
-    def _annotate_chunk(self, chunk: list[Document]) -> Iterator[Annotated]:
-        per_doc = list(self.segmenter.split(doc.text for doc in chunk))
+        With a splitter process, the next chunk is split there while this one is tagged; a
+        chunk cut because no more input was waiting is tagged at once (streams stay prompt).
+        """
+        splitter = self.splitter
+        if splitter is None:
+            for chunk, _ in _chunks(documents, CHUNK_CHARS):
+                yield from self._tag_chunk(chunk, list(self.segmenter.split(doc.text for doc in chunk)))
+            return
+        splitter.discard_unread()
+        ahead: deque = deque()
+        for chunk, more_waiting in _chunks(documents, CHUNK_CHARS):
+            splitter.submit([doc.text for doc in chunk])
+            ahead.append(chunk)
+            while len(ahead) > 1 or ahead and not more_waiting:
+                yield from self._tag_chunk(ahead.popleft(), splitter.result())
+
+    def _tag_chunk(self, chunk: list[Document], per_doc: list[list[Sentence]]) -> Iterator[Annotated]:
         flat = [sentence.tokens for sentences in per_doc for sentence in sentences]
         spans = self.engine.predict(flat)
         position = 0
@@ -142,13 +167,14 @@ class Annotator:
                             sum(len(sentence) for sentence in sentences))
 
 
-def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[list[Any]]:
+def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[tuple[list[Any], bool]]:
     """Group records into chunks of about `chunk_chars` of text, without waiting on slow input.
 
     A reader thread fills a bounded queue; a chunk ends when it is full or the queue is empty.
-    Exceptions in the reader are re-raised here, in the caller's thread.
+    The first chunks are smaller (an eighth, a quarter, ... of `chunk_chars`).  Yields (chunk, whether more records were already waiting when it was cut).  Exceptions in
+    the reader are re-raised here, in the caller's thread.
     """
-    done = object()
+    done, empty = object(), object()
     pending: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
 
     def read() -> None:
@@ -159,28 +185,29 @@ def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[list[Any]]:
             pending.put(exc)
         pending.put(done)
 
+    def take(block: bool) -> Any:
+        try:
+            item = pending.get(block)
+        except queue.Empty:
+            return empty
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     threading.Thread(target=read, daemon=True, name="annotator-reader").start()
-    finished = False
-    while not finished:
-        item = pending.get()
+    limit = max(1, chunk_chars // 8)  # small first chunks: early results, and early overlap
+    item = take(True)
+    while item is not done:
         chunk: list[Any] = []
         size = 0
-        while True:
-            if item is done:
-                finished = True
-                break
-            if isinstance(item, BaseException):
-                raise item
+        while item is not done and item is not empty and size < limit:
             chunk.append(item)
             size += len(getattr(item, "text", "")) + 1
-            if size >= chunk_chars:
-                break
-            try:
-                item = pending.get_nowait()
-            except queue.Empty:
-                break
-        if chunk:
-            yield chunk
+            item = take(False)
+        yield chunk, item is not done and item is not empty
+        limit = min(chunk_chars, 2 * limit)
+        if item is empty:
+            item = take(True)
 
 
 class _ErrorReport:

@@ -183,7 +183,9 @@ class _Tagger:
             model = os.path.join(folder, "model.pt")
             with open(model, "wb") as handle:
                 handle.write(model_bytes)
-        self.annotator = Annotator(model, device, batch_size, spacy_model, max_sentence_tokens, engine)
+        # one CPU per actor: no splitter process beside it
+        self.annotator = Annotator(model, device, batch_size, spacy_model, max_sentence_tokens, engine,
+                                   split_process=False)
         self.keep_text = keep_text
 
     def __call__(self, batch):
@@ -336,7 +338,7 @@ def annotate_with_ray(inputs: Iterable[str], output: str | None, options: Annota
                  else f"{int(cpus)} CPU(s)")
         # the driver loads the model too: for the label check and the files' provenance
         driver = Annotator(options.model, "cpu", options.batch_size, options.spacy_model,
-                           options.max_sentence_tokens, options.engine)
+                           options.max_sentence_tokens, options.engine, split_process=False)
         if is_directory_output(output):
             return annotate_directory(files, output, options, shard, run.resume, run.part_size,
                                       annotator=driver, source=source, tag=_tagged,

@@ -7,6 +7,15 @@ newlines, non-breaking spaces) are dropped: a tagger never sees them.
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -95,6 +104,98 @@ class Segmenter:
                                ends=[offset + t.idx + len(t.text) for t in chunk])
 
 
+class SplitterProcess:
+    """A Segmenter in a child process, so that splitting runs beside tagging, on another core.
+
+    spaCy holds the GIL while it tokenizes: in a thread it would stall the tagger's many short
+    torch calls (measured: slower than splitting in line).  The child is a plain
+    ``python -m annotator.segmentation`` (not multiprocessing, which would re-run a user's
+    script that lacks a ``__main__`` guard); chunks of texts go over its stdin and their
+    sentences come back on its stdout as pickles, first in, first out.
+    """
+
+    def __init__(self, spacy_model: str | None = None, max_sentence_tokens: int = 250) -> None:
+        settings = json.dumps({"spacy_model": spacy_model, "max_sentence_tokens": max_sentence_tokens})
+        self._process = subprocess.Popen([sys.executable, "-m", "annotator.segmentation", settings],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # requests are written by a thread: a big request and a big reply must not wait on
+        # each other's pipe
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_write_requests, args=(self._process.stdin, self._requests),
+                         daemon=True, name="annotator-splitter").start()
+        self._unread = 0
+        weakref.finalize(self, _stop_process, self._process, self._requests)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @staticmethod
+    def worthwhile() -> bool:
+        """More than one CPU for this process."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cpus > 1
+
+    def submit(self, texts: list[str]) -> None:
+        """Send texts to split; `result` returns their sentences, in submission order."""
+        self._requests.put(texts)
+        self._unread += 1
+
+    def result(self) -> list[list[Sentence]]:
+        try:
+            sentences = pickle.load(self._process.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
+            raise AnnotatorError("the sentence-splitting process stopped unexpectedly "
+                                 f"(exit status {self._process.poll()}); see the messages above") from None
+        self._unread -= 1
+        return sentences
+
+    def discard_unread(self) -> None:
+        """Drop the replies to requests of an earlier, abandoned run."""
+        while self._unread:
+            self.result()
+
+    def close(self) -> None:
+        _stop_process(self._process, self._requests)
+
+
+def _write_requests(pipe, requests: queue.SimpleQueue) -> None:
+    while (texts := requests.get()) is not None:
+        try:
+            pickle.dump(texts, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+            pipe.flush()
+        except OSError:  # the child has gone: `result` reports it
+            return
+    pipe.close()
+
+
+def _stop_process(process: subprocess.Popen, requests: queue.SimpleQueue) -> None:
+    """End of input for the child (it exits on EOF); killed if it does not go quietly."""
+    requests.put(None)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _serve(settings: str) -> None:
+    """The child's loop: a list of texts in, their sentences out, until end of input."""
+    # Ctrl-C reaches the whole process group: the parent handles it and closes our input
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    segmenter = Segmenter(**json.loads(settings))
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            texts = pickle.load(source)
+        except EOFError:
+            return
+        pickle.dump(list(segmenter.split(texts)), sink, protocol=pickle.HIGHEST_PROTOCOL)
+        sink.flush()
+
+
 def cut_text(text: str, limit: int) -> Iterator[tuple[int, str]]:
     """Pieces of at most `limit` characters, cut after a newline or space where possible."""
     start = 0
@@ -106,3 +207,14 @@ def cut_text(text: str, limit: int) -> Iterator[tuple[int, str]]:
                 end = cut + 1
         yield start, text[start:end]
         start = end
+
+
+if __name__ == "__main__":
+    if json.loads(sys.argv[1]).get("spacy_model") is None:
+        # thinc imports torch when it can, some 180 MB the rule-based splitter never uses
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    # through the package's own module, so that the pickled sentences name
+    # annotator.segmentation.Sentence rather than __main__.Sentence
+    from annotator.segmentation import _serve as serve
+
+    serve(sys.argv[1])

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from annotator.cli import cli
+from annotator.errors import AnnotatorError
 from annotator.pipeline import Annotator
 
 ROOT = Path(__file__).parents[1]
@@ -262,3 +263,29 @@ def test_head_ends_the_pipeline_quietly(tiny_model, tmp_path):
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=300)
     assert len(result.stdout.splitlines()) == 3
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_splitter_process_matches_splitting_in_line(tiny_model, monkeypatch):
+    """Sentences split in the child process give the same entities as splitting in line, over
+    many chunks (the next one split while this one is tagged), and an abandoned run's unread
+    replies do not leak into the next run."""
+    import annotator.pipeline as pipeline
+    from tests.synthetic import sentences
+
+    monkeypatch.setattr(pipeline, "CHUNK_CHARS", 2_000)
+    texts = [" ".join(" ".join(t for t, _ in s) for s in sentences(3, seed=i)) for i in range(120)]
+    in_line = Annotator(str(tiny_model), device="cpu", split_process=False)
+    assert in_line.splitter is None
+    expected = [[e.to_dict() for e in found] for found in in_line.annotate_texts(texts)]
+    assert sum(map(len, expected)) > 100
+
+    child = Annotator(str(tiny_model), device="cpu", split_process=True)
+    assert child.splitter is not None
+    abandoned = child.annotate_texts(texts)
+    next(abandoned)  # leaves requests in flight
+    assert [[e.to_dict() for e in found] for found in child.annotate_texts(texts)] == expected
+
+    child.splitter._process.kill()  # a crashed splitter is one clear error, not a hang
+    child.splitter._process.wait()
+    with pytest.raises(AnnotatorError, match="sentence-splitting process stopped"):
+        list(child.annotate_texts(texts[:3]))

@@ -27,7 +27,7 @@ from flair.embeddings import (  # noqa: E402
 )
 from flair.models import LanguageModel, SequenceTagger  # noqa: E402
 
-from annotator.fast_tagger import FastSequenceTagger, _CharComponent  # noqa: E402
+from annotator.fast_tagger import FastSequenceTagger, _CharComponent, _eval_mode  # noqa: E402
 
 LABEL = "ner"
 WORDS = [
@@ -250,6 +250,31 @@ def test_emissions_match_flair_features() -> None:
     ours = FastSequenceTagger(tagger).emissions(sentences)
     assert ours.shape == (sum(map(len, sentences)), len(tagger.label_dictionary))
     assert torch.allclose(features, ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant, distinct", [
+    ("word+char bilstm crf", True),
+    ("word(stable)+char+onehot 2-layer unidirectional crf, no reprojection, BIO", True),
+    ("onehot+char gru crf", False),
+    ("flair fwd/bwd(lower, no whitespace, chunked)+word crf", False),
+])
+def test_distinct_rows_path(variant: str, distinct: bool) -> None:
+    """On the CPU, non-contextual LSTM taggers project each distinct input row once; emissions
+    equal those of the tagger's own modules run over every token."""
+    tagger = VARIANTS[variant]()
+    fast = FastSequenceTagger(tagger)
+    sentences = sorted(_sentences(40, seed=6), key=len, reverse=True)
+    with torch.inference_mode(), _eval_mode(tagger):
+        batch = fast.prepare(sentences)
+        assert (batch.packed_to_distinct is not None) is distinct
+        if not distinct:
+            return
+        rows = batch.distinct_flat.numel()
+        assert rows < batch.num_tokens  # the sample repeats words
+        ours = fast.forward_packed(batch)
+        batch.packed_to_distinct = None  # the module path over all tokens
+        reference = fast.forward_packed(batch)
+    assert torch.allclose(ours, reference, atol=1e-5)
 
 
 def test_empty_inputs_and_empty_tokens() -> None:
