@@ -588,7 +588,7 @@ def fit(tagger: "SequenceTagger", corpus, config: "TrainConfig", book: "RunBook"
              len(trainer.train_split), -(-len(trainer.train_split) // config.batch_size),
              config.batch_size, time.time() - started)
     optimizer = torch.optim.SGD(tagger.parameters(), lr=book.learning_rate)
-    scheduler = book.make_scheduler(optimizer)
+    scheduler = book.make_scheduler(optimizer, has_dev=corpus.dev is not None)
     tagger.model_card = _model_card(config)
     try:
         for epoch in range(book.epoch + 1, config.max_epochs + 1):

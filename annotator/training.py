@@ -85,6 +85,11 @@ class TrainConfig:
     patience: int = 3
     anneal_factor: float = 0.5
     min_learning_rate: float = 0.0001
+    # a fixed schedule instead of annealing when dev F1 stalls: the epochs after which the
+    # learning rate is multiplied by anneal_factor (e.g. the ones a run with a dev split found)
+    anneal_after: list = dataclasses.field(default_factory=list)
+    # train on train + dev (Flair's train_with_dev): no dev scores, the last epoch's model is kept
+    train_with_dev: bool = False
     seed: int = 1
     device: str = "auto"
     # which trainer: auto (the fast one where it supports the model), fast, or flair (ModelTrainer)
@@ -115,8 +120,10 @@ class TrainConfig:
             expected = type(getattr(self, key))
             if expected is float and isinstance(value, int):
                 value = float(value)
-            if not isinstance(value, expected):
-                raise AnnotatorError(f"{origin}: {key} must be {expected.__name__}, not {value!r}")
+            if not isinstance(value, expected) or expected is list and not all(
+                    isinstance(item, int) and not isinstance(item, bool) for item in value):
+                what = "a list of integers" if expected is list else expected.__name__
+                raise AnnotatorError(f"{origin}: {key} must be {what}, not {value!r}")
             if key in CHOICES and value not in CHOICES[key]:
                 raise AnnotatorError(f"{origin}: {key} must be one of {', '.join(CHOICES[key])}, "
                                      f"not {value!r}")
@@ -349,12 +356,18 @@ class RunBook:
     def learning_rate(self) -> float:
         return float(self.state["learning_rate"])
 
-    def make_scheduler(self, optimizer):
-        """Flair's AnnealOnPlateau as its AnnealingPlugin sets it up, with the saved state restored."""
+    def make_scheduler(self, optimizer, has_dev: bool = True):
+        """Flair's AnnealOnPlateau as its AnnealingPlugin sets it up (mode max on dev F1, min on
+        the training loss without a dev split), or the config's fixed schedule; with the saved
+        state restored."""
         from flair.training_utils import AnnealOnPlateau
 
-        scheduler = AnnealOnPlateau(optimizer, mode="max", factor=self.config.anneal_factor,
-                                    patience=self.config.patience, initial_extra_patience=0)
+        if self.config.anneal_after:
+            scheduler: Any = FixedSchedule(optimizer, self.config.anneal_factor, self.config.anneal_after)
+        else:
+            scheduler = AnnealOnPlateau(optimizer, mode="max" if has_dev else "min",
+                                        factor=self.config.anneal_factor,
+                                        patience=self.config.patience, initial_extra_patience=0)
         if self.state.get("scheduler"):
             vars(scheduler).update(self.state["scheduler"])
         return scheduler
@@ -372,8 +385,9 @@ class RunBook:
             # Flair steps on (dev micro-F1, dev loss), or on the train loss without a dev split
             scores = (dev.f1, dev.loss) if dev is not None else (train_loss,)
             if scheduler.step(*scores):
-                note = f"; {self.config.patience + 1} epochs without improvement: learning rate annealed " \
-                       f"to {optimizer.param_groups[0]['lr']:g}"
+                why = "as scheduled" if self.config.anneal_after else \
+                    f"{self.config.patience + 1} epochs without improvement"
+                note = f"; {why}: learning rate annealed to {optimizer.param_groups[0]['lr']:g}"
             elif scheduler.num_bad_epochs:
                 note = f"; {scheduler.num_bad_epochs} epochs without improvement"
         entry = {"epoch": epoch, "train_loss": train_loss,
@@ -407,6 +421,24 @@ class RunBook:
         return scheduler is not None and state["learning_rate"] < self.config.min_learning_rate
 
 
+class FixedSchedule:
+    """Multiplies the learning rate by `factor` after each epoch listed in `after` (the
+    scheduler interface the RunBook steps: ``step`` is True when it annealed)."""
+
+    def __init__(self, optimizer, factor: float, after: list) -> None:
+        self.optimizer, self.factor, self.after = optimizer, factor, {int(epoch) for epoch in after}
+        self.epochs_done = 0
+        self.num_bad_epochs = 0
+
+    def step(self, *scores: float | None) -> bool:
+        self.epochs_done += 1
+        if self.epochs_done not in self.after:
+            return False
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.factor
+        return True
+
+
 def _run_plugin(book: RunBook, anneal: bool, has_dev: bool):
     """Flair's ModelTrainer reports each epoch to the shared RunBook through this plugin.
 
@@ -420,7 +452,7 @@ def _run_plugin(book: RunBook, anneal: bool, has_dev: bool):
 
         @TrainerPlugin.hook
         def after_setup(self, **kw):
-            self.scheduler = book.make_scheduler(self.trainer.optimizer) if anneal else None
+            self.scheduler = book.make_scheduler(self.trainer.optimizer, has_dev) if anneal else None
 
         @TrainerPlugin.hook
         def before_training_epoch(self, epoch, **kw):
@@ -525,6 +557,18 @@ def _train_with_flair(tagger, corpus, config: TrainConfig, book: RunBook) -> Non
         trainer.fine_tune(**common)
 
 
+def with_dev_in_train(corpus):
+    """The corpus with its dev split appended to train (vocabularies, characters and batches
+    all see both), and no dev split left to score."""
+    from flair.data import Corpus
+    from torch.utils.data import ConcatDataset
+
+    if corpus.dev is None:
+        raise AnnotatorError("train_with_dev: the corpus has no dev split")
+    return Corpus(train=ConcatDataset([corpus.train, corpus.dev]), dev=None, test=corpus.test,
+                  name=corpus.name, sample_missing_splits=False)
+
+
 def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resume: bool = False,
           on_epoch: Callable[[Path], None] | None = None) -> TrainResult:
     """Train `config` on a column corpus into `output`; with `resume`, continue its checkpoint."""
@@ -567,6 +611,8 @@ def train(corpus_dir: str | Path, output: str | Path, config: TrainConfig, resum
 
     seed_everything(config.seed + state["epoch"])
     corpus = load_corpus(corpus_dir, config.column_format)
+    if config.train_with_dev:
+        corpus = with_dev_in_train(corpus)
     if resume:
         tagger = SequenceTagger.load(output / CHECKPOINT)
     else:

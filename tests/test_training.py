@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,41 @@ def test_interrupted_run_resumes_from_its_checkpoint(synthetic_corpus, tmp_path)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["finished"]
+
+
+def test_train_with_dev_on_a_fixed_schedule(synthetic_corpus, tmp_path):
+    """train + dev as training data (dev words join the vocabulary), no dev scores, the learning
+    rate halved after the listed epochs, resumable, and the last epoch's model kept."""
+    from flair.models import SequenceTagger
+
+    from annotator.training import normalise_word
+
+    toml = tmp_path / "with-dev.toml"
+    toml.write_text('preset = "offline"\ntrain_with_dev = true\nanneal_after = [1, 2]\nmax_epochs = 3\n'
+                    'hidden_size = 16\nword_embedding_dim = 16\nmin_word_freq = 2\ndevice = "cpu"\n')
+    config = resolve_config(None, toml)
+    first = train(synthetic_corpus, tmp_path / "run", config,
+                  on_epoch=lambda output: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert first.epochs == 1
+    assert train(synthetic_corpus, tmp_path / "run", config, resume=True).finished
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [e["learning_rate"] for e in metrics["epochs"]] == [0.1, 0.05, 0.025]
+    assert [e["dev_f1"] for e in metrics["epochs"]] == [None, None, None]
+    assert metrics["best_epoch"] == 3 and metrics["finished"] and metrics["test"] is not None
+    vocab = set(SequenceTagger.load(tmp_path / "run" / "best-model.pt").embeddings.embeddings[0].vocab)
+
+    def counts(split: str) -> Counter:
+        return Counter(normalise_word(line.split()[0])
+                       for line in (synthetic_corpus / f"{split}.txt").read_text().splitlines() if line.strip())
+
+    train_counts, dev_counts = counts("train"), counts("dev")
+    # min_word_freq 2: words seen once in train make it only with their dev occurrences
+    joined = {word for word, n in train_counts.items() if n == 1 and dev_counts[word]}
+    assert joined and joined <= vocab
+    assert {word for word, n in train_counts.items() if n == 1 and not dev_counts[word]}.isdisjoint(vocab)
+    toml.write_text('anneal_after = [1, "2"]\n')
+    with pytest.raises(AnnotatorError, match="anneal_after must be a list of integers"):
+        resolve_config(None, toml)
 
 
 def test_config_file_and_flags_override_the_preset(tmp_path):
