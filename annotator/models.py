@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -139,6 +140,12 @@ def model_card(metrics: dict, config: str, command: str) -> str:
     size = DEFAULT_MODEL.stat().st_size / 1e6
     speed = metrics.get("speed", {})
     speed_line = (f"{speed['words_per_second']:,.0f} words/s ({speed['how']})" if speed else "see `annotator bench`")
+    if tomllib.loads(config).get("train_with_dev"):
+        selection = (f"trained on train + dev for {metrics['epoch']} epochs on a fixed learning-rate "
+                     "schedule (no dev scores: dev is training data)")
+    else:
+        selection = (f"best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch {metrics['best_epoch']} "
+                     f"of {metrics['epoch']}")
     return f"""# annotator default NER model
 
 English named entities (PER, ORG, LOC, MISC), trained by this project's `offline` recipe on
@@ -150,8 +157,7 @@ CoNLL++ with spaCy's en_core_web_md word vectors stacked in.
   import `annotator.embeddings` before `SequenceTagger.load` in a plain Flair script).
 - **Size**: {size:.1f} MB; sha256 {sha256_file(DEFAULT_MODEL)}.
 - **CoNLL++ test micro-F1: {100 * micro['f1']:.2f}** (precision {100 * micro['precision']:.2f},
-  recall {100 * micro['recall']:.2f}); best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch
-  {metrics['best_epoch']} of {metrics['epoch']}; training took {metrics['seconds'] / 60:.0f} min.
+  recall {100 * micro['recall']:.2f}); {selection}; training took {metrics['seconds'] / 60:.0f} min.
 - **Speed**: {speed_line}.
 
 | type | precision | recall | F1 | support |
