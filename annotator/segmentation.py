@@ -172,13 +172,13 @@ def _write_requests(pipe, requests: queue.SimpleQueue) -> None:
 def _stop_process(process: subprocess.Popen, requests: queue.SimpleQueue) -> None:
     """End of input for the child (it exits on EOF); killed if it does not go quietly."""
     requests.put(None)
+    if process.stdout is not None:  # a reply nobody will read must not keep the child writing
+        process.stdout.close()
     try:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 def _serve(settings: str) -> None:
@@ -187,13 +187,16 @@ def _serve(settings: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     segmenter = Segmenter(**json.loads(settings))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        try:
-            texts = pickle.load(source)
-        except EOFError:
-            return
-        pickle.dump(list(segmenter.split(texts)), sink, protocol=pickle.HIGHEST_PROTOCOL)
-        sink.flush()
+    try:
+        while True:
+            try:
+                texts = pickle.load(source)
+            except EOFError:
+                return
+            pickle.dump(list(segmenter.split(texts)), sink, protocol=pickle.HIGHEST_PROTOCOL)
+            sink.flush()
+    except BrokenPipeError:  # the parent has stopped reading: it is ending
+        os._exit(0)
 
 
 def cut_text(text: str, limit: int) -> Iterator[tuple[int, str]]:
