@@ -166,8 +166,9 @@ def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path 
         click.echo(f"stopped after epoch {result.epochs}; continue with: annotator train "
                    f"{corpus_dir} --output {output} --resume", err=True)
         sys.exit(1)
-    click.echo(f"trained {result.epochs} epochs in {result.seconds:.0f} s; best dev F1 "
-               f"{100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}; model: "
+    selection = "no dev split: the last epoch's model" if config.train_with_dev else \
+        f"best dev F1 {100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}"
+    click.echo(f"trained {result.epochs} epochs in {result.seconds:.0f} s; {selection}; model: "
                f"{output / 'best-model.pt'}")
     if result.test:
         click.echo(f"test micro-F1 {100 * result.test['micro']['f1']:.2f}")

