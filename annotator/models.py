@@ -151,7 +151,7 @@ def model_card(metrics: dict, config: str, command: str) -> str:
 English named entities (PER, ORG, LOC, MISC), trained by this project's `offline` recipe on
 CoNLL++ with spaCy's en_core_web_md word vectors stacked in.
 
-- **Model**: Flair `SequenceTagger`, BiLSTM-CRF over learned word embeddings (training-split
+- **Model**: Flair `SequenceTagger`, BiLSTM-CRF over learned word embeddings (the training data's
   vocabulary), a character encoder (alphabet from the training data) and frozen spaCy
   en_core_web_md vectors stored as int8 rows (`annotator.embeddings.SharedVectorEmbeddings`;
   import `annotator.embeddings` before `SequenceTagger.load` in a plain Flair script).
