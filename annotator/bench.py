@@ -1018,7 +1018,8 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None] = print,
     load = report["environment"]["load_average"]
     echo(f"input: {origin}; {report['environment']['cpu_count']} CPUs, load average at start "
          f"{' '.join(f'{x:.1f}' for x in load) if load else '?'}; words/s = the same spaCy "
-         "token count / timed seconds; cpu s and peak RSS: the row's process (all its threads) plus (3)'s sentence-splitter process")
+         "token count / timed seconds; cpu s and peak RSS: the row's process (all its threads), "
+         "for (3) plus its sentence-splitter process")
     if options.json_file:
         path = Path(options.json_file)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -180,10 +180,9 @@ class PreparedBatch:
     flat_to_packed: torch.Tensor  # int64, on device
     packed_sentence_index: torch.Tensor  # int64, on device: sentence of each packed row
     component_inputs: list[dict[str, Any]] = field(default_factory=list)
-    # tokens whose embeddings are equal (same word type and inputs): the flat index of one token
-    # of each such group, and each packed row's group; None where embeddings are contextual
-    distinct_flat: Optional[torch.Tensor] = None
-    packed_to_distinct: Optional[torch.Tensor] = None
+    # per token (flat order), a key equal for tokens whose embeddings are equal (same word type
+    # and inputs); None where they are contextual or not all prepared here
+    row_keys: Optional[np.ndarray] = None
 
     @property
     def num_tokens(self) -> int:
@@ -278,6 +277,18 @@ class _SharedVectorComponent(_Component):
         return self.embedding.vectors_of(inputs["rows"]).to(device)
 
 
+class _CharIds(dict):
+    """character -> flair ``Dictionary`` index, looked up once per character."""
+
+    def __init__(self, dictionary) -> None:
+        super().__init__()
+        self.dictionary = dictionary
+
+    def __missing__(self, char: str) -> int:
+        index = self[char] = self.dictionary.get_idx_for_item(char)
+        return index
+
+
 class _CharComponent(_Component):
     """CharacterEmbeddings, computed once per unique character-id sequence.
 
@@ -306,7 +317,7 @@ class _CharComponent(_Component):
         self.char_embedding: nn.Embedding = embedding.char_embedding
         self.char_rnn: nn.Module = embedding.char_rnn
         self.cache_encodings = cache_encodings
-        self._char_ids: dict[str, int] = {}
+        self._char_ids = _CharIds(embedding.char_dictionary)
         self.reset()
 
     def reset(self) -> None:
@@ -322,17 +333,9 @@ class _CharComponent(_Component):
         self._encoded = np.zeros(0, dtype=bool)
         self._weights_key: tuple = ()
 
-    def _char_id(self, char: str) -> int:
-        """flair's dictionary lookup, remembered per character."""
-        cid = self._char_ids[char] = self.char_dictionary.get_idx_for_item(char)
-        return cid
-
     def type_values(self, word: str) -> list[int]:
         known = self._char_ids
-        try:
-            chars = tuple([known[c] for c in word])
-        except KeyError:
-            chars = tuple(known[c] if c in known else self._char_id(c) for c in word)
+        chars = tuple([known[c] for c in word])
         cid = self._tuple_ids.get(chars)
         if cid is None:
             cid = len(self._offsets)
@@ -843,9 +846,7 @@ class FastSequenceTagger:
                 if component_inputs is not None and "source" in component_inputs:
                     source = component_inputs["source"]
                     key = key * (int(source.max()) + 1) + source
-            _, first, group = np.unique(key, return_index=True, return_inverse=True)
-            batch.distinct_flat = torch.from_numpy(first)
-            batch.packed_to_distinct = torch.from_numpy(group.reshape(-1)[packed_to_flat])
+            batch.row_keys = key
         return batch
 
     # ------------------------------------------------------------------ forward (torch side)
@@ -875,7 +876,7 @@ class FastSequenceTagger:
         ``rnn``: computes ``tagger.rnn`` on packed data another way (a trainer's, same math).
         """
         tagger = self.tagger
-        if batch.packed_to_distinct is not None and not given and rnn is None and not tagger.training:
+        if batch.row_keys is not None and not given and rnn is None and not tagger.training:
             return self._forward_distinct(batch)
         x = self.embed_flat(batch, given)[batch.packed_to_flat]
         x = x.to(tagger.linear.weight.dtype)
@@ -898,7 +899,9 @@ class FastSequenceTagger:
         on the packed rows with the same equations as ``tagger.rnn``.
         """
         tagger = self.tagger
-        x = self.embed_flat(batch)[batch.distinct_flat.to(self.device)].to(tagger.linear.weight.dtype)
+        _, first, group = np.unique(batch.row_keys, return_index=True, return_inverse=True)
+        packed_to_distinct = torch.from_numpy(group.reshape(-1))[batch.packed_to_flat]
+        x = self.embed_flat(batch)[torch.from_numpy(first)].to(tagger.linear.weight.dtype)
         if tagger.reproject_embeddings:
             x = tagger.embedding2nn(x)
         rnn = tagger.rnn
@@ -909,7 +912,7 @@ class FastSequenceTagger:
                 w_ih, w_hh, bias = direction_weights(rnn, layer, suffix)
                 gx = F.linear(x, w_ih, bias)
                 if layer == 0:
-                    gx = torch.index_select(gx, 0, batch.packed_to_distinct)
+                    gx = torch.index_select(gx, 0, packed_to_distinct)
                 outputs.append(lstm_direction(gx, w_hh, sizes, reverse=bool(suffix)))
             x = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
         return tagger.linear(x)

@@ -171,8 +171,9 @@ def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[tuple[list[Any
     """Group records into chunks of about `chunk_chars` of text, without waiting on slow input.
 
     A reader thread fills a bounded queue; a chunk ends when it is full or the queue is empty.
-    The first chunks are smaller (an eighth, a quarter, ... of `chunk_chars`).  Yields (chunk, whether more records were already waiting when it was cut).  Exceptions in
-    the reader are re-raised here, in the caller's thread.
+    The first chunks are smaller (an eighth, a quarter, ... of `chunk_chars`).  Yields (chunk,
+    whether more records were already waiting when it was cut).  Exceptions in the reader are
+    re-raised here, in the caller's thread.
     """
     done, empty = object(), object()
     pending: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
