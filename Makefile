@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CONLLPP ?= ../shared/data/conllpp
 
-.PHONY: install test bench demo model tools clean
+.PHONY: install lint format test bench demo model tools clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ tools:
 	@command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq >/dev/null) \
 		|| echo "jq not installed: the pipeline example's test will be skipped"
 
-test: install tools
+# One code dialect (pyproject.toml's [tool.ruff]): lint and formatting are checked by `make test`.
+lint: install
+	$(VENV)/bin/ruff check annotator tests examples
+	$(VENV)/bin/ruff format --check annotator tests examples
+
+format: install
+	$(VENV)/bin/ruff check --fix annotator tests examples
+	$(VENV)/bin/ruff format annotator tests examples
+
+test: install tools lint
 	$(PY) -m pytest -q tests
 
 # The main job on the packaged default model: examples/ in, Parquet and JSONL out.

@@ -6,33 +6,17 @@ Exit codes: 0 success; 1 failure (one message on stderr); 2 usage error;
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from annotator import __version__
+from annotator import __version__, logs
 from annotator.errors import AnnotatorError
+from annotator.files import write_atomically
 
 EXIT_SKIPPED = 3
-
-
-def _setup_logging(verbose: bool) -> None:
-    """Logs go to stderr only, so stdout stays clean for data.
-
-    Flair configures its own stdout logger on import, so it is imported first and then redirected.
-    """
-    import flair  # noqa: F401
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    for name in ("annotator", "flair"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.INFO if verbose or name == "annotator" else logging.WARNING)
 
 
 class _Group(click.Group):
@@ -51,7 +35,7 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Show Flair's training and loading log.")
 def cli(verbose: bool) -> None:
     """Named-entity annotation of large document collections with Flair and spaCy."""
-    _setup_logging(verbose)
+    logs.configure(verbose)
 
 
 def main() -> None:
@@ -60,6 +44,7 @@ def main() -> None:
 
 # --- corpus -----------------------------------------------------------------------------
 
+
 @cli.group()
 def corpus() -> None:
     """Fetch a corpus and look inside it."""
@@ -67,10 +52,18 @@ def corpus() -> None:
 
 @corpus.command("fetch")
 @click.argument("name")
-@click.option("--dest", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write the corpus files into.")
-@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Copy from a local folder instead of downloading (checked the same way).")
+@click.option(
+    "--dest",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the corpus files into.",
+)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Copy from a local folder instead of downloading (checked the same way).",
+)
 def corpus_fetch(name: str, dest: Path, source: Path | None) -> None:
     """Download corpus NAME (e.g. conllpp) and verify each file's sha256."""
     from annotator.corpus import fetch_corpus
@@ -80,9 +73,12 @@ def corpus_fetch(name: str, dest: Path, source: Path | None) -> None:
 
 
 COLUMN_FORMAT = click.option(
-    "--column-format", default="text,pos,chunk,ner", show_default=True,
+    "--column-format",
+    default="text,pos,chunk,ner",
+    show_default=True,
     help="Names of the corpus columns, comma-separated; 'text' is the token, 'ner' the tag "
-         "(IOB1, BIO or BIOES). Two-column files: text,ner.")
+    "(IOB1, BIO or BIOES). Two-column files: text,ner.",
+)
 
 
 @corpus.command("stats")
@@ -90,7 +86,8 @@ COLUMN_FORMAT = click.option(
 @COLUMN_FORMAT
 def corpus_stats(corpus_dir: Path, column_format: str) -> None:
     """Sentences, tokens and entities per type of each split."""
-    from annotator.corpus import reference_warnings, corpus_stats as stats_of
+    from annotator.corpus import corpus_stats as stats_of
+    from annotator.corpus import reference_warnings
 
     stats = stats_of(corpus_dir, column_format)
     labels = sorted({label for item in stats.values() for label in item.entities})
@@ -100,8 +97,10 @@ def corpus_stats(corpus_dir: Path, column_format: str) -> None:
     for split in ("train", "test", "dev"):
         if split in stats:
             item = stats[split]
-            click.echo(f"{names[split]:<13}{item.sentences:>10}{item.tokens:>9}"
-                       + "".join(f"{item.entities[l]:>7}" for l in labels))
+            click.echo(
+                f"{names[split]:<13}{item.sentences:>10}{item.tokens:>9}"
+                + "".join(f"{item.entities[l]:>7}" for l in labels)
+            )
     if {"train", "dev", "test"} <= set(stats) and column_format == "text,pos,chunk,ner":
         for line in reference_warnings(stats):
             click.echo(f"Warning: {line}", err=True)
@@ -109,67 +108,114 @@ def corpus_stats(corpus_dir: Path, column_format: str) -> None:
 
 # --- train / evaluate -------------------------------------------------------------------
 
-DEVICE = click.option("--device", default="auto", show_default=True,
-                      help="auto (a GPU when there is one), cpu, or cuda[:N].")
+DEVICE = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (a GPU when there is one), cpu, or cuda[:N].",
+)
 
 
 def _input_options(command):
     """How documents are read: the same flags for `annotate` and `view`."""
-    command = click.option("--id-field", default="id", show_default=True,
-                           help="JSONL/Parquet id field; without one, ids are SOURCE:ROW.")(command)
-    command = click.option("--text-field", default="text", show_default=True,
-                           help="JSONL/Parquet text field.")(command)
-    return click.option("--input-format", type=click.Choice(["jsonl", "text", "parquet"]),
-                        help="Input format (default: from each file's extension; stdin is "
-                             "JSONL).")(command)
-
+    command = click.option(
+        "--id-field",
+        default="id",
+        show_default=True,
+        help="JSONL/Parquet id field; without one, ids are SOURCE:ROW.",
+    )(command)
+    command = click.option(
+        "--text-field", default="text", show_default=True, help="JSONL/Parquet text field."
+    )(command)
+    return click.option(
+        "--input-format",
+        type=click.Choice(["jsonl", "text", "parquet"]),
+        help="Input format (default: from each file's extension; stdin is JSONL).",
+    )(command)
 
 
 @cli.command()
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the model, its config, log, metrics and checkpoint.")
-@click.option("--preset", type=click.Choice(["seed", "offline", "transformer"]),
-              help="Recipe to start from (default: offline, or the config file's).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML file of settings; flags override it.")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the model, its config, log, metrics and checkpoint.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["seed", "offline", "transformer"]),
+    help="Recipe to start from (default: offline, or the config file's).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file of settings; flags override it.",
+)
 @click.option("--max-epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)
 @click.option("--hidden-size", type=int)
 @click.option("--seed", type=int)
-@click.option("--word-vectors", help="seed preset: word-vector text file (or a Flair name, e.g. glove).")
+@click.option(
+    "--word-vectors", help="seed preset: word-vector text file (or a Flair name, e.g. glove)."
+)
 @click.option("--flair-forward", help="seed preset: forward Flair language model file (or name).")
 @click.option("--flair-backward", help="seed preset: backward Flair language model file (or name).")
 @click.option("--transformer", help="transformer preset: Hugging Face model name or local folder.")
-@click.option("--spacy-vectors", help="offline preset: also stack the word vectors of this spaCy "
-                                      "pipeline (installed name or folder), e.g. en_core_web_md.")
+@click.option(
+    "--spacy-vectors",
+    help="offline preset: also stack the word vectors of this spaCy "
+    "pipeline (installed name or folder), e.g. en_core_web_md.",
+)
 @click.option("--column-format", help="Corpus columns (default text,pos,chunk,ner).")
-@click.option("--trainer", type=click.Choice(["auto", "fast", "flair"]),
-              help="fast: vectorised batches (same model and loss, several times faster); flair: "
-                   "Flair's ModelTrainer; auto (default): fast wherever it supports the model.")
+@click.option(
+    "--trainer",
+    type=click.Choice(["auto", "fast", "flair"]),
+    help="fast: vectorised batches (same model and loss, several times faster); flair: "
+    "Flair's ModelTrainer; auto (default): fast wherever it supports the model.",
+)
 @DEVICE
-@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
-def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path | None,
-          resume: bool, **flags: Any) -> None:
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."
+)
+def train(
+    corpus_dir: Path,
+    output: Path,
+    preset: str | None,
+    config_file: Path | None,
+    resume: bool,
+    **flags: Any,
+) -> None:
     """Train a tagger on CORPUS_DIR (column format: train/dev/test files)."""
-    from annotator import training
+    from annotator.training.config import CONFIG, resolve_config
+    from annotator.training.train import train as run
 
-    if resume and preset is None and config_file is None and (output / training.CONFIG).exists():
-        config_file = output / training.CONFIG
+    if resume and preset is None and config_file is None and (output / CONFIG).exists():
+        config_file = output / CONFIG
     flags = {k: v for k, v in flags.items() if v is not None}
     if flags.get("device") == "auto" and resume:
         flags.pop("device")
-    config = training.resolve_config(preset, config_file, flags)
-    result = training.train(corpus_dir, output, config, resume=resume)
+    config = resolve_config(preset, config_file, flags)
+    result = run(corpus_dir, output, config, resume=resume)
     if not result.finished:
-        click.echo(f"stopped after epoch {result.epochs}; continue with: annotator train "
-                   f"{corpus_dir} --output {output} --resume", err=True)
+        click.echo(
+            f"stopped after epoch {result.epochs}; continue with: annotator train "
+            f"{corpus_dir} --output {output} --resume",
+            err=True,
+        )
         sys.exit(1)
-    selection = "no dev split: the last epoch's model" if config.train_with_dev else \
-        f"best dev F1 {100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}"
-    click.echo(f"trained {result.epochs} epochs in {result.seconds:.0f} s; {selection}; model: "
-               f"{output / 'best-model.pt'}")
+    selection = (
+        "no dev split: the last epoch's model"
+        if config.train_with_dev
+        else f"best dev F1 {100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}"
+    )
+    click.echo(
+        f"trained {result.epochs} epochs in {result.seconds:.0f} s; {selection}; model: "
+        f"{output / 'best-model.pt'}"
+    )
     if result.test:
         click.echo(f"test micro-F1 {100 * result.test['micro']['f1']:.2f}")
 
@@ -177,83 +223,145 @@ def train(corpus_dir: Path, output: Path, preset: str | None, config_file: Path 
 @cli.command()
 @click.argument("model")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
-@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the scores as JSON.")
+@click.option(
+    "--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the scores as JSON.",
+)
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write scores.png, confusion.png, errors.html and report.json here.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write scores.png, confusion.png, errors.html and report.json here.",
+)
 @COLUMN_FORMAT
 @DEVICE
-def evaluate(model: str, corpus_dir: Path, split: str, json_file: Path | None, batch_size: int,
-             column_format: str, device: str, report_dir: Path | None) -> None:
+def evaluate(
+    model: str,
+    corpus_dir: Path,
+    split: str,
+    json_file: Path | None,
+    batch_size: int,
+    column_format: str,
+    device: str,
+    report_dir: Path | None,
+) -> None:
     """Span-level precision, recall and F1 of MODEL on a split of CORPUS_DIR."""
     import json
 
-    from annotator.evaluation import evaluate as run, format_table
+    from annotator.evaluation import evaluate as run
+    from annotator.evaluation import format_table
 
     if report_dir is not None:
-        from annotator.views import evaluation_report
+        from annotator.evaluation import evaluation_report
 
-        result = evaluation_report(model, corpus_dir, report_dir, split, column_format, batch_size,
-                                   device)
+        result = evaluation_report(
+            model, corpus_dir, report_dir, split, column_format, batch_size, device
+        )
     else:
         result = run(model, corpus_dir, split, column_format, batch_size, device)
     click.echo(format_table(result))
     if report_dir is not None:
-        click.echo(f"report: {report_dir}/ (errors.html, scores.png, confusion.png, report.json)",
-                   err=True)
+        click.echo(
+            f"report: {report_dir}/ (errors.html, scores.png, confusion.png, report.json)", err=True
+        )
     if json_file:
         json_file.write_text(json.dumps(result.to_dict(), indent=2))
 
 
 # --- see the results --------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="PNG to write (default: MODEL_DIR/training.png).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write (default: MODEL_DIR/training.png).",
+)
 def plot(model_dir: Path, output: Path | None) -> None:
     """Redraw a training run's curves (loss, dev F1, learning rate) from its metrics.json."""
-    from annotator.views import plot_training
+    from annotator.training.config import TRAINING_PNG
+    from annotator.training.runbook import read_metrics, run_folder
+    from annotator.views.figures import plot_training
 
-    click.echo(str(plot_training(model_dir, output)))
+    folder = run_folder(model_dir)
+    click.echo(
+        str(plot_training(read_metrics(folder), output or folder / TRAINING_PNG, folder.name))
+    )
 
 
 @cli.command()
 @click.argument("spans", type=click.Path(exists=True, dir_okay=False))
-@click.option("--docs", multiple=True,
-              help="The documents annotate read: files, folders or globs (repeatable). Not needed "
-                   "for documents-layout output that holds the text.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="HTML page to write.")
+@click.option(
+    "--docs",
+    multiple=True,
+    help="The documents annotate read: files, folders or globs (repeatable). Not needed "
+    "for documents-layout output that holds the text.",
+)
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="HTML page to write."
+)
 @click.option("--limit", default=100, show_default=True, help="Show at most this many documents.")
-@click.option("--label", "label_names", multiple=True,
-              help="Only entities of this type, and only documents that have one (repeatable).")
+@click.option(
+    "--label",
+    "label_names",
+    multiple=True,
+    help="Only entities of this type, and only documents that have one (repeatable).",
+)
 @_input_options
-def view(spans: str, docs: tuple[str, ...], output: str, limit: int, label_names: tuple[str, ...],
-         input_format: str | None, text_field: str, id_field: str) -> None:
+def view(
+    spans: str,
+    docs: tuple[str, ...],
+    output: str,
+    limit: int,
+    label_names: tuple[str, ...],
+    input_format: str | None,
+    text_field: str,
+    id_field: str,
+) -> None:
     """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
-    from annotator.views import build_view, write_page
+    from annotator.views.pages import build_view
 
     labels = tuple(l.strip() for item in label_names for l in item.split(",") if l.strip())
-    page = build_view(spans, docs, text_field=text_field, id_field=id_field,
-                      input_format=input_format, limit=limit, labels=labels)
-    write_page(page.html, output)
+    page = build_view(
+        spans,
+        docs,
+        text_field=text_field,
+        id_field=id_field,
+        input_format=input_format,
+        limit=limit,
+        labels=labels,
+    )
+    write_atomically(output, page.html)
     warnings = page.warnings()
     for line in warnings[:20]:
         click.echo(f"Warning: {line}", err=True)
     if len(warnings) > 20:
         click.echo(f"Warning: ... and {len(warnings) - 20} more (listed in the page)", err=True)
     types = ", ".join(f"{label} {count}" for label, count in sorted(page.counts.items()))
-    click.echo(f"{output}: {page.shown} of {page.eligible} documents, "
-               f"{sum(page.counts.values())} entities ({types or 'none'})", err=True)
+    click.echo(
+        f"{output}: {page.shown} of {page.eligible} documents, "
+        f"{sum(page.counts.values())} entities ({types or 'none'})",
+        err=True,
+    )
 
 
 # --- annotate / tag ---------------------------------------------------------------------
 
-MODEL = click.option("--model", "-m", envvar="ANNOTATOR_MODEL", show_envvar=True,
-                     help="Flair model file or folder, or a hub name (default: the packaged model).")
+MODEL = click.option(
+    "--model",
+    "-m",
+    envvar="ANNOTATOR_MODEL",
+    show_envvar=True,
+    help="Flair model file or folder, or a hub name (default: the packaged model).",
+)
 
 
 def _exit_quietly_on_broken_pipe() -> None:
@@ -267,74 +375,158 @@ def _exit_quietly_on_broken_pipe() -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1)
-@click.option("--output", "-o", help="Output file (.jsonl or .parquet), - for stdout (default), or a "
-                                    "directory (DIR/ or an existing one) for part files and a "
-                                    "manifest that --resume continues.")
+@click.option(
+    "--output",
+    "-o",
+    help="Output file (.jsonl or .parquet), - for stdout (default), or a "
+    "directory (DIR/ or an existing one) for part files and a "
+    "manifest that --resume continues.",
+)
 @MODEL
-@click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]),
-              help="Output format (default: from the extension; stdout is JSONL; a directory "
-                   "Parquet).")
-@click.option("--layout", type=click.Choice(["documents", "spans"]),
-              help="One record per document (JSONL default) or per entity (Parquet default).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["jsonl", "parquet"]),
+    help="Output format (default: from the extension; stdout is JSONL; a directory Parquet).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["documents", "spans"]),
+    help="One record per document (JSONL default) or per entity (Parquet default).",
+)
 @_input_options
 @click.option("--drop-fields", is_flag=True, help="documents layout: write only id and entities.")
-@click.option("--spacy-model", help="Installed spaCy pipeline whose parser/senter finds sentences "
-                                    "(default: a blank English pipeline with the sentencizer).")
-@click.option("--max-sentence-tokens", default=250, show_default=True,
-              help="Longer sentences are cut into pieces of this many tokens.")
-@click.option("--batch-size", default=32, show_default=True, help="Sentences per mini-batch.")
+@click.option(
+    "--spacy-model",
+    help="Installed spaCy pipeline whose parser/senter finds sentences "
+    "(default: a blank English pipeline with the sentencizer).",
+)
+@click.option(
+    "--max-sentence-tokens",
+    default=250,
+    show_default=True,
+    help="Longer sentences are cut into pieces of this many tokens.",
+)
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    help="Sentences per mini-batch of Flair's predict (--engine flair); the fast engine "
+    "fills its batches by tokens (8,192 on a CPU, 16,384 on a GPU).",
+)
 @DEVICE
-@click.option("--tagger", "engine", type=click.Choice(["auto", "fast", "flair"]), default="auto",
-              show_default=True, help="fast: vectorised tagger; flair: Flair's predict; "
-                                      "auto: fast where the model is supported.")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "fast", "flair"]),
+    default="auto",
+    show_default=True,
+    help="Tagging engine. fast: vectorised, same predictions; flair: "
+    "Flair's predict; auto: fast where the model is supported.",
+)
 @click.option("--labels", help="Keep only these entity types, comma-separated (e.g. PER,ORG).")
-@click.option("--min-score", default=0.0, show_default=True, help="Keep entities scoring at least this.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="Bad input record: stop with a message, or skip it and report it.")
-@click.option("--errors", "errors_file", type=click.Path(dir_okay=False),
-              help="With --on-error skip: write skipped records here as JSONL (else to stderr).")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr (default: when stderr is a terminal).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in the output directory "
-                                             "(starts one if there is none).")
-@click.option("--part-size", default=10_000, show_default=True,
-              help="Directory output: documents per part file (the most a resume redoes).")
-@click.option("--shard", metavar="K/N", help="Only the documents of shard K of N (K = 0..N-1, "
-                                              "by a stable hash of the document id).")
-@click.option("--devices", metavar="LIST", help="One worker process per device, e.g. "
-                                                "cuda:0,cuda:1 (directory output).")
-@click.option("--workers", type=int, help="Worker processes on --device (local engine) or tagger "
-                                          "actors (ray engine).")
-@click.option("--engine", "run_engine", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="ray: tag on a Ray cluster (pip install 'annotator[ray]').")
+@click.option(
+    "--min-score", default=0.0, show_default=True, help="Keep entities scoring at least this."
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="Bad input record: stop with a message, or skip it and report it.",
+)
+@click.option(
+    "--errors",
+    "errors_file",
+    type=click.Path(dir_okay=False),
+    help="With --on-error skip: write skipped records here as JSONL (else to stderr).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run in the output directory (starts one if there is none).",
+)
+@click.option(
+    "--part-size",
+    default=10_000,
+    show_default=True,
+    help="Directory output: documents per part file (the most a resume redoes).",
+)
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Only the documents of shard K of N (K = 0..N-1, by a stable hash of the document id).",
+)
+@click.option(
+    "--devices",
+    metavar="LIST",
+    help="One worker process per device, e.g. cuda:0,cuda:1 (directory output).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="Worker processes on --device (local backend) or tagger actors (ray backend).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: tag on a Ray cluster (pip install 'annotator[ray]').",
+)
 @click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
-@click.option("--html", "html_page", type=click.Path(dir_okay=False),
-              help="Also write an entity viewer page (like `annotator view`) of the first documents.")
+@click.option(
+    "--html",
+    "html_page",
+    type=click.Path(dir_okay=False),
+    help="Also write an entity viewer page (like `annotator view`) of the first documents.",
+)
 @click.option("--html-limit", default=100, show_default=True, help="Documents in the --html page.")
-def annotate(inputs: tuple[str, ...], output: str | None, labels: str | None,
-             errors_file: str | None, resume: bool, part_size: int, shard: str | None,
-             devices: str | None, workers: int | None, run_engine: str, ray_address: str | None,
-             html_page: str | None, html_limit: int, **options: Any) -> None:
+def annotate(
+    inputs: tuple[str, ...],
+    output: str | None,
+    labels: str | None,
+    errors_file: str | None,
+    resume: bool,
+    part_size: int,
+    shard: str | None,
+    devices: str | None,
+    workers: int | None,
+    backend: str,
+    ray_address: str | None,
+    html_page: str | None,
+    html_limit: int,
+    **options: Any,
+) -> None:
     """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
     from annotator.pipeline import AnnotateOptions
-    from annotator.runs import RunOptions, annotate_run
+    from annotator.runs.dispatch import RunOptions, annotate_run
 
     settings = AnnotateOptions(
         labels=tuple(l.strip() for l in labels.split(",") if l.strip()) if labels else (),
-        errors=errors_file, **options)
-    run = RunOptions(resume=resume, shard=shard, part_size=part_size, workers=workers,
-                     devices=tuple(d.strip() for d in devices.split(",") if d.strip())
-                     if devices else (), engine=run_engine, ray_address=ray_address)
+        errors=errors_file,
+        **options,
+    )
+    run = RunOptions(
+        resume=resume,
+        shard=shard,
+        part_size=part_size,
+        workers=workers,
+        devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
+        backend=backend,
+        ray_address=ray_address,
+        page=html_page,
+        page_limit=html_limit,
+    )
     try:
-        if html_page:
-            from annotator.views import annotate_with_page
-
-            summary = annotate_with_page(inputs, output, settings, run, html_page, html_limit)
-        else:
-            summary = annotate_run(inputs, output, settings, run)
+        summary = annotate_run(inputs, output, settings, run)
     except BrokenPipeError:
         _exit_quietly_on_broken_pipe()
     click.echo(summary.line(), err=True)
@@ -349,7 +541,7 @@ def annotate(inputs: tuple[str, ...], output: str | None, labels: str | None,
 def tag(text: str | None, model: str | None, device: str) -> None:
     """Tag TEXT (or stdin) and print it with its entities inline."""
     from annotator.pipeline import Annotator
-    from annotator.tagging import tagged_string
+    from annotator.tagging.engines import tagged_string
 
     if text is None:
         text = sys.stdin.read()
@@ -369,42 +561,78 @@ def info() -> None:
 @click.argument("inputs", nargs=-1)
 @MODEL
 @DEVICE
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-@click.option("--docs", type=int, help="Use the first N input documents (generated: N, default 200).")
-@click.option("--corpus", type=click.Path(file_okay=False),
-              help="CoNLL folder to generate documents from when no INPUTS are given "
-                   "(default: ../shared/data/conllpp beside the repository, else templates).")
+@click.option(
+    "--json", "json_file", type=click.Path(dir_okay=False), help="Also write the results as JSON."
+)
+@click.option(
+    "--docs", type=int, help="Use the first N input documents (generated: N, default 200)."
+)
+@click.option(
+    "--corpus",
+    type=click.Path(file_okay=False),
+    help="CoNLL folder to generate documents from when no INPUTS are given "
+    "(default: ../shared/data/conllpp beside the repository, else templates).",
+)
 @click.option("--text-field", default="text", show_default=True, help="JSONL/Parquet text field.")
-@click.option("--batch-sizes", default="32,128,512", show_default=True,
-              help="Flair predict mini-batch sizes to try (32 is always run: the reference).")
-@click.option("--spacy-ner", help="spaCy pipeline (name or folder) for the spaCy NER row; 'off' "
-                                  "skips it (default: ANNOTATOR_SPACY_NER, else en_core_web_sm).")
-@click.option("--stand-in", type=click.Choice(["tutorial"]),
-              help="Also bench a same-shape stand-in of Flair's tutorial tagger (GloVe + "
-                   "news-forward/backward, random weights).")
-@click.option("--stand-in-docs", default=5, show_default=True,
-              help="Documents for the stand-in section (its language models are slow on CPU).")
-@click.option("--stand-in-vocab", default=400_000, show_default=True,
-              help="Word-vector rows of the stand-in (GloVe has 400,000).")
-@click.option("--memory", is_flag=True, help="Also run annotate on the documents x10 and compare "
-                                             "peak RSS.")
+@click.option(
+    "--batch-sizes",
+    default="32,128,512",
+    show_default=True,
+    help="Flair predict mini-batch sizes to try (32 is always run: the reference).",
+)
+@click.option(
+    "--spacy-ner",
+    help="spaCy pipeline (name or folder) for the spaCy NER row; 'off' "
+    "skips it (default: ANNOTATOR_SPACY_NER, else en_core_web_sm).",
+)
+@click.option(
+    "--stand-in",
+    type=click.Choice(["tutorial"]),
+    help="Also bench a same-shape stand-in of Flair's tutorial tagger (GloVe + "
+    "news-forward/backward, random weights).",
+)
+@click.option(
+    "--stand-in-docs",
+    default=5,
+    show_default=True,
+    help="Documents for the stand-in section (its language models are slow on CPU).",
+)
+@click.option(
+    "--stand-in-vocab",
+    default=400_000,
+    show_default=True,
+    help="Word-vector rows of the stand-in (GloVe has 400,000).",
+)
+@click.option(
+    "--memory", is_flag=True, help="Also run annotate on the documents x10 and compare peak RSS."
+)
 @click.option("--repeat", default=1, show_default=True, help="Runs per row (best time is kept).")
-@click.option("--isolate/--no-isolate", default=True, show_default=True,
-              help="A fresh process per row (per-row peak RSS); --no-isolate is faster.")
+@click.option(
+    "--isolate/--no-isolate",
+    default=True,
+    show_default=True,
+    help="A fresh process per row (per-row peak RSS); --no-isolate is faster.",
+)
 @click.option("--threads", type=int, help="torch threads in every row (default: torch's own).")
-@click.option("--workdir", type=click.Path(file_okay=False),
-              help="Keep the documents, stand-in model and worker logs here (default: a temp dir).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Keep the documents, stand-in model and worker logs here (default: a temp dir).",
+)
 def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
     """Words/s of Flair, spaCy and annotator side by side on the same documents (INPUTS: files
     or folders like annotate's; none: generated news-like documents)."""
-    from annotator.bench import BenchOptions, run_bench
+    from annotator.bench.run import BenchOptions, run_bench
 
     try:
         sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
     except ValueError:
         raise AnnotatorError("--batch-sizes: comma-separated integers, e.g. 32,128,512") from None
-    run_bench(BenchOptions(inputs=inputs, batch_sizes=sizes, **options), echo=click.echo,
-              log=lambda line: click.echo(line, err=True))
+    run_bench(
+        BenchOptions(inputs=inputs, batch_sizes=sizes, **options),
+        echo=click.echo,
+        log=lambda line: click.echo(line, err=True),
+    )
 
 
 @cli.command("package-model", hidden=True)
@@ -412,6 +640,6 @@ def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
 @click.option("--command", "command", required=True, help="The training command, for the card.")
 def package_model(run_dir: Path, command: str) -> None:
     """Make RUN_DIR's best model the packaged default (used by `make model`)."""
-    from annotator.models import package_default_model
+    from annotator.training.package import package_default_model
 
     click.echo(f"packaged {package_default_model(run_dir, command)}")

@@ -7,18 +7,18 @@ after its sha256 matched, so a failed or interrupted fetch never leaves a corrup
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from tqdm import tqdm
 
 from annotator.errors import CorpusError
+from annotator.files import AtomicFile, sha256_file
 
 SPLITS = ("train", "dev", "test")
 DEFAULT_COLUMN_FORMAT = "text,pos,chunk,ner"
@@ -51,55 +51,69 @@ CORPORA: dict[str, CorpusSpec] = {
     "conllpp": CorpusSpec(
         name="conllpp",
         files=(
-            CorpusFile("train", "conllpp_train.txt", f"{_CROSSWEIGH}/conllpp_train.txt",
-                       "213953b5522fb7924802d883e50f027b2c6ffb5d4d0e63368ed82909f9b60423"),
-            CorpusFile("dev", "conllpp_dev.txt", f"{_CROSSWEIGH}/conllpp_dev.txt",
-                       "c02eb19809eafb83998326a0481942eb37d96f31826ae387cfe8773699969f5b"),
-            CorpusFile("test", "conllpp_test.txt", f"{_CROSSWEIGH}/conllpp_test.txt",
-                       "4eb3b5114787d0df24087e9c9dfc956abf4cfd5e201bc1056b48ff4f7b37c0e8"),
+            CorpusFile(
+                "train",
+                "conllpp_train.txt",
+                f"{_CROSSWEIGH}/conllpp_train.txt",
+                "213953b5522fb7924802d883e50f027b2c6ffb5d4d0e63368ed82909f9b60423",
+            ),
+            CorpusFile(
+                "dev",
+                "conllpp_dev.txt",
+                f"{_CROSSWEIGH}/conllpp_dev.txt",
+                "c02eb19809eafb83998326a0481942eb37d96f31826ae387cfe8773699969f5b",
+            ),
+            CorpusFile(
+                "test",
+                "conllpp_test.txt",
+                f"{_CROSSWEIGH}/conllpp_test.txt",
+                "4eb3b5114787d0df24087e9c9dfc956abf4cfd5e201bc1056b48ff4f7b37c0e8",
+            ),
         ),
         column_format=DEFAULT_COLUMN_FORMAT,
         reference="CoNLL-2003 (Tjong Kim Sang & De Meulder, 2003)",
-        # Sentence counts as the paper (and Flair) count them: blank-line blocks, -DOCSTART- included.
+        # Sentence counts as the paper (and Flair) count them: blank-line blocks, -DOCSTART-
+        # included.
         reference_sentences={"train": 14987, "dev": 3466, "test": 3684},
-    ),
+    )
 }
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _copy_verified(read: IO[bytes], total: int | None, target: Path, expected: str, label: str,
-                   progress: bool) -> None:
+def _copy_verified(
+    read: IO[bytes], total: int | None, target: Path, expected: str, label: str, progress: bool
+) -> None:
     """Stream into a temporary file beside `target`; rename only when the checksum matches."""
-    tmp = target.with_name(f".{target.name}.part")
     digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=label,
-                                           disable=not progress, leave=False) as bar:
+    with AtomicFile(target, durable=True) as atomic:
+        with (
+            open(atomic.tmp, "wb") as out,
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=label,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             for block in iter(lambda: read.read(CHUNK), b""):
                 out.write(block)
                 digest.update(block)
                 bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != expected:
             raise CorpusError(
                 f"{label}: sha256 {digest.hexdigest()} does not match the expected {expected}; "
-                "the file was not written")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+                "the file was not written"
+            )
 
 
-def fetch_corpus(name: str, dest: str | Path, source: str | Path | None = None,
-                 progress: bool = True,
-                 opener: Callable[[str], IO[bytes]] | None = None) -> list[Path]:
+def fetch_corpus(
+    name: str,
+    dest: str | Path,
+    source: str | Path | None = None,
+    progress: bool = True,
+    opener: Callable[[str], IO[bytes]] | None = None,
+) -> list[Path]:
     """Download (or copy from `source`) a named corpus into `dest`, verifying every file.
 
     Files already present with the right checksum are kept, so a fetch can be re-run.
@@ -120,18 +134,24 @@ def fetch_corpus(name: str, dest: str | Path, source: str | Path | None = None,
             if not local.is_file():
                 raise CorpusError(f"{local}: no such file (expected {item.name} in {source})")
             with open(local, "rb") as handle:
-                _copy_verified(handle, local.stat().st_size, target, item.sha256, str(local), progress)
+                _copy_verified(
+                    handle, local.stat().st_size, target, item.sha256, str(local), progress
+                )
         else:
             try:
                 with (opener or _open_url)(item.url) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None \
-                        if hasattr(response, "headers") else None
+                    total = (
+                        int(response.headers.get("Content-Length") or 0) or None
+                        if hasattr(response, "headers")
+                        else None
+                    )
                     _copy_verified(response, total, target, item.sha256, item.name, progress)
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise CorpusError(
                     f"could not download {item.url}: {reason}. On a machine without access, "
-                    f"copy the files by other means and use --from DIR") from None
+                    f"copy the files by other means and use --from DIR"
+                ) from None
         written.append(target)
     return written
 
@@ -166,8 +186,13 @@ def find_split_files(corpus_dir: str | Path) -> dict[str, Path]:
     files = sorted(p for p in corpus_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     for split, keys in patterns.items():
         for key in keys:
-            match = [p for p in files if key in p.name.lower() and p not in found.values()
-                     and not (split == "test" and "testa" in p.name.lower())]
+            match = [
+                p
+                for p in files
+                if key in p.name.lower()
+                and p not in found.values()
+                and not (split == "test" and "testa" in p.name.lower())
+            ]
             if match:
                 found[split] = match[0]
                 break
@@ -184,11 +209,14 @@ def load_corpus(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORM
     files = find_split_files(corpus_dir)
     try:
         return ColumnCorpus(
-            Path(corpus_dir), columns,
+            Path(corpus_dir),
+            columns,
             train_file=files["train"].name,
             dev_file=files["dev"].name if "dev" in files else None,
             test_file=files["test"].name if "test" in files else None,
-            sample_missing_splits=False, in_memory=True, encoding="utf-8",
+            sample_missing_splits=False,
+            in_memory=True,
+            encoding="utf-8",
         )
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{corpus_dir}: a corpus file is not UTF-8 ({exc})") from None
@@ -205,8 +233,9 @@ def split_sentences(corpus, split: str):
     return {"train": corpus.train, "dev": corpus.dev, "test": corpus.test}[split]
 
 
-def corpus_stats(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT
-                 ) -> dict[str, SplitStats]:
+def corpus_stats(
+    corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT
+) -> dict[str, SplitStats]:
     """Sentences, tokens and entities per type for each split, as Flair reads them."""
     corpus = load_corpus(corpus_dir, column_format)
     _, tag = parse_column_format(column_format)

@@ -30,9 +30,15 @@ def lookup_key(word: str) -> str:
 class SharedVectorEmbeddings(TokenEmbeddings):
     """Frozen vectors where many words share one row; unknown words get a zero vector."""
 
-    def __init__(self, words: list[str] | None = None, rows: torch.Tensor | None = None,
-                 vectors: torch.Tensor | None = None, name: str = "vectors",
-                 size: tuple[int, int] | None = None, table: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        words: list[str] | None = None,
+        rows: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
+        name: str = "vectors",
+        size: tuple[int, int] | None = None,
+        table: tuple[int, int] = (0, 0),
+    ) -> None:
         super().__init__()
         self.name = name
         self.static_embeddings = True
@@ -40,11 +46,13 @@ class SharedVectorEmbeddings(TokenEmbeddings):
             size = tuple(vectors.shape)
         assert size is not None, "give vectors, or the size of the saved ones"
         count, dim = size
-        if count >= 2 ** 15:
-            raise ValueError(f"{count} vector rows: shared vectors are meant for spaCy's md-size "
-                             "tables (rows are stored as int16)")
+        if count >= 2**15:
+            raise ValueError(
+                f"{count} vector rows: shared vectors are meant for spaCy's md-size "
+                "tables (rows are stored as int16)"
+            )
         self.__embedding_length = dim
-        # int8 rows with one float scale each: a quarter of float32's size, ~1% relative error
+        # int8 rows with one float scale each: a quarter of float32's size
         self.register_buffer("codes", torch.zeros((count + 1, dim), dtype=torch.int8))
         self.register_buffer("scales", torch.zeros(count + 1))
         # saved models are rebuilt empty from to_params(), then filled from their state dict
@@ -63,7 +71,7 @@ class SharedVectorEmbeddings(TokenEmbeddings):
         self.eval()
 
     @classmethod
-    def from_spacy(cls, nlp_or_path: Any, name: str = "vectors") -> "SharedVectorEmbeddings":
+    def from_spacy(cls, nlp_or_path: Any, name: str = "vectors") -> SharedVectorEmbeddings:
         """The lower-case words of a spaCy pipeline's vectors, with the rows they share."""
         import spacy
 
@@ -91,8 +99,11 @@ class SharedVectorEmbeddings(TokenEmbeddings):
     def index(self) -> dict[str, int]:
         """word → row, rebuilt from the compact buffers on first use."""
         if self._index is None:
-            words = zlib.decompress(bytes(self.word_bytes.cpu().numpy())).decode("utf-8").split("\n") \
-                if self.word_bytes.numel() else []
+            words = (
+                zlib.decompress(bytes(self.word_bytes.cpu().numpy())).decode("utf-8").split("\n")
+                if self.word_bytes.numel()
+                else []
+            )
             self._index = dict(zip(words, self.word_rows.tolist()))
         return self._index
 
@@ -109,8 +120,11 @@ class SharedVectorEmbeddings(TokenEmbeddings):
 
     def _add_embeddings_internal(self, sentences: list[Sentence]) -> list[Sentence]:
         tokens = [token for sentence in sentences for token in sentence.tokens]
-        rows = torch.tensor([self.row_of(token.text) for token in tokens], dtype=torch.long,
-                            device=self.codes.device)
+        rows = torch.tensor(
+            [self.row_of(token.text) for token in tokens],
+            dtype=torch.long,
+            device=self.codes.device,
+        )
         for vector, token in zip(self.vectors_of(rows), tokens):
             token.set_embedding(self.name, vector)
         return sentences
@@ -123,12 +137,16 @@ class SharedVectorEmbeddings(TokenEmbeddings):
         return self.name
 
     def extra_repr(self) -> str:
-        return f"rows={self.codes.shape[0] - 1}, dim={self.embedding_length}, words={self.word_rows.numel()}"
+        rows, words = self.codes.shape[0] - 1, self.word_rows.numel()
+        return f"rows={rows}, dim={self.embedding_length}, words={words}"
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "SharedVectorEmbeddings":
+    def from_params(cls, params: dict[str, Any]) -> SharedVectorEmbeddings:
         return cls(name=params["name"], size=tuple(params["size"]), table=tuple(params["table"]))
 
     def to_params(self) -> dict[str, Any]:
-        return {"name": self.name, "size": (self.codes.shape[0] - 1, self.embedding_length),
-                "table": (self.word_bytes.numel(), self.word_rows.numel())}
+        return {
+            "name": self.name,
+            "size": (self.codes.shape[0] - 1, self.embedding_length),
+            "table": (self.word_bytes.numel(), self.word_rows.numel()),
+        }

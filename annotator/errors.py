@@ -2,7 +2,8 @@
 
 
 class AnnotatorError(Exception):
-    """A problem with the user's input, files or environment (never a bug): shown without a traceback."""
+    """A problem with the user's input, files or environment (never a bug): shown without a
+    traceback."""
 
     exit_code = 1
 

@@ -1,13 +1,23 @@
-"""Span-level evaluation: Flair's own numbers, in a shape tables and JSON can use."""
+"""Span-level evaluation (Flair's own numbers) and the evaluation report's data: each
+sentence's predicted spans matched against its gold spans, the confusion of types, and the
+report folder (figures, error page, JSON).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from annotator.corpus import DEFAULT_COLUMN_FORMAT, load_corpus, split_sentences
 from annotator.errors import AnnotatorError
+from annotator.files import write_atomically, write_json_atomically
+from annotator.records import ERROR_KINDS, MISSED, SPURIOUS, LabelledSpan, SentenceMatch
+from annotator.tagging.engines import flair_spans
+from annotator.views.figures import plot_confusion, plot_scores
+from annotator.views.pages import label_colors, render_errors
 
 
 @dataclass
@@ -31,28 +41,50 @@ class EvalResult:
 
 
 def _scores(row: dict[str, float]) -> Scores:
-    return Scores(precision=float(row["precision"]), recall=float(row["recall"]),
-                  f1=float(row["f1-score"]), support=int(row["support"]))
+    return Scores(
+        precision=float(row["precision"]),
+        recall=float(row["recall"]),
+        f1=float(row["f1-score"]),
+        support=int(row["support"]),
+    )
 
 
 def evaluate_tagger(tagger, sentences, batch_size: int = 64) -> EvalResult:
     """Run Flair's evaluation (exact span match per type) and keep its classification report."""
     sentences = list(sentences)
-    result = tagger.evaluate(sentences, gold_label_type=tagger.label_type,
-                             mini_batch_size=batch_size, embedding_storage_mode="none")
+    result = tagger.evaluate(
+        sentences,
+        gold_label_type=tagger.label_type,
+        mini_batch_size=batch_size,
+        embedding_storage_mode="none",
+    )
     report = result.classification_report
     if not report:
-        raise AnnotatorError("nothing to evaluate: the split has no entities and none were predicted")
-    per_type = {label: _scores(row) for label, row in report.items()
-                if label not in ("micro avg", "macro avg", "weighted avg", "accuracy")}
-    return EvalResult(micro=_scores(report["micro avg"]), macro=_scores(report["macro avg"]),
-                      per_type=dict(sorted(per_type.items())), sentences=len(sentences),
-                      loss=float(result.loss))
+        raise AnnotatorError(
+            "nothing to evaluate: the split has no entities and none were predicted"
+        )
+    per_type = {
+        label: _scores(row)
+        for label, row in report.items()
+        if label not in ("micro avg", "macro avg", "weighted avg", "accuracy")
+    }
+    return EvalResult(
+        micro=_scores(report["micro avg"]),
+        macro=_scores(report["macro avg"]),
+        per_type=dict(sorted(per_type.items())),
+        sentences=len(sentences),
+        loss=float(result.loss),
+    )
 
 
-def evaluate(model: str | Path | None, corpus_dir: str | Path, split: str = "test",
-             column_format: str = DEFAULT_COLUMN_FORMAT, batch_size: int = 64,
-             device: str = "auto") -> EvalResult:
+def evaluate(
+    model: str | Path | None,
+    corpus_dir: str | Path,
+    split: str = "test",
+    column_format: str = DEFAULT_COLUMN_FORMAT,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> EvalResult:
     """Evaluate a saved tagger on one split of a column corpus."""
     from annotator.models import load_tagger
 
@@ -71,6 +103,139 @@ def format_table(result: EvalResult) -> str:
     for index, (label, s) in enumerate(rows):
         if index == len(result.per_type):
             lines.append("-" * 52)
-        lines.append(f"{label:<12}{100 * s.precision:>10.2f}{100 * s.recall:>10.2f}"
-                     f"{100 * s.f1:>10.2f}{s.support:>10d}")
+        lines.append(
+            f"{label:<12}{100 * s.precision:>10.2f}{100 * s.recall:>10.2f}"
+            f"{100 * s.f1:>10.2f}{s.support:>10d}"
+        )
     return "\n".join(lines)
+
+
+def _spans(sentence, label_type: str) -> list[LabelledSpan]:
+    return sorted(span[:3] for span in flair_spans(sentence, label_type))
+
+
+def match_sentence(
+    index: int, tokens: list[str], gold: list[LabelledSpan], predicted: list[LabelledSpan]
+) -> SentenceMatch:
+    """Sort each gold and predicted span of one sentence into correct or an error kind.
+
+    Wrong type: a prediction at exactly the gold span's tokens, of another type. Wrong boundary:
+    no exact prediction, but one that overlaps. Missed: nothing overlaps the gold span.
+    Spurious: a prediction that overlaps no gold span.
+    """
+    errors: list[tuple[str, LabelledSpan | None, LabelledSpan | None]] = []
+    exact = {(p[0], p[1]): p for p in predicted}
+    for g in gold:
+        p = exact.get((g[0], g[1]))
+        if p is not None:
+            if p[2] != g[2]:
+                errors.append(("wrong type", g, p))
+            continue
+        overlapping = [p for p in predicted if p[0] < g[1] and g[0] < p[1]]
+        if overlapping:
+            errors.append(("wrong boundary", g, overlapping[0]))
+        else:
+            errors.append(("missed", g, None))
+    for p in predicted:
+        if not any(g[0] < p[1] and p[0] < g[1] for g in gold):
+            errors.append(("spurious", None, p))
+    return SentenceMatch(index, tokens, gold, predicted, errors)
+
+
+def confusion_counts(matches: Iterable[SentenceMatch]) -> dict[str, Counter]:
+    """gold type → predicted type → count, at exact span level, as Flair's evaluation pairs them.
+
+    A gold span without a prediction at exactly its tokens counts under MISSED; a prediction
+    without a gold span at exactly its tokens under the gold row SPURIOUS. A boundary error is
+    therefore one missed and one spurious span, just as Flair scores it.
+    """
+    table: dict[str, Counter] = {}
+    for match in matches:
+        gold = {(g[0], g[1]): g[2] for g in match.gold}
+        predicted = {(p[0], p[1]): p[2] for p in match.predicted}
+        for key, label in gold.items():
+            table.setdefault(label, Counter())[predicted.get(key, MISSED)] += 1
+        for key, label in predicted.items():
+            if key not in gold:
+                table.setdefault(SPURIOUS, Counter())[label] += 1
+    return table
+
+
+def evaluation_report(
+    model: str | Path | None,
+    corpus_dir: str | Path,
+    report_dir: str | Path,
+    split: str = "test",
+    column_format: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+):
+    """Evaluate like `annotator evaluate`, and write scores.png, confusion.png, errors.html and
+    report.json into `report_dir`. Returns the evaluation's own result (Flair's numbers)."""
+    from annotator.corpus import DEFAULT_COLUMN_FORMAT, load_corpus, split_sentences
+    from annotator.models import load_tagger, model_info
+
+    report_dir = Path(report_dir)
+    if report_dir.exists() and not report_dir.is_dir():
+        raise AnnotatorError(f"{report_dir}: exists and is not a directory")
+    corpus = load_corpus(corpus_dir, column_format or DEFAULT_COLUMN_FORMAT)
+    dataset = split_sentences(corpus, split)
+    if dataset is None:
+        raise AnnotatorError(f"{corpus_dir}: has no {split} split")
+    sentences = [dataset[i] for i in range(len(dataset))]
+    tagger = load_tagger(model, device=device)
+    info = model_info(model)
+    # Flair's evaluate leaves its predictions on the sentences under the label type "predicted"
+    result = evaluate_tagger(tagger, sentences, batch_size)
+    matches = [
+        match_sentence(i, [t.text for t in s], _spans(s, tagger.label_type), _spans(s, "predicted"))
+        for i, s in enumerate(sentences)
+    ]
+    table = confusion_counts(matches)
+    labels = sorted(
+        {label for label in table if label != SPURIOUS}
+        | {label for row in table.values() for label in row if label != MISSED}
+    )
+    rows, columns = [*labels, SPURIOUS], [*labels, MISSED]
+    counts = [
+        [None if (r == SPURIOUS and c == MISSED) else table.get(r, Counter())[c] for c in columns]
+        for r in rows
+    ]
+    kinds = Counter(kind for match in matches for kind, _, _ in match.errors)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    colors = label_colors(labels)
+    plot_scores(result, report_dir / "scores.png")
+    plot_confusion(rows, columns, counts, report_dir / "confusion.png")
+    summary = (
+        f"model {info.name} · {split} split of {corpus_dir} · {len(sentences)} sentences · "
+        f"micro P {100 * result.micro.precision:.2f} R {100 * result.micro.recall:.2f} "
+        f"F1 {100 * result.micro.f1:.2f}"
+    )
+    wrong = [m for m in matches if m.errors]
+    write_atomically(
+        report_dir / "errors.html",
+        render_errors(wrong, colors, f"Errors: {info.name} on the {split} split", summary),
+    )
+    report = {
+        "model": info.name,
+        "model_sha256": info.sha256,
+        "corpus": str(corpus_dir),
+        "split": split,
+        "sentences": len(sentences),
+        "sentences_with_errors": len(wrong),
+        "labels": labels,
+        "confusion": {
+            "rows": rows,
+            "columns": columns,
+            "counts": counts,
+            "note": f"rows: gold type ('{SPURIOUS}': no gold span at those tokens); "
+            f"columns: predicted type ('{MISSED}': no prediction at those tokens)",
+        },
+        "true_positives": {label: table.get(label, Counter())[label] for label in labels},
+        "gold": {label: sum(table.get(label, Counter()).values()) for label in labels},
+        "predicted": {label: sum(table.get(r, Counter())[label] for r in rows) for label in labels},
+        "errors": {kind: kinds[kind] for kind in ERROR_KINDS},
+        "scores": result.to_dict(),
+    }
+    write_json_atomically(report_dir / "report.json", report)
+    return result

@@ -16,25 +16,19 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from tqdm import tqdm
 
 from annotator import __version__
 from annotator.errors import AnnotatorError
-from annotator.readers import (
-    Document,
-    ReaderOptions,
-    Record,
-    RecordError,
-    count_documents,
-    expand_inputs,
-    read_documents,
-)
-from annotator.segmentation import Segmenter, Sentence, SplitterProcess
-from annotator.tagging import Entity, entities_of, make_engine
-from annotator.writers import default_layout, open_writer, output_format
+from annotator.io.readers import ReaderOptions, count_documents, expand_inputs, read_documents
+from annotator.io.writers import default_layout, open_writer, output_format
+from annotator.records import Document, Entity, Record, RecordError, Sentence
+from annotator.segmentation import Segmenter, SplitterProcess
+from annotator.tagging.engines import entities_of, make_engine
 
 log = logging.getLogger("annotator")
 
@@ -64,6 +58,12 @@ class AnnotateOptions:
     errors: str | None = None
     progress: bool | None = None
 
+    def for_output(self, output: str | None, directory: bool = False) -> AnnotateOptions:
+        """These options with the output format and layout settled: `--format`, else the
+        output's extension (a directory: Parquet); the layout follows the format."""
+        fmt = self.output_format or ("parquet" if directory else output_format(output, None))
+        return replace(self, output_format=fmt, layout=self.layout or default_layout(fmt))
+
 
 @dataclass
 class Summary:
@@ -80,9 +80,11 @@ class Summary:
 
     def line(self) -> str:
         types = ", ".join(f"{label} {count}" for label, count in sorted(self.entities.items()))
-        return (f"{self.documents} documents, {self.sentences} sentences, "
-                f"{sum(self.entities.values())} entities ({types or 'none'}), "
-                f"{self.skipped} skipped, {self.words_per_second:,.0f} words/s")
+        return (
+            f"{self.documents} documents, {self.sentences} sentences, "
+            f"{sum(self.entities.values())} entities ({types or 'none'}), "
+            f"{self.skipped} skipped, {self.words_per_second:,.0f} words/s"
+        )
 
 
 @dataclass
@@ -100,13 +102,19 @@ class Annotator:
     >>> [e.text for e in annotator.annotate_text("Angela Merkel visited Paris.")]
     """
 
-    def __init__(self, model: str | None = None, device: str = "auto", batch_size: int = 32,
-                 spacy_model: str | None = None, max_sentence_tokens: int = 250,
-                 engine: str = "auto", split_process: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+        spacy_model: str | None = None,
+        max_sentence_tokens: int = 250,
+        engine: str = "auto",
+        split_process: bool | None = None,
+    ) -> None:
         """`split_process`: split sentences in a child process, beside tagging (default: when
         this process has more than one CPU)."""
-        from annotator.models import load_tagger, model_info
-        from annotator.training import choose_device
+        from annotator.models import choose_device, load_tagger, model_info
 
         if split_process is None:
             split_process = SplitterProcess.worthwhile()
@@ -115,13 +123,28 @@ class Annotator:
         self.device = choose_device(device)
         self.model = model_info(model)
         self.tagger = load_tagger(model, device=str(self.device))
-        self.engine = make_engine(self.tagger, batch_size=batch_size, device=self.device, engine=engine)
+        self.engine = make_engine(
+            self.tagger, batch_size=batch_size, device=self.device, engine=engine
+        )
         self.segmenter = Segmenter(spacy_model, max_sentence_tokens)
         # the model, its vocabularies and spaCy live as long as this object: moving them out of
         # the cyclic garbage collector's view keeps its collections (which the many small
-        # objects of tagging trigger) from rescanning them, some 10% of a run's time otherwise
+        # objects of tagging trigger) from rescanning them
         gc.collect()
         gc.freeze()
+
+    @classmethod
+    def from_options(cls, options: AnnotateOptions, split_process: bool | None = None) -> Annotator:
+        """The annotator `annotator annotate` builds from its options."""
+        return cls(
+            options.model,
+            options.device,
+            options.batch_size,
+            options.spacy_model,
+            options.max_sentence_tokens,
+            options.engine,
+            split_process,
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -146,7 +169,9 @@ class Annotator:
         splitter = self.splitter
         if splitter is None:
             for chunk, _ in _chunks(documents, CHUNK_CHARS):
-                yield from self._tag_chunk(chunk, list(self.segmenter.split(doc.text for doc in chunk)))
+                yield from self._tag_chunk(
+                    chunk, list(self.segmenter.split(doc.text for doc in chunk))
+                )
             return
         splitter.discard_unread()
         ahead: deque = deque()
@@ -156,15 +181,21 @@ class Annotator:
             while len(ahead) > 1 or ahead and not more_waiting:
                 yield from self._tag_chunk(ahead.popleft(), splitter.result())
 
-    def _tag_chunk(self, chunk: list[Document], per_doc: list[list[Sentence]]) -> Iterator[Annotated]:
+    def _tag_chunk(
+        self, chunk: list[Document], per_doc: list[list[Sentence]]
+    ) -> Iterator[Annotated]:
         flat = [sentence.tokens for sentences in per_doc for sentence in sentences]
         spans = self.engine.predict(flat)
         position = 0
         for doc, sentences in zip(chunk, per_doc):
-            found = spans[position:position + len(sentences)]
+            found = spans[position : position + len(sentences)]
             position += len(sentences)
-            yield Annotated(doc, entities_of(doc.text, sentences, found), len(sentences),
-                            sum(len(sentence) for sentence in sentences))
+            yield Annotated(
+                doc,
+                entities_of(doc.text, sentences, found),
+                len(sentences),
+                sum(len(sentence) for sentence in sentences),
+            )
 
 
 def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[tuple[list[Any], bool]]:
@@ -246,8 +277,9 @@ class Hooks:
     total: Callable[[list[str], ReaderOptions], int | None] = count_documents  # progress bar
 
 
-def _split_records(records: Iterable[Record], on_error: str, report: _ErrorReport,
-                   summary: Summary) -> Iterator[Document]:
+def _split_records(
+    records: Iterable[Record], on_error: str, report: _ErrorReport, summary: Summary
+) -> Iterator[Document]:
     for record in records:
         if isinstance(record, RecordError):
             if on_error == "fail":
@@ -261,51 +293,69 @@ def _split_records(records: Iterable[Record], on_error: str, report: _ErrorRepor
 def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
     import flair
 
-    return {"model": annotator.model.name, "model_sha256": annotator.model.sha256,
-            "annotator_version": __version__, "flair_version": flair.__version__,
-            "engine": annotator.engine.name, "splitter": annotator.segmenter.name,
-            "options": asdict(options)}
+    return {
+        "model": annotator.model.name,
+        "model_sha256": annotator.model.sha256,
+        "annotator_version": __version__,
+        "flair_version": flair.__version__,
+        "engine": annotator.engine.name,
+        "splitter": annotator.segmenter.name,
+        "options": asdict(options),
+    }
 
 
-def annotate(inputs: list[str] | tuple[str, ...], output: str | None,
-             options: AnnotateOptions = AnnotateOptions(),
-             annotator: Annotator | None = None,
-             on_document: Callable[[Document, list[Entity]], None] | None = None,
-             hooks: Hooks | None = None) -> Summary:
+def annotate(
+    inputs: list[str] | tuple[str, ...],
+    output: str | None,
+    options: AnnotateOptions = AnnotateOptions(),
+    annotator: Annotator | None = None,
+    on_document: Callable[[Document, list[Entity]], None] | None = None,
+    hooks: Hooks | None = None,
+) -> Summary:
     """Annotate every document of `inputs` into `output` (None or '-' for stdout)."""
     if options.on_error not in ("fail", "skip"):
         raise AnnotatorError("--on-error is fail or skip")
     hooks = hooks or Hooks()
     files = hooks.expand(list(inputs))
-    fmt = output_format(output, options.output_format)
-    layout = options.layout or default_layout(fmt)
+    options = options.for_output(output)
     reader_options = ReaderOptions(options.input_format, options.text_field, options.id_field)
-    annotator = annotator or Annotator(options.model, options.device, options.batch_size,
-                                       options.spacy_model, options.max_sentence_tokens, options.engine)
+    annotator = annotator or Annotator.from_options(options)
     labels = set(options.labels)
     unknown = labels - set(annotator.labels)
     if unknown:
-        raise AnnotatorError(f"--labels {', '.join(sorted(unknown))}: the model predicts only "
-                             f"{', '.join(annotator.labels)}")
+        raise AnnotatorError(
+            f"--labels {', '.join(sorted(unknown))}: the model predicts only "
+            f"{', '.join(annotator.labels)}"
+        )
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     summary = Summary()
     report = hooks.errors(options.errors if options.on_error == "skip" else None)
     metadata = _metadata(annotator, options)
-    writer = hooks.open_writer(metadata) if hooks.open_writer else \
-        open_writer(output, fmt, layout, metadata, options.drop_fields)
+    writer = (
+        hooks.open_writer(metadata)
+        if hooks.open_writer
+        else open_writer(
+            output, options.output_format, options.layout, metadata, options.drop_fields
+        )
+    )
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
-        threading.Thread(target=lambda: setattr(bar, "total", hooks.total(files, reader_options)),
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: setattr(bar, "total", hooks.total(files, reader_options)), daemon=True
+        ).start()
     started = time.perf_counter()
     try:
-        documents = _split_records(hooks.records(files, reader_options), options.on_error,
-                                   report, summary)
+        documents = _split_records(
+            hooks.records(files, reader_options), options.on_error, report, summary
+        )
         for result in hooks.tag(annotator, documents):
             entities = result.entities
             if labels or options.min_score > 0:
-                entities = [e for e in entities if (not labels or e.label in labels)
-                            and e.score >= options.min_score]
+                entities = [
+                    e
+                    for e in entities
+                    if (not labels or e.label in labels) and e.score >= options.min_score
+                ]
             writer.write(result.document, entities)
             writer.flush()
             if on_document is not None:
@@ -317,8 +367,11 @@ def annotate(inputs: list[str] | tuple[str, ...], output: str | None,
             bar.update(1)
             if show:
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(entities=sum(summary.entities.values()),
-                                words_s=f"{summary.words / elapsed:,.0f}", refresh=False)
+                bar.set_postfix(
+                    entities=sum(summary.entities.values()),
+                    words_s=f"{summary.words / elapsed:,.0f}",
+                    refresh=False,
+                )
         writer.close()
     except BaseException:
         writer.abort()
@@ -328,4 +381,3 @@ def annotate(inputs: list[str] | tuple[str, ...], output: str | None,
         report.close()
         summary.seconds = time.perf_counter() - started
     return summary
-

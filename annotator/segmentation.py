@@ -16,26 +16,14 @@ import subprocess
 import sys
 import threading
 import weakref
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from annotator.errors import AnnotatorError
+from annotator.records import Sentence
 
 # spaCy refuses texts above nlp.max_length; longer documents are cut at whitespace into
 # pieces this long, each split on its own, so one huge document cannot exhaust memory.
 MAX_PIECE_CHARS = 100_000
-
-
-@dataclass
-class Sentence:
-    """Token strings with their [start, end) character offsets into the document text."""
-
-    tokens: list[str]
-    starts: list[int]
-    ends: list[int]
-
-    def __len__(self) -> int:
-        return len(self.tokens)
 
 
 class Segmenter:
@@ -45,8 +33,9 @@ class Segmenter:
     components are disabled: only boundaries are needed).
     """
 
-    def __init__(self, spacy_model: str | None = None, max_sentence_tokens: int = 250,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, spacy_model: str | None = None, max_sentence_tokens: int = 250, batch_size: int = 64
+    ) -> None:
         import spacy
 
         if max_sentence_tokens < 1:
@@ -64,14 +53,17 @@ class Segmenter:
                 raise AnnotatorError(f"cannot load spaCy pipeline {spacy_model!r}: {exc}") from None
             keep = {"senter", "parser", "sentencizer"} & set(nlp.pipe_names)
             if not keep:
-                raise AnnotatorError(f"spaCy pipeline {spacy_model!r} has no parser, senter or "
-                                     "sentencizer to find sentence boundaries")
+                raise AnnotatorError(
+                    f"spaCy pipeline {spacy_model!r} has no parser, senter or "
+                    "sentencizer to find sentence boundaries"
+                )
             # a disabled senter is enabled when the pipeline has no parser
             if "senter" in nlp.disabled and "parser" not in nlp.pipe_names:
                 nlp.enable_pipe("senter")
             self.nlp = nlp
-            self.nlp.select_pipes(enable=[n for n in nlp.pipe_names
-                                          if n in keep or n in ("tok2vec", "transformer")])
+            self.nlp.select_pipes(
+                enable=[n for n in nlp.pipe_names if n in keep or n in ("tok2vec", "transformer")]
+            )
             self.name = f"{spacy_model} {nlp.meta.get('version', '')} (spaCy {spacy.__version__})"
         self.nlp.max_length = max(self.nlp.max_length, MAX_PIECE_CHARS + 1)
 
@@ -87,7 +79,9 @@ class Segmenter:
                 pieces.append((index, -1))
                 piece_texts.append("")
         results: dict[int, list[Sentence]] = {}
-        for (index, offset), doc in zip(pieces, self.nlp.pipe(piece_texts, batch_size=self.batch_size)):
+        for (index, offset), doc in zip(
+            pieces, self.nlp.pipe(piece_texts, batch_size=self.batch_size)
+        ):
             sentences = results.setdefault(index, [])
             if offset >= 0:
                 sentences.extend(self._sentences(doc, offset))
@@ -98,10 +92,12 @@ class Segmenter:
         for span in doc.sents:
             words = [t for t in span if not t.is_space]
             for begin in range(0, len(words), self.max_sentence_tokens):
-                chunk = words[begin:begin + self.max_sentence_tokens]
-                yield Sentence(tokens=[t.text for t in chunk],
-                               starts=[offset + t.idx for t in chunk],
-                               ends=[offset + t.idx + len(t.text) for t in chunk])
+                chunk = words[begin : begin + self.max_sentence_tokens]
+                yield Sentence(
+                    tokens=[t.text for t in chunk],
+                    starts=[offset + t.idx for t in chunk],
+                    ends=[offset + t.idx + len(t.text) for t in chunk],
+                )
 
 
 class SplitterProcess:
@@ -115,14 +111,23 @@ class SplitterProcess:
     """
 
     def __init__(self, spacy_model: str | None = None, max_sentence_tokens: int = 250) -> None:
-        settings = json.dumps({"spacy_model": spacy_model, "max_sentence_tokens": max_sentence_tokens})
-        self._process = subprocess.Popen([sys.executable, "-m", "annotator.segmentation", settings],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        settings = json.dumps(
+            {"spacy_model": spacy_model, "max_sentence_tokens": max_sentence_tokens}
+        )
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "annotator.segmentation", settings],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         # requests are written by a thread: a big request and a big reply must not wait on
         # each other's pipe
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=_write_requests, args=(self._process.stdin, self._requests),
-                         daemon=True, name="annotator-splitter").start()
+        threading.Thread(
+            target=_write_requests,
+            args=(self._process.stdin, self._requests),
+            daemon=True,
+            name="annotator-splitter",
+        ).start()
         self._unread = 0
         weakref.finalize(self, _stop_process, self._process, self._requests)
 
@@ -133,7 +138,11 @@ class SplitterProcess:
     @staticmethod
     def worthwhile() -> bool:
         """More than one CPU for this process."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpus = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         return cpus > 1
 
     def submit(self, texts: list[str]) -> None:
@@ -145,8 +154,10 @@ class SplitterProcess:
         try:
             sentences = pickle.load(self._process.stdout)
         except (EOFError, pickle.UnpicklingError, OSError):
-            raise AnnotatorError("the sentence-splitting process stopped unexpectedly "
-                                 f"(exit status {self._process.poll()}); see the messages above") from None
+            raise AnnotatorError(
+                "the sentence-splitting process stopped unexpectedly "
+                f"(exit status {self._process.poll()}); see the messages above"
+            ) from None
         self._unread -= 1
         return sentences
 
@@ -214,10 +225,6 @@ def cut_text(text: str, limit: int) -> Iterator[tuple[int, str]]:
 
 if __name__ == "__main__":
     if json.loads(sys.argv[1]).get("spacy_model") is None:
-        # thinc imports torch when it can, some 180 MB the rule-based splitter never uses
+        # thinc imports torch when it can: memory the rule-based splitter never uses
         sys.modules["torch"] = None  # type: ignore[assignment]
-    # through the package's own module, so that the pickled sentences name
-    # annotator.segmentation.Sentence rather than __main__.Sentence
-    from annotator.segmentation import _serve as serve
-
-    serve(sys.argv[1])
+    _serve(sys.argv[1])

@@ -9,10 +9,12 @@ from annotator import Annotator, annotate
 
 annotator = Annotator(model=os.environ.get("ANNOTATOR_MODEL"))
 
-for entities in annotator.annotate_texts([
-    "Angela Merkel met Emmanuel Macron in Paris on Monday.",
-    "Siemens shares rose 3 percent in Frankfurt trading.",
-]):
+for entities in annotator.annotate_texts(
+    [
+        "Angela Merkel met Emmanuel Macron in Paris on Monday.",
+        "Siemens shares rose 3 percent in Frankfurt trading.",
+    ]
+):
     print([(entity.text, entity.label, round(entity.score, 2)) for entity in entities])
 
 # The same pipeline as `annotator annotate`, from Python: files in, Parquet out.

@@ -12,4 +12,5 @@ annotator annotate examples/documents.jsonl --layout spans \
   | jq -r '.label' | sort | uniq -c | sort -rn
 
 echo "# stdin works too: the first three organisations"
-cat examples/documents.jsonl | annotator annotate - --labels ORG --layout spans | head -3 | jq -r '.text'
+cat examples/documents.jsonl | annotator annotate - --labels ORG --layout spans \
+  | jq -rn '[inputs | .text][:3][]'

@@ -6,7 +6,8 @@ Run: python examples/show.py examples/output/entities.jsonl [N]
 import json
 import sys
 
-from annotator.tagging import Entity, tagged_string
+from annotator.records import Entity
+from annotator.tagging.engines import tagged_string
 
 path, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3
 with open(path, encoding="utf-8") as handle:

@@ -15,8 +15,9 @@ from pathlib import Path
 from annotator import Annotator, annotate
 from annotator.corpus import corpus_stats, fetch_corpus
 from annotator.evaluation import evaluate, format_table
-from annotator.tagging import tagged_string
-from annotator.training import resolve_config, train
+from annotator.tagging.engines import tagged_string
+from annotator.training.config import resolve_config
+from annotator.training.train import train
 
 source = os.environ.get("TUTORIAL_SOURCE")  # None: download from the CrossWeigh repository
 out = Path(os.environ.get("TUTORIAL_OUT", "runs/tutorial"))

@@ -60,12 +60,22 @@ def synthetic_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, synthetic_corpus) -> Path:
     """A small offline-preset tagger that really finds PER/ORG/LOC/MISC in synthetic text."""
-    from annotator.training import resolve_config, train
+    from annotator.training.config import resolve_config
+    from annotator.training.train import train
 
     output = tmp_path_factory.mktemp("tiny-model")
-    config = resolve_config("offline", overrides={
-        "max_epochs": 6, "hidden_size": 48, "word_embedding_dim": 32, "min_word_freq": 1,
-        "learning_rate": 0.2, "batch_size": 16, "device": "cpu"})
+    config = resolve_config(
+        "offline",
+        overrides={
+            "max_epochs": 6,
+            "hidden_size": 48,
+            "word_embedding_dim": 32,
+            "min_word_freq": 1,
+            "learning_rate": 0.2,
+            "batch_size": 16,
+            "device": "cpu",
+        },
+    )
     train(synthetic_corpus, output, config)
     return output / "best-model.pt"
 

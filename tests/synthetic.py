@@ -1,16 +1,51 @@
-"""A small, learnable CoNLL-style corpus the tests build themselves (no downloads, no shared data)."""
+"""A small, learnable CoNLL-style corpus the tests build themselves (no downloads, no shared
+data)."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-PEOPLE = ["John Smith", "Maria Garcia", "Angela Merkel", "Li Wei", "Ahmed Khan", "Anna Berg",
-          "Peter Brown", "Sofia Rossi", "David Cohen", "Yuki Tanaka", "Carlos Silva", "Emma Stone"]
-ORGS = ["Reuters", "Siemens", "the United Nations", "Microsoft", "Deutsche Bank", "Toyota",
-        "the World Bank", "Nestle", "Oxfam", "Airbus"]
-PLACES = ["London", "Paris", "Berlin", "New York", "Tokyo", "Madrid", "Cairo", "Lima", "Oslo",
-          "Sydney", "Rome", "Nairobi"]
+PEOPLE = [
+    "John Smith",
+    "Maria Garcia",
+    "Angela Merkel",
+    "Li Wei",
+    "Ahmed Khan",
+    "Anna Berg",
+    "Peter Brown",
+    "Sofia Rossi",
+    "David Cohen",
+    "Yuki Tanaka",
+    "Carlos Silva",
+    "Emma Stone",
+]
+ORGS = [
+    "Reuters",
+    "Siemens",
+    "the United Nations",
+    "Microsoft",
+    "Deutsche Bank",
+    "Toyota",
+    "the World Bank",
+    "Nestle",
+    "Oxfam",
+    "Airbus",
+]
+PLACES = [
+    "London",
+    "Paris",
+    "Berlin",
+    "New York",
+    "Tokyo",
+    "Madrid",
+    "Cairo",
+    "Lima",
+    "Oslo",
+    "Sydney",
+    "Rome",
+    "Nairobi",
+]
 MISC = ["German", "French", "British", "Japanese", "Olympic", "Christmas"]
 TEMPLATES = [
     "{PER} works for {ORG} in {LOC} .",
@@ -53,8 +88,9 @@ def sentences(count: int, seed: int = 0, scheme: str = "bio") -> list[list[tuple
     return result
 
 
-def write_corpus(folder: Path, sizes: tuple[int, int, int] = (240, 60, 60), columns: int = 4,
-                 scheme: str = "bio") -> Path:
+def write_corpus(
+    folder: Path, sizes: tuple[int, int, int] = (240, 60, 60), columns: int = 4, scheme: str = "bio"
+) -> Path:
     """train/dev/test files in CoNLL layout (4 columns) or `token TAG` (2 columns)."""
     folder.mkdir(parents=True, exist_ok=True)
     for offset, (split, size) in enumerate(zip(("train", "dev", "test"), sizes)):

@@ -19,7 +19,11 @@ ROOT = Path(__file__).parents[1]
 DOCS = [
     {"id": "d1", "text": "John Smith works for Siemens in Berlin .", "lang": "en"},
     {"id": "d2", "text": "Prices rose sharply last week .", "lang": "en"},
-    {"id": 3, "text": "Angela Merkel arrived in Tokyo on Friday . Maria Garcia works for Toyota in Paris ."},
+    {
+        "id": 3,
+        "text": "Angela Merkel arrived in Tokyo on Friday . "
+        "Maria Garcia works for Toyota in Paris .",
+    },
     {"text": "", "lang": "xx"},
 ]
 
@@ -40,7 +44,9 @@ def _run(args, annotator=None, **kwargs):
 
 def test_jsonl_documents_layout_keeps_order_fields_and_exact_offsets(tiny_model, tmp_path):
     source = _jsonl(tmp_path / "docs.jsonl", DOCS)
-    result = _run(["annotate", str(source), "-m", str(tiny_model), "-o", str(tmp_path / "out.jsonl")])
+    result = _run(
+        ["annotate", str(source), "-m", str(tiny_model), "-o", str(tmp_path / "out.jsonl")]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [l["id"] for l in lines] == ["d1", "d2", "3", f"{source}:4"]
@@ -50,7 +56,7 @@ def test_jsonl_documents_layout_keeps_order_fields_and_exact_offsets(tiny_model,
     assert {("John Smith", "PER"), ("Siemens", "ORG"), ("Berlin", "LOC")} <= found
     for line in lines:
         for entity in line["entities"]:
-            assert line["text"][entity["start"]:entity["end"]] == entity["text"]
+            assert line["text"][entity["start"] : entity["end"]] == entity["text"]
     assert {e["sentence"] for e in lines[2]["entities"]} == {0, 1}
     assert "4 documents" in result.output and "0 skipped" in result.output
 
@@ -64,19 +70,30 @@ def test_parquet_spans_schema_metadata_and_duckdb(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert [(f.name, str(f.type)) for f in table.schema] == [
-        ("doc_id", "string"), ("sentence", "int32"), ("start", "int64"), ("end", "int64"),
-        ("text", "string"), ("label", "dictionary<values=string, indices=int32, ordered=0>"),
-        ("score", "float"), ("source", "string"), ("source_row", "int64")]
+        ("doc_id", "string"),
+        ("sentence", "int32"),
+        ("start", "int64"),
+        ("end", "int64"),
+        ("text", "string"),
+        ("label", "dictionary<values=string, indices=int32, ordered=0>"),
+        ("score", "float"),
+        ("source", "string"),
+        ("source_row", "int64"),
+    ]
     meta = json.loads(pq.read_schema(out).metadata[b"annotator"])
     assert meta["model_sha256"] and meta["annotator_version"] and "sentencizer" in meta["splitter"]
     assert meta["options"]["batch_size"] == 32
     assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
-    rows = duckdb.sql(f"SELECT label, count(*) AS n FROM '{out}' GROUP BY label ORDER BY label").fetchall()
+    rows = duckdb.sql(
+        f"SELECT label, count(*) AS n FROM '{out}' GROUP BY label ORDER BY label"
+    ).fetchall()
     assert dict(rows)["PER"] >= 3
     per_doc = dict(duckdb.sql(f"SELECT doc_id, count(*) FROM '{out}' GROUP BY doc_id").fetchall())
     assert "d2" not in per_doc and per_doc["d1"] >= 3
     texts = {d.get("id", None): d["text"] for d in DOCS}
-    for doc_id, start, end, text in duckdb.sql(f"SELECT doc_id, start, \"end\", text FROM '{out}'").fetchall():
+    for doc_id, start, end, text in duckdb.sql(
+        f"SELECT doc_id, start, \"end\", text FROM '{out}'"
+    ).fetchall():
         key = int(doc_id) if doc_id == "3" else doc_id
         assert texts[key][start:end] == text
 
@@ -84,8 +101,21 @@ def test_parquet_spans_schema_metadata_and_duckdb(tiny_model, tmp_path):
 def test_parquet_documents_layout_keeps_documents_without_entities(tiny_model, tmp_path):
     source = _jsonl(tmp_path / "docs.jsonl", DOCS)
     out = tmp_path / "docs.parquet"
-    assert _run(["annotate", str(source), "-m", str(tiny_model), "-o", str(out),
-                 "--layout", "documents"]).exit_code == 0
+    assert (
+        _run(
+            [
+                "annotate",
+                str(source),
+                "-m",
+                str(tiny_model),
+                "-o",
+                str(out),
+                "--layout",
+                "documents",
+            ]
+        ).exit_code
+        == 0
+    )
     table = pq.read_table(out).to_pylist()
     assert [r["doc_id"] for r in table] == ["d1", "d2", "3", f"{source}:4"]
     assert table[1]["entities"] == []
@@ -100,13 +130,33 @@ def test_text_folders_globs_and_compressed_inputs(tiny_model, tmp_path):
     (folder / "sub" / "b.txt").write_text("Peter Brown works for Airbus in Madrid .\n")
     with gzip.open(tmp_path / "more.jsonl.gz", "wt") as handle:
         handle.write(json.dumps({"id": "gz", "text": "Li Wei arrived in Cairo on Friday ."}) + "\n")
-    (tmp_path / "more.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
-        (json.dumps({"id": "zst", "text": "Emma Stone works for Nestle in Rome ."}) + "\n").encode()))
-    result = _run(["annotate", str(folder), str(tmp_path / "more.jsonl.*"), "-m", str(tiny_model),
-                   "-o", str(tmp_path / "o.jsonl"), "--drop-fields"])
+    (tmp_path / "more.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(
+            (
+                json.dumps({"id": "zst", "text": "Emma Stone works for Nestle in Rome ."}) + "\n"
+            ).encode()
+        )
+    )
+    result = _run(
+        [
+            "annotate",
+            str(folder),
+            str(tmp_path / "more.jsonl.*"),
+            "-m",
+            str(tiny_model),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+            "--drop-fields",
+        ]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert [l["id"] for l in lines] == [str(folder / "a.txt"), str(folder / "sub" / "b.txt"), "gz", "zst"]
+    assert [l["id"] for l in lines] == [
+        str(folder / "a.txt"),
+        str(folder / "sub" / "b.txt"),
+        "gz",
+        "zst",
+    ]
     assert all(set(l) == {"id", "entities"} for l in lines)
     assert ("Peter Brown", "PER") in {(e["text"], e["label"]) for e in lines[1]["entities"]}
 
@@ -114,10 +164,24 @@ def test_text_folders_globs_and_compressed_inputs(tiny_model, tmp_path):
 def test_parquet_input_is_read_by_column_names(tiny_model, tmp_path):
     import pyarrow as pa
 
-    pq.write_table(pa.table({"doc": ["p1", "p2"], "body": [DOCS[0]["text"], DOCS[1]["text"]]}),
-                   tmp_path / "in.parquet")
-    result = _run(["annotate", str(tmp_path / "in.parquet"), "--text-field", "body", "--id-field", "doc",
-                   "-m", str(tiny_model), "--layout", "spans"])
+    pq.write_table(
+        pa.table({"doc": ["p1", "p2"], "body": [DOCS[0]["text"], DOCS[1]["text"]]}),
+        tmp_path / "in.parquet",
+    )
+    result = _run(
+        [
+            "annotate",
+            str(tmp_path / "in.parquet"),
+            "--text-field",
+            "body",
+            "--id-field",
+            "doc",
+            "-m",
+            str(tiny_model),
+            "--layout",
+            "spans",
+        ]
+    )
     rows = [json.loads(l) for l in result.stdout.splitlines()]
     assert {r["doc_id"] for r in rows} == {"p1"} and rows[0]["source_row"] == 0
     missing = _run(["annotate", str(tmp_path / "in.parquet"), "-m", str(tiny_model)])
@@ -130,7 +194,7 @@ BAD = [
     (b'{"id": "notext"}\n', "no 'text' field"),
     (b'{"id": "num", "text": 42}\n', "is int, not a string"),
     (b'{"id": "bytes", "text": "caf\xe9"}\n', "not valid UTF-8"),
-    (b'[1, 2]\n', "not an object"),
+    (b"[1, 2]\n", "not an object"),
     (b'{"id": "ok2", "text": "Anna Berg lives in Oslo ."}\n', None),
 ]
 
@@ -151,8 +215,20 @@ def test_skipped_records_are_reported_and_nothing_is_lost(tiny_model, tmp_path):
     source = tmp_path / "bad.jsonl"
     source.write_bytes(b"".join(line for line, _ in BAD))
     errors = tmp_path / "errors.jsonl"
-    result = _run(["annotate", str(source), "-m", str(tiny_model), "-o", str(tmp_path / "o.jsonl"),
-                   "--on-error", "skip", "--errors", str(errors)])
+    result = _run(
+        [
+            "annotate",
+            str(source),
+            "-m",
+            str(tiny_model),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+            "--on-error",
+            "skip",
+            "--errors",
+            str(errors),
+        ]
+    )
     assert result.exit_code == 3
     written = [json.loads(l)["id"] for l in (tmp_path / "o.jsonl").read_text().splitlines()]
     reported = [json.loads(l) for l in errors.read_text().splitlines()]
@@ -174,25 +250,33 @@ def test_undecodable_text_file_and_missing_input(tiny_model, tmp_path):
 
 def test_model_errors_are_one_clear_message(tmp_path):
     (tmp_path / "notamodel.pt").write_text("hello")
-    for model, message in [(str(tmp_path / "missing.pt"), "no such model file"),
-                           (str(tmp_path / "notamodel.pt"), "cannot load file")]:
+    for model, message in [
+        (str(tmp_path / "missing.pt"), "no such model file"),
+        (str(tmp_path / "notamodel.pt"), "cannot load file"),
+    ]:
         result = _run(["annotate", "-m", model], input="{}\n")
-        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+        assert (
+            result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+        )
 
 
 def test_labels_and_min_score_filter(tiny_model, tmp_path):
     source = _jsonl(tmp_path / "docs.jsonl", DOCS[:3])
-    only = _run(["annotate", str(source), "-m", str(tiny_model), "--labels", "PER", "--layout", "spans"])
+    only = _run(
+        ["annotate", str(source), "-m", str(tiny_model), "--labels", "PER", "--layout", "spans"]
+    )
     labels = {json.loads(l)["label"] for l in only.stdout.splitlines()}
     assert labels == {"PER"}
-    strict = _run(["annotate", str(source), "-m", str(tiny_model), "--min-score", "1.01", "--layout", "spans"])
+    strict = _run(
+        ["annotate", str(source), "-m", str(tiny_model), "--min-score", "1.01", "--layout", "spans"]
+    )
     assert strict.exit_code == 0 and strict.stdout == ""
     unknown = _run(["annotate", str(source), "-m", str(tiny_model), "--labels", "FOO"])
     assert unknown.exit_code == 1 and "FOO" in unknown.output
 
 
 def test_huge_document_and_long_sentences_are_cut(annotator):
-    text = ("John Smith works for Siemens in Berlin " * 40_000)  # 1.6M chars, one "sentence"
+    text = "John Smith works for Siemens in Berlin " * 40_000  # 1.6M chars, one "sentence"
     from annotator.segmentation import Segmenter
 
     sentences = next(Segmenter(max_sentence_tokens=100).split([text]))
@@ -202,11 +286,35 @@ def test_huge_document_and_long_sentences_are_cut(annotator):
         assert [text[a:b] for a, b in zip(sentence.starts, sentence.ends)] == sentence.tokens
 
 
-NOISE = st.lists(st.sampled_from(["\r\n", "\t", "   ", "\u00a0", "e\u0301", "😀", "𝔘𝔫𝔦", "naïve", "  \n\n",
-                                  "Zoë", "—", "'s", "...", "(", ")", "\u200b", "x"]), max_size=12)
+NOISE = st.lists(
+    st.sampled_from(
+        [
+            "\r\n",
+            "\t",
+            "   ",
+            "\u00a0",
+            "e\u0301",
+            "😀",
+            "𝔘𝔫𝔦",
+            "naïve",
+            "  \n\n",
+            "Zoë",
+            "—",
+            "'s",
+            "...",
+            "(",
+            ")",
+            "\u200b",
+            "x",
+        ]
+    ),
+    max_size=12,
+)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(before=NOISE, after=NOISE)
 def test_offsets_are_exact_on_adversarial_text(annotator, before, after):
     core = "John Smith works for Siemens in Berlin ."
@@ -214,7 +322,7 @@ def test_offsets_are_exact_on_adversarial_text(annotator, before, after):
     text = prefix + core + " " + "".join(after)
     entities = annotator.annotate_text(text)
     for entity in entities:
-        assert text[entity.start:entity.end] == entity.text
+        assert text[entity.start : entity.end] == entity.text
         assert entity.text == entity.text.strip() and entity.end > entity.start
     found = {(e.start, e.label) for e in entities}
     assert (len(prefix), "PER") in found
@@ -229,7 +337,11 @@ def test_tag_prints_the_tagged_string(tiny_model):
 
 def test_python_api(annotator):
     results = list(annotator.annotate_texts(["Anna Berg lives in Oslo .", "", "Prices rose ."]))
-    assert [[(e.text, e.label) for e in r] for r in results] == [[("Anna Berg", "PER"), ("Oslo", "LOC")], [], []]
+    assert [[(e.text, e.label) for e in r] for r in results] == [
+        [("Anna Berg", "PER"), ("Oslo", "LOC")],
+        [],
+        [],
+    ]
     assert annotator.labels == ["LOC", "MISC", "ORG", "PER"]
 
 
@@ -239,8 +351,13 @@ def _cli(*args: str) -> list[str]:
 
 def test_stdin_to_stdout_pipeline_streams_before_input_ends(tiny_model):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(_cli("annotate", "-m", str(tiny_model)), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process = subprocess.Popen(
+        _cli("annotate", "-m", str(tiny_model)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         process.stdin.write(b'{"id": "first", "text": "Anna Berg lives in Oslo ."}\n')
         process.stdin.flush()
@@ -257,10 +374,14 @@ def test_stdin_to_stdout_pipeline_streams_before_input_ends(tiny_model):
 
 
 def test_head_ends_the_pipeline_quietly(tiny_model, tmp_path):
-    source = _jsonl(tmp_path / "many.jsonl", [{"id": i, "text": DOCS[0]["text"]} for i in range(3000)])
+    source = _jsonl(
+        tmp_path / "many.jsonl", [{"id": i, "text": DOCS[0]["text"]} for i in range(3000)]
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = " ".join(_cli("annotate", str(source), "-m", str(tiny_model))) + " | head -3"
-    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=300
+    )
     assert len(result.stdout.splitlines()) == 3
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 

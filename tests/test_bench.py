@@ -1,4 +1,5 @@
-"""`annotator bench`: runs on a tiny input, prints every row, writes JSON, checks identical output."""
+"""`annotator bench`: runs on a tiny input, prints every row, writes JSON, checks identical
+output."""
 
 from __future__ import annotations
 
@@ -7,20 +8,27 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from annotator import bench
+from annotator.bench import docs as bench_docs
+from annotator.bench import report
+from annotator.bench import run as bench_run
 from annotator.cli import cli
 from tests.synthetic import sentences
 
-ROW_LABELS = ["(1) Flair tutorial, per document", "(2) Flair predict, all sentences",
-              "(3) annotator annotate, end to end", "(3p) fast engine predict only",
-              "(4) forward pass only (ceiling)", "(5) spaCy NER, nlp.pipe"]
+ROW_LABELS = [
+    "(1) Flair tutorial, per document",
+    "(2) Flair predict, all sentences",
+    "(3) annotator annotate, end to end",
+    "(3p) fast engine predict only",
+    "(4) forward pass only (ceiling)",
+    "(5) spaCy NER, nlp.pipe",
+]
 
 
 def _documents(path: Path, count: int = 3) -> Path:
     pool = [" ".join(token for token, _ in pairs) for pairs in sentences(6 * count, seed=3)]
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(count):
-            text = " ".join(pool[6 * index:6 * index + 6]).replace(" .", ".").replace(" ,", ",")
+            text = " ".join(pool[6 * index : 6 * index + 6]).replace(" .", ".").replace(" ,", ",")
             handle.write(json.dumps({"id": f"d{index}", "text": text}) + "\n")
     return path
 
@@ -28,9 +36,25 @@ def _documents(path: Path, count: int = 3) -> Path:
 def test_bench_prints_every_row_writes_json_and_reports_identical_output(tiny_model, tmp_path):
     source = _documents(tmp_path / "docs.jsonl")
     out = tmp_path / "results" / "bench.json"
-    result = CliRunner().invoke(cli, [
-        "bench", str(source), "--model", str(tiny_model), "--device", "cpu", "--no-isolate",
-        "--batch-sizes", "32,64", "--spacy-ner", "off", "--json", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            str(source),
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cpu",
+            "--no-isolate",
+            "--batch-sizes",
+            "32,64",
+            "--spacy-ner",
+            "off",
+            "--json",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     table = result.output
     for label in ROW_LABELS:
@@ -40,7 +64,7 @@ def test_bench_prints_every_row_writes_json_and_reports_identical_output(tiny_mo
 
     report = json.loads(out.read_text())
     assert {"environment", "input", "options", "sections"} <= set(report)
-    section, = report["sections"]
+    (section,) = report["sections"]
     assert section["documents"] == 3 and section["words"] > 100
     assert {"name", "model", "rows", "goals", "memory", "summary"} <= set(section)
     rows = {row["key"]: row for row in section["rows"]}
@@ -62,14 +86,23 @@ def test_bench_prints_every_row_writes_json_and_reports_identical_output(tiny_mo
 def test_rows_run_in_fresh_processes_with_their_own_peak_rss(tiny_model, tmp_path):
     """The isolated path: a worker process per row, its result read back from JSON."""
     docs = tmp_path / "docs.jsonl"
-    bench._write_docs(docs, bench.synthetic_documents(2, words=60))
-    run = bench._Runner(tmp_path, isolate=True, log=lambda line: None)
+    bench_docs.write_docs(docs, bench_docs.synthetic_documents(2, words=60))
+    run = bench_run._Runner(tmp_path, isolate=True, log=lambda line: None)
     split = tmp_path / "split.pkl"
     prepared = run({"kind": "prepare", "docs": str(docs), "split": str(split)}, "prepare")
     assert prepared["documents"] == 2 and prepared["words"] > 100
-    result = run({"kind": "annotate", "model": str(tiny_model), "device": "cpu", "docs": str(docs),
-                  "split": str(split), "output": str(tmp_path / "out.parquet"), "threads": 1},
-                 "annotate")
+    result = run(
+        {
+            "kind": "annotate",
+            "model": str(tiny_model),
+            "device": "cpu",
+            "docs": str(docs),
+            "split": str(split),
+            "output": str(tmp_path / "out.parquet"),
+            "threads": 1,
+        },
+        "annotate",
+    )
     assert result["words"] == prepared["words"] and result["threads"] == 1
     assert 50 < result["peak_rss_mb"] < 4000 and result["engine"] == "fast"
     assert result["entities"] and not (tmp_path / "out.parquet").exists()
@@ -82,21 +115,25 @@ def test_generated_documents_are_deterministic_news_like_texts(tmp_path):
     for pairs in sentences(40, seed=1):
         lines += [f"{token} NN O {tag}" for token, tag in pairs] + [""]
     (corpus / "test.txt").write_text("\n".join(lines))
-    texts = bench.conll_documents(corpus, 3, words=50)
-    assert texts == bench.conll_documents(corpus, 3, words=50) and len(texts) == 3
+    texts = bench_docs.conll_documents(corpus, 3, words=50)
+    assert texts == bench_docs.conll_documents(corpus, 3, words=50) and len(texts) == 3
     assert all(len(text.split()) >= 40 for text in texts)
     assert " ." not in texts[0] and " ," not in texts[0]
-    options = bench.BenchOptions(corpus=str(corpus), docs=2)
-    assert bench.load_documents(options)[0] == bench.conll_documents(corpus, 2)
-    fallback, origin = bench.load_documents(bench.BenchOptions(corpus=None, docs=2, inputs=()))
+    options = bench_run.BenchOptions(corpus=str(corpus), docs=2)
+    assert bench_run.load_documents(options)[0] == bench_docs.conll_documents(corpus, 2)
+    fallback, origin = bench_run.load_documents(
+        bench_run.BenchOptions(corpus=None, docs=2, inputs=())
+    )
     assert len(fallback) == 2 and fallback[0]
-    assert bench.detokenize(["He", "said", '"', "no", '"', "(", "U.S.", ")", "."]) == \
-        'He said "no" (U.S.).'
+    assert (
+        bench_docs.detokenize(["He", "said", '"', "no", '"', "(", "U.S.", ")", "."])
+        == 'He said "no" (U.S.).'
+    )
 
 
 def test_compare_entities_tolerates_only_tiny_score_differences():
     reference = [[0, 0, 0, 4, "PER", 0.9], [1, 2, 5, 9, "LOC", 0.5]]
-    assert bench.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.90005], reference[1]])[0]
-    assert not bench.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.8], reference[1]])[0]
-    assert not bench.compare_entities(reference, [[0, 0, 0, 4, "ORG", 0.9], reference[1]])[0]
-    assert not bench.compare_entities(reference, reference[:1])[0]
+    assert report.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.90005], reference[1]])[0]
+    assert not report.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.8], reference[1]])[0]
+    assert not report.compare_entities(reference, [[0, 0, 0, 4, "ORG", 0.9], reference[1]])[0]
+    assert not report.compare_entities(reference, reference[:1])[0]

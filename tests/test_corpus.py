@@ -12,8 +12,10 @@ from tests.synthetic import write_corpus
 
 
 def test_fetch_from_local_copy_verifies_and_is_idempotent(conllpp_dir, tmp_path):
-    result = CliRunner().invoke(cli, ["corpus", "fetch", "conllpp", "--dest", str(tmp_path / "c"),
-                                      "--from", str(conllpp_dir)])
+    result = CliRunner().invoke(
+        cli,
+        ["corpus", "fetch", "conllpp", "--dest", str(tmp_path / "c"), "--from", str(conllpp_dir)],
+    )
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "c").iterdir())
     assert names == ["conllpp_dev.txt", "conllpp_test.txt", "conllpp_train.txt"]
@@ -28,8 +30,9 @@ def test_fetch_rejects_wrong_checksum_and_leaves_nothing(conllpp_dir, tmp_path):
     with open(source / "conllpp_dev.txt", "a") as handle:
         handle.write("tampered O\n")
     dest = tmp_path / "dest"
-    result = CliRunner().invoke(cli, ["corpus", "fetch", "conllpp", "--dest", str(dest),
-                                      "--from", str(source)])
+    result = CliRunner().invoke(
+        cli, ["corpus", "fetch", "conllpp", "--dest", str(dest), "--from", str(source)]
+    )
     assert result.exit_code == 1
     assert "sha256" in result.output and "Traceback" not in result.output
     assert not (dest / "conllpp_dev.txt").exists()
@@ -50,7 +53,9 @@ def test_download_path_streams_and_verifies(conllpp_dir, tmp_path):
 
     fetch_corpus("conllpp", tmp_path, opener=opener, progress=False)
     assert [u.rsplit("/", 1)[1] for u in opened] == [f.name for f in CORPORA["conllpp"].files]
-    assert all(u.startswith("https://raw.githubusercontent.com/ZihanWangKi/CrossWeigh/") for u in opened)
+    assert all(
+        u.startswith("https://raw.githubusercontent.com/ZihanWangKi/CrossWeigh/") for u in opened
+    )
 
 
 def test_network_failure_is_one_clear_message(tmp_path):
@@ -85,12 +90,18 @@ def test_stats_warn_when_counts_differ_from_the_paper(tmp_path):
 
 def test_iob1_and_two_column_files_read_as_spans(tmp_path):
     (tmp_path / "train.txt").write_text(
-        "John I-PER\nSmith I-PER\nMary B-PER\nmet O\nSiemens I-ORG\nAG I-ORG\nin O\nParis I-LOC\n\n")
+        "John I-PER\nSmith I-PER\nMary B-PER\nmet O\nSiemens I-ORG\nAG I-ORG\nin O\nParis I-LOC\n\n"
+    )
     columns, tag = parse_column_format("text,ner")
     assert (columns, tag) == ({0: "text", 1: "ner"}, "ner")
     sentence = load_corpus(tmp_path, "text,ner").train[0]
     spans = [(s.text, s.get_label("ner").value) for s in sentence.get_spans("ner")]
-    assert spans == [("John Smith", "PER"), ("Mary", "PER"), ("Siemens AG", "ORG"), ("Paris", "LOC")]
+    assert spans == [
+        ("John Smith", "PER"),
+        ("Mary", "PER"),
+        ("Siemens AG", "ORG"),
+        ("Paris", "LOC"),
+    ]
     stats = corpus_stats(tmp_path, "text,ner")
     assert stats["train"].entities == {"PER": 2, "ORG": 1, "LOC": 1}
 

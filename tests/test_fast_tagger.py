@@ -27,16 +27,35 @@ from flair.embeddings import (  # noqa: E402
 )
 from flair.models import LanguageModel, SequenceTagger  # noqa: E402
 
-from annotator.fast_tagger import FastSequenceTagger, _CharComponent, _eval_mode  # noqa: E402
+from annotator.tagging.components import CharComponent
+from annotator.tagging.fast import FastSequenceTagger
+from annotator.tagging.packed import eval_mode
 
 LABEL = "ner"
 WORDS = [
-    "the", "The", "a", "of", "Berlin", "berlin", "Paris", "John", "Smith", "Mary", "said", "in", "on",
-    "2019", "1999", "3.14", "#", "0", "x", "xx", "AB", "ab", "ba", "Mr.", "co-op", ",", ".", "!",
+    "the", "The", "a", "of", "Berlin", "berlin", "Paris", "John", "Smith", "Mary", "said", "in",
+    "on", "2019", "1999", "3.14", "#", "0", "x", "xx", "AB", "ab", "ba", "Mr.", "co-op", ",", ".",
+    "!",
 ]  # fmt: skip
 # words whose characters are not all in the char dictionary / words not in the word vocab
 ODD_WORDS = ["café", "naïve", "Ünknown", "ß", "日本", "zzz", "qwerty", "42", "A1b2", "é", "è"]
-VOCAB_WORDS = ["the", "a", "of", "berlin", "paris", "john", "smith", "said", "in", "####", "0", "x", "ab", ",", "."]
+VOCAB_WORDS = [
+    "the",
+    "a",
+    "of",
+    "berlin",
+    "paris",
+    "john",
+    "smith",
+    "said",
+    "in",
+    "####",
+    "0",
+    "x",
+    "ab",
+    ",",
+    ".",
+]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -58,7 +77,9 @@ def _word_embeddings(dim: int = 12, stable: bool = False) -> WordEmbeddings:
 
 
 def _one_hot(field: str = "text") -> OneHotEmbeddings:
-    vocab = Dictionary(add_unk=True)  # what OneHotEmbeddings.from_corpus builds: frequent words + <unk>
+    vocab = Dictionary(
+        add_unk=True
+    )  # what OneHotEmbeddings.from_corpus builds: frequent words + <unk>
     for word in WORDS[:12]:
         vocab.add_item(word)
     return OneHotEmbeddings(vocab, field=field, embedding_length=6)
@@ -68,7 +89,9 @@ def _tiny_lm(forward: bool) -> LanguageModel:
     chars = Dictionary(add_unk=True)
     for char in " \n" + "".join(WORDS).lower():
         chars.add_item(char)
-    return LanguageModel(chars, is_forward_lm=forward, hidden_size=16, nlayers=1, embedding_size=8, has_decoder=False)
+    return LanguageModel(
+        chars, is_forward_lm=forward, hidden_size=16, nlayers=1, embedding_size=8, has_decoder=False
+    )
 
 
 def _span_dictionary() -> Dictionary:
@@ -79,8 +102,11 @@ def _span_dictionary() -> Dictionary:
     return tags
 
 
-def _tagger(embeddings, tag_dictionary: Dictionary | None = None, seed: int = 0, **kwargs) -> SequenceTagger:
-    """A random tagger, its output layer scaled up and its "O" bias set so that about half the tokens are O."""
+def _tagger(
+    embeddings, tag_dictionary: Dictionary | None = None, seed: int = 0, **kwargs
+) -> SequenceTagger:
+    """A random tagger, its output layer scaled up and its "O" bias set so that about half the
+    tokens are O."""
     torch.manual_seed(seed)
     tagger = SequenceTagger(
         StackedEmbeddings(embeddings) if isinstance(embeddings, list) else embeddings,
@@ -100,7 +126,9 @@ def _tagger(embeddings, tag_dictionary: Dictionary | None = None, seed: int = 0,
         if calibrate and tagger.label_dictionary.get_item_for_index(outside) == "O":
             emissions = FastSequenceTagger(tagger).emissions(_sentences(20, seed=99))
             others = torch.cat([emissions[:, :outside], emissions[:, outside + 1 :]], dim=1)
-            tagger.linear.bias[outside] += (others.max(dim=1).values - emissions[:, outside]).median()
+            tagger.linear.bias[outside] += (
+                others.max(dim=1).values - emissions[:, outside]
+            ).median()
     return tagger
 
 
@@ -108,22 +136,37 @@ def _sentences(n: int, seed: int) -> list[list[str]]:
     """Mixed lengths, repeated tokens, unknown words/characters, digits, single tokens."""
     rng = random.Random(seed)
     pool = WORDS * 3 + ODD_WORDS
-    out = [[rng.choice(pool) for _ in range(rng.choice([1, 2, 3, 5, 8, 13, 21, 40, 60]))] for _ in range(n)]
-    out += [["the"], ["the", "the"], ["ab", "x", "ab", "Berlin", "ab"], ["é", "è", "é"], ["2019", "1999", "2019"]]
+    out = [
+        [rng.choice(pool) for _ in range(rng.choice([1, 2, 3, 5, 8, 13, 21, 40, 60]))]
+        for _ in range(n)
+    ]
+    out += [
+        ["the"],
+        ["the", "the"],
+        ["ab", "x", "ab", "Berlin", "ab"],
+        ["é", "è", "é"],
+        ["2019", "1999", "2019"],
+    ]
     out += [["Berlin"] * 7, ["John", "Smith", "said", "John", "Smith", "said", "Mr.", "Smith"] * 4]
     return out
 
 
-def flair_predictions(tagger: SequenceTagger, sentences: list[list[str]], spans: bool = True) -> list[list]:
+def flair_predictions(
+    tagger: SequenceTagger, sentences: list[list[str]], spans: bool = True
+) -> list[list]:
     flair_sentences = [Sentence(s) for s in sentences]
     tagger.predict(flair_sentences, mini_batch_size=32)
     result = []
     for sentence in flair_sentences:
         # token.idx is 1-based; spans become (first, end_exclusive, label, score)
         if spans:
-            labelled = [(s[0].idx - 1, s[-1].idx, s.get_label(LABEL)) for s in sentence.get_spans(LABEL)]
+            labelled = [
+                (s[0].idx - 1, s[-1].idx, s.get_label(LABEL)) for s in sentence.get_spans(LABEL)
+            ]
         else:
-            labelled = [(t.idx - 1, t.idx, t.get_label(LABEL)) for t in sentence if t.has_label(LABEL)]
+            labelled = [
+                (t.idx - 1, t.idx, t.get_label(LABEL)) for t in sentence if t.has_label(LABEL)
+            ]
         result.append([(start, end, label.value, label.score) for start, end, label in labelled])
     return result
 
@@ -132,11 +175,15 @@ def assert_same(expected: list[list], actual: list[list]) -> None:
     assert len(expected) == len(actual)
     for i, (exp, act) in enumerate(zip(expected, actual)):
         assert [e[:3] for e in exp] == [a[:3] for a in act], f"sentence {i}"
-        assert np.allclose([e[3] for e in exp], [a[3] for a in act], atol=1e-4, rtol=0), f"sentence {i}"
+        assert np.allclose([e[3] for e in exp], [a[3] for a in act], atol=1e-4, rtol=0), (
+            f"sentence {i}"
+        )
 
 
 VARIANTS = {
-    "word+char bilstm crf": lambda: _tagger([_word_embeddings(), CharacterEmbeddings(_char_dictionary(), 8, 6)]),
+    "word+char bilstm crf": lambda: _tagger(
+        [_word_embeddings(), CharacterEmbeddings(_char_dictionary(), 8, 6)]
+    ),
     "word+char bilstm softmax": lambda: _tagger(
         [_word_embeddings(), CharacterEmbeddings(_char_dictionary(), 8, 6)], use_crf=False
     ),
@@ -147,14 +194,18 @@ VARIANTS = {
         reproject_embeddings=False,
         tag_format="BIO",
     ),
-    "onehot+char gru crf": lambda: _tagger([_one_hot(), CharacterEmbeddings(_char_dictionary(), 5, 4)], rnn_type="GRU"),
+    "onehot+char gru crf": lambda: _tagger(
+        [_one_hot(), CharacterEmbeddings(_char_dictionary(), 5, 4)], rnn_type="GRU"
+    ),
     "single char embedding, no rnn, softmax": lambda: _tagger(
         CharacterEmbeddings(_char_dictionary(), 8, 6), use_rnn=False, use_crf=False
     ),
     "flair fwd/bwd(lower, no whitespace, chunked)+word crf": lambda: _tagger(
         [
             FlairEmbeddings(_tiny_lm(True)),
-            FlairEmbeddings(_tiny_lm(False), with_whitespace=False, is_lower=True, chars_per_chunk=16),
+            FlairEmbeddings(
+                _tiny_lm(False), with_whitespace=False, is_lower=True, chars_per_chunk=16
+            ),
             _word_embeddings(),
         ]
     ),
@@ -180,7 +231,9 @@ def test_matches_flair_predict(tagger: SequenceTagger, sentences: list[list[str]
     assert fast.label_type == LABEL
     expected = flair_predictions(tagger, sentences)
     covered = sum(end - start for spans in expected for start, end, _, _ in spans)
-    assert 0 < covered < sum(map(len, sentences)), "the random tagger should predict some (not only) spans"
+    assert 0 < covered < sum(map(len, sentences)), (
+        "the random tagger should predict some (not only) spans"
+    )
     assert_same(expected, fast.predict(sentences))
     # a second call (warm word-type and char caches) and small token budgets give the same result
     assert_same(expected, fast.predict(sentences))
@@ -206,10 +259,11 @@ def test_save_and_load(tmp_path, sentences: list[list[str]]) -> None:
 
 
 def test_char_duplicate_quirk_matches_flair_embeddings() -> None:
-    """Earlier duplicates get the char embedding of the token at their index in the length-sorted order."""
+    """Earlier duplicates get the char embedding of the token at their index in the length-sorted
+    order."""
     char_emb = CharacterEmbeddings(_char_dictionary(), 8, 6).eval()
     words = ["ab", "x", "ab", "Berlin", "ab", "é", "è", "co-op", "x"]  # "é"/"è" are both [<unk>]
-    component = _CharComponent(char_emb)
+    component = CharComponent(char_emb)
     cids = np.array([component.type_values(w)[0] for w in words])
     lengths = np.array([len(w) for w in words])
     src = component.source_sequences(cids, lengths, np.zeros(len(words), dtype=np.int64))
@@ -230,11 +284,14 @@ def test_char_duplicate_quirk_matches_flair_embeddings() -> None:
 
 
 def test_token_level_tagger() -> None:
-    """Non-span tag dictionaries: one (i, i+1, tag, score) per token not tagged O/_ (flair's token labels)."""
+    """Non-span tag dictionaries: one (i, i+1, tag, score) per token not tagged O/_ (flair's token
+    labels)."""
     tags = Dictionary(add_unk=False)
     for tag in ["O", "NN", "VB", "DT", "_"]:
         tags.add_item(tag)
-    tagger = _tagger([_word_embeddings(), CharacterEmbeddings(_char_dictionary(), 8, 6)], tag_dictionary=tags)
+    tagger = _tagger(
+        [_word_embeddings(), CharacterEmbeddings(_char_dictionary(), 8, 6)], tag_dictionary=tags
+    )
     sentences = _sentences(40, seed=3)
     expected = flair_predictions(tagger, sentences, spans=False)
     assert sum(map(len, expected)) > 0
@@ -246,25 +303,30 @@ def test_emissions_match_flair_features() -> None:
     sentences = sorted(_sentences(30, seed=4), key=len, reverse=True)
     with torch.no_grad():
         flair_sentences = [Sentence(s) for s in sentences]
-        features = tagger.forward(*tagger._prepare_tensors(flair_sentences))  # [tokens, tags], sorted order
+        features = tagger.forward(
+            *tagger._prepare_tensors(flair_sentences)
+        )  # [tokens, tags], sorted order
     ours = FastSequenceTagger(tagger).emissions(sentences)
     assert ours.shape == (sum(map(len, sentences)), len(tagger.label_dictionary))
     assert torch.allclose(features, ours, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant, distinct", [
-    ("word+char bilstm crf", True),
-    ("word(stable)+char+onehot 2-layer unidirectional crf, no reprojection, BIO", True),
-    ("onehot+char gru crf", False),
-    ("flair fwd/bwd(lower, no whitespace, chunked)+word crf", False),
-])
+@pytest.mark.parametrize(
+    "variant, distinct",
+    [
+        ("word+char bilstm crf", True),
+        ("word(stable)+char+onehot 2-layer unidirectional crf, no reprojection, BIO", True),
+        ("onehot+char gru crf", False),
+        ("flair fwd/bwd(lower, no whitespace, chunked)+word crf", False),
+    ],
+)
 def test_distinct_rows_path(variant: str, distinct: bool) -> None:
     """On the CPU, non-contextual LSTM taggers project each distinct input row once; emissions
     equal those of the tagger's own modules run over every token."""
     tagger = VARIANTS[variant]()
     fast = FastSequenceTagger(tagger)
     sentences = sorted(_sentences(40, seed=6), key=len, reverse=True)
-    with torch.inference_mode(), _eval_mode(tagger):
+    with torch.inference_mode(), eval_mode(tagger):
         batch = fast.prepare(sentences)
         assert (batch.row_keys is not None) is distinct
         if not distinct:
@@ -288,7 +350,10 @@ def test_empty_inputs_and_empty_tokens() -> None:
     # flair's Sentence drops empty tokens; spans are reported in the caller's token positions
     sentences = _sentences(30, seed=5)
     with_gaps = [[w for word in s for w in ("", word)] + [""] for s in sentences]
-    expected = [[(2 * a + 1, 2 * b, label, score) for a, b, label, score in spans] for spans in fast.predict(sentences)]
+    expected = [
+        [(2 * a + 1, 2 * b, label, score) for a, b, label, score in spans]
+        for spans in fast.predict(sentences)
+    ]
     assert_same(expected, fast.predict([[], *with_gaps, []])[1:-1])
 
 
@@ -301,11 +366,14 @@ def test_device_and_autocast_options() -> None:
     approx = FastSequenceTagger(tagger, device=torch.device("cpu"), autocast_dtype=torch.bfloat16)
     predictions = approx.predict(sentences)
     assert len(predictions) == len(sentences)
-    assert all(0 <= a < b <= len(s) for spans, s in zip(predictions, sentences) for a, b, _, _ in spans)
+    assert all(
+        0 <= a < b <= len(s) for spans, s in zip(predictions, sentences) for a, b, _, _ in spans
+    )
 
 
 def test_training_mode_and_weight_updates() -> None:
-    """Predictions use eval mode without changing the caller's flags, and follow weight updates (char cache)."""
+    """Predictions use eval mode without changing the caller's flags, and follow weight updates
+    (char cache)."""
     tagger = VARIANTS["word+char bilstm crf"]()
     fast = FastSequenceTagger(tagger)
     sentences = _sentences(40, seed=6)
@@ -351,10 +419,14 @@ def test_unsupported_embeddings() -> None:
         assert FastSequenceTagger.unsupported_reason(build()) is None
 
 
-_token = st.one_of(st.sampled_from(WORDS + ODD_WORDS), st.text(alphabet="aAbB1é-.", min_size=1, max_size=6))
+_token = st.one_of(
+    st.sampled_from(WORDS + ODD_WORDS), st.text(alphabet="aAbB1é-.", min_size=1, max_size=6)
+)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.lists(_token, min_size=0, max_size=12), min_size=0, max_size=6))
 def test_property_matches_flair(batch: list[list[str]]) -> None:
     fast = _property_engine()
@@ -367,14 +439,17 @@ def _property_engine() -> FastSequenceTagger:
 
 
 def _benchmark(threads: int = 1, n_sentences: int = 2000) -> None:
-    """Speed vs flair: word(100d) + char(25/25) BiLSTM-CRF, hidden 256, sentences of 20-40 tokens."""
+    """Speed vs flair: word(100d) + char(25/25) BiLSTM-CRF, hidden 256, sentences of 20-40
+    tokens."""
     import string
     import time
 
     torch.set_num_threads(threads)
     rng, np_rng = random.Random(0), np.random.default_rng(0)
     letters = string.ascii_letters + string.digits + "-.'"
-    types = sorted({"".join(rng.choice(letters) for _ in range(rng.randint(1, 12))) for _ in range(30000)})
+    types = sorted(
+        {"".join(rng.choice(letters) for _ in range(rng.randint(1, 12))) for _ in range(30000)}
+    )
     rng.shuffle(types)
     zipf = 1.0 / np.arange(1, len(types) + 1)
     sentences = [
@@ -384,14 +459,18 @@ def _benchmark(threads: int = 1, n_sentences: int = 2000) -> None:
     chars = Dictionary(add_unk=True)
     for char in letters:
         chars.add_item(char)
-    words = WordEmbeddings(None, vocab={w: i for i, w in enumerate(types[:20000])}, embedding_length=100)
+    words = WordEmbeddings(
+        None, vocab={w: i for i, w in enumerate(types[:20000])}, embedding_length=100
+    )
     torch.nn.init.normal_(words.embedding.weight)
     tags = Dictionary(add_unk=False)
     for label in ["PER", "LOC", "ORG", "MISC"]:
         tags.add_item(label)
     tags.span_labels = True
     torch.manual_seed(0)
-    tagger = SequenceTagger(StackedEmbeddings([words, CharacterEmbeddings(chars)]), tags, LABEL, hidden_size=256)
+    tagger = SequenceTagger(
+        StackedEmbeddings([words, CharacterEmbeddings(chars)]), tags, LABEL, hidden_size=256
+    )
     tagger.eval()
     with torch.no_grad():  # mostly "O", as in real text
         tagger.linear.bias[tagger.label_dictionary.get_idx_for_item("O")] += 2.0
@@ -414,7 +493,10 @@ def _benchmark(threads: int = 1, n_sentences: int = 2000) -> None:
     n_tokens = sum(map(len, sentences))
     print(f"{n_sentences} sentences, {n_tokens} tokens, torch threads={threads}")
     print(f"flair predict(mini_batch_size=32): {t_flair:.2f}s  {n_tokens / t_flair:,.0f} tok/s")
-    print(f"fast predict:                      {t_fast:.2f}s  {n_tokens / t_fast:,.0f} tok/s  x{t_flair / t_fast:.1f}")
+    print(
+        f"fast predict:                      {t_fast:.2f}s  {n_tokens / t_fast:,.0f} tok/s  "
+        f"x{t_flair / t_fast:.1f}"
+    )
     print(f"fast predict, fresh engine:        {t_cold:.2f}s  x{t_flair / t_cold:.1f}")
     print(f"fast emissions only:               {t_emissions:.2f}s")
 

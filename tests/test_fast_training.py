@@ -1,4 +1,5 @@
-"""The fast trainer: Flair's SequenceTagger, Flair's loss and training semantics, vectorised batches.
+"""The fast trainer: Flair's SequenceTagger, Flair's loss and training semantics, vectorised
+batches.
 
 Everything is built in-process from the synthetic corpus and tiny models: no downloads.
 """
@@ -16,30 +17,31 @@ from click.testing import CliRunner
 flair = pytest.importorskip("flair")
 
 from flair.data import Dictionary, Sentence  # noqa: E402
-from flair.embeddings import CharacterEmbeddings, FlairEmbeddings, StackedEmbeddings, WordEmbeddings  # noqa: E402
+from flair.embeddings import CharacterEmbeddings, FlairEmbeddings, StackedEmbeddings  # noqa: E402
 from flair.models import LanguageModel, SequenceTagger  # noqa: E402
 from flair.models.sequence_tagger_utils.viterbi import ViterbiLoss  # noqa: E402
 from flair.training_utils import AnnealOnPlateau  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 
-from annotator import training  # noqa: E402
+from annotator.bench.training import time_epoch
 from annotator.cli import cli  # noqa: E402
-from annotator.corpus import load_corpus  # noqa: E402
+from annotator.corpus import load_corpus
 from annotator.embeddings import SharedVectorEmbeddings  # noqa: E402
 from annotator.errors import AnnotatorError  # noqa: E402
-from annotator.evaluation import evaluate_tagger  # noqa: E402
-from annotator.fast_tagger import FastSequenceTagger  # noqa: E402
-from annotator.fast_training import (  # noqa: E402
-    FastTrainer,
-    _LSTMDirection,
-    crf_loss_packed,
-    lstm_packed,
-    make_layout,
-    time_epoch,
-    unsupported_reason,
+from annotator.evaluation import evaluate_tagger
+from annotator.tagging.crf import crf_loss_packed
+from annotator.tagging.engines import make_engine
+from annotator.tagging.fast import FastSequenceTagger
+from annotator.tagging.lstm import _LSTMDirection, lstm_packed
+from annotator.tagging.packed import GoldLayout
+from annotator.training import recipes, runbook  # noqa: E402
+from annotator.training.config import TrainConfig, resolve_config
+from annotator.training.fast import FastTrainer, unsupported_reason
+from annotator.training.runbook import DevScores, RunBook
+from annotator.training.train import (
+    choose_trainer,  # noqa: E402
+    train,
 )
-from annotator.tagging import make_engine  # noqa: E402
-from annotator.training import DevScores, RunBook, TrainConfig, resolve_config, train  # noqa: E402
 from tests.synthetic import write_corpus  # noqa: E402
 
 TINY = {"hidden_size": 24, "word_embedding_dim": 16, "min_word_freq": 1, "device": "cpu"}
@@ -61,14 +63,21 @@ def corpus(corpus_dir):
 
 # --- the same loss and gradients as Flair's forward_loss --------------------------------------
 
+
 def _quirk_sentences() -> list[Sentence]:
     """Repeated tokens (Flair's char-embedding re-sort quirk), characters and words never seen."""
-    rows = [(["Berlin", "and", "Berlin", "met", "Xqzé", "ß", "Berlin", "ÿ", "Berlin"],
-             [(0, 1, "LOC"), (4, 6, "PER")]),
-            (["é", "è", "é", "Paris"], [(3, 4, "LOC")]),  # é and è: both <unk> characters only
-            (["Reuters"], [(0, 1, "ORG")]),
-            (["John", "Smith", "John", "Smith", "said", "日本", "."],
-             [(0, 2, "PER"), (2, 4, "PER"), (5, 6, "MISC")])]
+    rows = [
+        (
+            ["Berlin", "and", "Berlin", "met", "Xqzé", "ß", "Berlin", "ÿ", "Berlin"],
+            [(0, 1, "LOC"), (4, 6, "PER")],
+        ),
+        (["é", "è", "é", "Paris"], [(3, 4, "LOC")]),  # é and è: both <unk> characters only
+        (["Reuters"], [(0, 1, "ORG")]),
+        (
+            ["John", "Smith", "John", "Smith", "said", "日本", "."],
+            [(0, 2, "PER"), (2, 4, "PER"), (5, 6, "MISC")],
+        ),
+    ]
     sentences = []
     for words, spans in rows:
         sentence = Sentence(words)
@@ -82,32 +91,36 @@ def _tiny_lm(forward: bool) -> LanguageModel:
     chars = Dictionary(add_unk=True)
     for char in " \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,":
         chars.add_item(char)
-    return LanguageModel(chars, is_forward_lm=forward, hidden_size=12, nlayers=1, embedding_size=6,
-                         has_decoder=False)
+    return LanguageModel(
+        chars, is_forward_lm=forward, hidden_size=12, nlayers=1, embedding_size=6, has_decoder=False
+    )
 
 
 def _offline(corpus, **overrides):
     config = resolve_config("offline", overrides={**TINY, **NO_DROPOUT, **overrides})
-    return training.build_tagger(config, corpus, "ner")
+    return recipes.build_tagger(config, corpus, "ner")
 
 
 def _stacked(corpus, **kwargs):
     """Frozen Flair LMs (cached by the fast trainer), shared vectors, words and characters."""
-    vocab = training.build_vocabulary(corpus.train, 1)
-    words = training.learned_word_embeddings(vocab, 8)
-    chars = CharacterEmbeddings(training.build_char_dictionary(corpus.train), 6, 5)
-    vectors = SharedVectorEmbeddings(["berlin", "paris", "john", "the"], torch.tensor([0, 1, 2, 0]),
-                                     torch.randn(3, 4))
-    stack = StackedEmbeddings([FlairEmbeddings(_tiny_lm(True)), FlairEmbeddings(_tiny_lm(False)), words,
-                               chars, vectors])
+    vocab = recipes.build_vocabulary(corpus.train, 1)
+    words = recipes.learned_word_embeddings(vocab, 8)
+    chars = CharacterEmbeddings(recipes.build_char_dictionary(corpus.train), 6, 5)
+    vectors = SharedVectorEmbeddings(
+        ["berlin", "paris", "john", "the"], torch.tensor([0, 1, 2, 0]), torch.randn(3, 4)
+    )
+    stack = StackedEmbeddings(
+        [FlairEmbeddings(_tiny_lm(True)), FlairEmbeddings(_tiny_lm(False)), words, chars, vectors]
+    )
     dictionary = corpus.make_label_dictionary("ner", add_unk=False)
     return SequenceTagger(stack, dictionary, "ner", hidden_size=10, **NO_DROPOUT, **kwargs)
 
 
 VARIANTS = {
     "offline preset (word+char BiLSTM-CRF)": lambda corpus: _offline(corpus),
-    "flair LMs + vectors + word + char, 2-layer unidirectional CRF, no reprojection":
-        lambda corpus: _stacked(corpus, rnn_layers=2, bidirectional=False, reproject_embeddings=False),
+    "flair LMs + vectors + word + char, 2-layer unidirectional CRF, no reprojection": lambda c: (
+        _stacked(c, rnn_layers=2, bidirectional=False, reproject_embeddings=False)
+    ),
     "word+char BiLSTM softmax": lambda corpus: _offline(corpus, use_crf=False),
     "word+char GRU-CRF (torch's own RNN)": lambda corpus: _stacked(corpus, rnn_type="GRU"),
 }
@@ -118,7 +131,9 @@ def test_batch_loss_and_gradients_equal_flairs_forward_loss(corpus, variant):
     torch.manual_seed(0)
     tagger = VARIANTS[variant](corpus)
     if tagger.rnn.num_layers > 1:
-        tagger.rnn.dropout = 0.0  # Flair sets 0.5 between layers; the comparison needs no randomness
+        tagger.rnn.dropout = (
+            0.0  # Flair sets 0.5 between layers; the comparison needs no randomness
+        )
     sentences = list(corpus.train)[:24] + _quirk_sentences()
     tagger.train()
     loss, count = tagger.forward_loss(sentences)
@@ -140,8 +155,9 @@ def test_batch_loss_and_gradients_equal_flairs_forward_loss(corpus, variant):
         if theirs is None or mine is None:  # unused weights: no gradient, or an all-zero one
             assert (theirs is None or not theirs.any()) and (mine is None or not mine.any()), name
             continue
-        assert torch.allclose(mine, theirs, atol=1e-4, rtol=1e-5), \
+        assert torch.allclose(mine, theirs, atol=1e-4, rtol=1e-5), (
             f"{name}: max difference {(mine - theirs).abs().max():.2e}"
+        )
 
 
 def test_crf_loss_equals_viterbi_loss_on_random_batches():
@@ -149,19 +165,29 @@ def test_crf_loss_equals_viterbi_loss_on_random_batches():
     dictionary = Dictionary(add_unk=False)
     for tag in ["O", "B-X", "I-X", "B-Y", "I-Y", "<START>", "<STOP>"]:
         dictionary.add_item(tag)
-    k, start, stop = len(dictionary), dictionary.get_idx_for_item("<START>"), dictionary.get_idx_for_item("<STOP>")
+    k, start, stop = (
+        len(dictionary),
+        dictionary.get_idx_for_item("<START>"),
+        dictionary.get_idx_for_item("<STOP>"),
+    )
     for lengths in ([7, 7, 5, 3, 1], [1], [12, 2, 2, 2]):
         transitions = torch.randn(k, k, dtype=torch.float64, requires_grad=True)
         padded = torch.randn(len(lengths), max(lengths), k, dtype=torch.float64, requires_grad=True)
         gold = [torch.randint(0, 5, (n,)) for n in lengths]
         crf = padded.unsqueeze(-1) + transitions.unsqueeze(0).unsqueeze(0)
-        flair_loss = ViterbiLoss(dictionary)((crf, torch.tensor(lengths), transitions), torch.cat(gold))
+        flair_loss = ViterbiLoss(dictionary)(
+            (crf, torch.tensor(lengths), transitions), torch.cat(gold)
+        )
         flair_grads = torch.autograd.grad(flair_loss, [padded, transitions])
 
         flat = torch.cat([padded[b, :n] for b, n in enumerate(lengths)])
-        layout = make_layout(np.array(lengths), torch.cat(gold).numpy(), start, torch.device("cpu"))
+        layout = GoldLayout.of(
+            np.array(lengths), torch.cat(gold).numpy(), start, torch.device("cpu")
+        )
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        packed_rows = [starts[b] + t for t in range(max(lengths)) for b, n in enumerate(lengths) if n > t]
+        packed_rows = [
+            starts[b] + t for t in range(max(lengths)) for b, n in enumerate(lengths) if n > t
+        ]
         ours = crf_loss_packed(flat[packed_rows], transitions, layout, start, stop)
         assert ours.item() == pytest.approx(flair_loss.item(), rel=1e-10)
         for mine, theirs in zip(torch.autograd.grad(ours, [padded, transitions]), flair_grads):
@@ -178,16 +204,23 @@ def test_step_wise_lstm_equals_torchs_packed_lstm():
     assert torch.allclose(ours, expected, atol=1e-12)
     weights = torch.randn_like(expected)
     parameters = [x, *rnn.parameters()]
-    for mine, theirs in zip(torch.autograd.grad((ours * weights).sum(), parameters),
-                            torch.autograd.grad((expected * weights).sum(), parameters)):
+    for mine, theirs in zip(
+        torch.autograd.grad((ours * weights).sum(), parameters),
+        torch.autograd.grad((expected * weights).sum(), parameters),
+    ):
         assert torch.allclose(mine, theirs, atol=1e-10)
     for reverse in (False, True):
         gx = torch.randn(sum(sizes), 16, dtype=torch.float64, requires_grad=True)
         w_hh = torch.randn(16, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda a, b: _LSTMDirection.apply(a, b, tuple(sizes), reverse), (gx, w_hh))
+
+        def direction(a, b, reverse=reverse):
+            return _LSTMDirection.apply(a, b, tuple(sizes), reverse)
+
+        assert torch.autograd.gradcheck(direction, (gx, w_hh))
 
 
 # --- dev scores are Flair's ----------------------------------------------------------------------
+
 
 def test_dev_evaluation_equals_flairs_evaluate(corpus):
     torch.manual_seed(3)
@@ -203,17 +236,27 @@ def test_dev_evaluation_equals_flairs_evaluate(corpus):
     micro = flair_result.classification_report["micro avg"]
     assert 0 < ours.f1 < 1
     assert (ours.precision, ours.recall, ours.f1) == pytest.approx(
-        (micro["precision"], micro["recall"], micro["f1-score"]), abs=1e-12)
+        (micro["precision"], micro["recall"], micro["f1-score"]), abs=1e-12
+    )
     assert ours.loss == pytest.approx(flair_result.loss, rel=1e-5)
 
 
 # --- a whole run ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fast_run(corpus_dir, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("fast-run") / "model"
-    config = resolve_config("offline", overrides={**TINY, "trainer": "fast", "max_epochs": 6,
-                                                  "learning_rate": 0.2, "batch_size": 16})
+    config = resolve_config(
+        "offline",
+        overrides={
+            **TINY,
+            "trainer": "fast",
+            "max_epochs": 6,
+            "learning_rate": 0.2,
+            "batch_size": 16,
+        },
+    )
     result = train(corpus_dir, output, config)
     assert result.finished and result.epochs == 6
     return output
@@ -225,8 +268,15 @@ def test_fast_run_learns_and_saves_an_ordinary_flair_tagger(fast_run, corpus):
     for name in ("best-model.pt", "final-model.pt", "checkpoint.pt", "config.toml", "training.log"):
         assert (fast_run / name).exists(), name
     assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, 7))
-    assert set(metrics["epochs"][0]) == {"epoch", "train_loss", "dev_precision", "dev_recall", "dev_f1",
-                                         "learning_rate", "seconds"}
+    assert set(metrics["epochs"][0]) == {
+        "epoch",
+        "train_loss",
+        "dev_precision",
+        "dev_recall",
+        "dev_f1",
+        "learning_rate",
+        "seconds",
+    }
     log_text = (fast_run / "training.log").read_text()
     assert log_text.count("training with the fast trainer") == 1
     assert all(f"epoch {n}/6: train loss" in log_text for n in range(1, 7))
@@ -237,10 +287,14 @@ def test_fast_run_learns_and_saves_an_ordinary_flair_tagger(fast_run, corpus):
     words.append(["Angela", "Merkel", "met", "Li", "Wei", "in", "Tokyo", "and", "Tokyo"])
     flair_sentences = [Sentence(w) for w in words]
     tagger.predict(flair_sentences)
-    expected = [[(s[0].idx - 1, s[-1].idx, s.get_label("ner").value) for s in sentence.get_spans("ner")]
-                for sentence in flair_sentences]
+    expected = [
+        [(s[0].idx - 1, s[-1].idx, s.get_label("ner").value) for s in sentence.get_spans("ner")]
+        for sentence in flair_sentences
+    ]
     assert any(expected)
-    assert [[span[:3] for span in spans] for spans in FastSequenceTagger(tagger).predict(words)] == expected
+    assert [
+        [span[:3] for span in spans] for spans in FastSequenceTagger(tagger).predict(words)
+    ] == expected
     engine = make_engine(tagger, engine="flair")
     assert [[span[:3] for span in spans] for spans in engine.predict(words)] == expected
 
@@ -251,7 +305,8 @@ def test_recorded_dev_f1_equals_a_fresh_flair_evaluation(fast_run, corpus):
     last = metrics["epochs"][-1]
     assert last["dev_f1"] == pytest.approx(fresh.micro.f1, abs=1e-9)
     assert (last["dev_precision"], last["dev_recall"]) == pytest.approx(
-        (fresh.micro.precision, fresh.micro.recall), abs=1e-9)
+        (fresh.micro.precision, fresh.micro.recall), abs=1e-9
+    )
     assert len({round(e["dev_f1"], 6) for e in metrics["epochs"]}) > 1
 
 
@@ -265,13 +320,21 @@ def test_interrupted_fast_run_resumes_and_may_continue_with_flairs_trainer(corpu
     assert first.epochs == 1 and not first.finished
     assert (tmp_path / "run" / "final-model.pt").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert not metrics["finished"] and metrics["epoch"] == 1 and metrics["scheduler"]["last_epoch"] == 1
+    assert (
+        not metrics["finished"]
+        and metrics["epoch"] == 1
+        and metrics["scheduler"]["last_epoch"] == 1
+    )
 
-    result = CliRunner().invoke(cli, ["train", str(corpus_dir), "-o", str(tmp_path / "run"), "--resume"])
+    result = CliRunner().invoke(
+        cli, ["train", str(corpus_dir), "-o", str(tmp_path / "run"), "--resume"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["finished"]
-    assert metrics["scheduler"]["last_epoch"] == 3  # one annealing step per epoch, across the resume
+    assert (
+        metrics["scheduler"]["last_epoch"] == 3
+    )  # one annealing step per epoch, across the resume
 
 
 def test_flair_trainer_keeps_working_and_writes_the_same_records(corpus_dir, fast_run, tmp_path):
@@ -283,8 +346,9 @@ def test_flair_trainer_keeps_working_and_writes_the_same_records(corpus_dir, fas
 
     train(small, tmp_path / "run", config, on_epoch=stop_after_first)
     # a Flair run can be continued by the fast trainer: both write the same checkpoint
-    result = CliRunner().invoke(cli, ["train", str(small), "-o", str(tmp_path / "run"), "--resume",
-                                      "--trainer", "fast"])
+    result = CliRunner().invoke(
+        cli, ["train", str(small), "-o", str(tmp_path / "run"), "--resume", "--trainer", "fast"]
+    )
     assert result.exit_code == 0, result.output
     flair_metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     fast_metrics = json.loads((fast_run / "metrics.json").read_text())
@@ -293,11 +357,14 @@ def test_flair_trainer_keeps_working_and_writes_the_same_records(corpus_dir, fas
     log_text = (tmp_path / "run" / "training.log").read_text()
     assert "training with Flair's ModelTrainer (trainer = flair)" in log_text
     assert "epoch 1/2: train loss" in log_text and "epoch 2/2: train loss" in log_text
-    fresh = evaluate_tagger(SequenceTagger.load(tmp_path / "run" / "final-model.pt"), load_corpus(small).dev)
+    fresh = evaluate_tagger(
+        SequenceTagger.load(tmp_path / "run" / "final-model.pt"), load_corpus(small).dev
+    )
     assert flair_metrics["epochs"][-1]["dev_f1"] == pytest.approx(fresh.micro.f1, abs=1e-9)
 
 
 # --- shared bookkeeping: annealing as Flair's AnnealingPlugin, across --resume -----------------
+
 
 class _NoModel:
     def save(self, path) -> None:
@@ -305,10 +372,20 @@ class _NoModel:
 
 
 def test_run_book_anneals_like_flair_and_resumes_the_schedule(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "_draw_curves", lambda output: None)
+    monkeypatch.setattr(runbook, "_draw_curves", lambda output: None)
     config = TrainConfig(patience=1, anneal_factor=0.5, min_learning_rate=0.02, max_epochs=20)
-    scores = [(0.5, 1.0), (0.6, 0.9), (0.6, 0.95), (0.55, 0.8), (0.6, 0.7), (0.58, 0.7), (0.5, 0.7),
-              (0.4, 0.7), (0.3, 0.7), (0.2, 0.7)]
+    scores = [
+        (0.5, 1.0),
+        (0.6, 0.9),
+        (0.6, 0.95),
+        (0.55, 0.8),
+        (0.6, 0.7),
+        (0.58, 0.7),
+        (0.5, 0.7),
+        (0.4, 0.7),
+        (0.3, 0.7),
+        (0.2, 0.7),
+    ]
 
     reference_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     reference = AnnealOnPlateau(reference_optimizer, mode="max", factor=0.5, patience=1)
@@ -326,12 +403,21 @@ def test_run_book_anneals_like_flair_and_resumes_the_schedule(tmp_path, monkeypa
         for epoch in epochs:
             lrs.append(optimizer.param_groups[0]["lr"])
             f1, loss = scores[epoch - 1]
-            if book.end_epoch(_NoModel(), epoch, 0.1, DevScores(f1, f1, f1, loss), optimizer, scheduler):
+            if book.end_epoch(
+                _NoModel(), epoch, 0.1, DevScores(f1, f1, f1, loss), optimizer, scheduler
+            ):
                 break
         return lrs
 
-    state = {"corpus": {}, "epochs": [], "best_epoch": 0, "best_dev_f1": 0.0, "epoch": 0,
-             "learning_rate": 0.1, "scheduler": None}
+    state = {
+        "corpus": {},
+        "epochs": [],
+        "best_epoch": 0,
+        "best_dev_f1": 0.0,
+        "epoch": 0,
+        "learning_rate": 0.1,
+        "scheduler": None,
+    }
     (tmp_path / "a").mkdir()
     first = run(RunBook(tmp_path / "a", state, config), range(1, 4))
     resumed_state = json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -344,17 +430,18 @@ def test_run_book_anneals_like_flair_and_resumes_the_schedule(tmp_path, monkeypa
 
 # --- choosing a trainer ---------------------------------------------------------------------
 
+
 def test_trainer_choice_and_settings(corpus):
     offline = _offline(corpus)
     assert unsupported_reason(offline) is None
-    assert training.choose_trainer(TrainConfig(), offline)[0] == "fast"
-    assert training.choose_trainer(TrainConfig(trainer="flair"), offline)[0] == "flair"
+    assert choose_trainer(TrainConfig(), offline)[0] == "fast"
+    assert choose_trainer(TrainConfig(trainer="flair"), offline)[0] == "flair"
     transformer = TrainConfig.for_preset("transformer")
     assert "transformer" in unsupported_reason(offline, transformer)
-    assert training.choose_trainer(transformer, offline)[0] == "flair"
+    assert choose_trainer(transformer, offline)[0] == "flair"
     transformer.trainer = "fast"
     with pytest.raises(AnnotatorError, match="--trainer fast cannot train this model"):
-        training.choose_trainer(transformer, offline)
+        choose_trainer(transformer, offline)
     with pytest.raises(AnnotatorError, match="trainer must be one of auto, fast, flair"):
         resolve_config("offline", overrides={"trainer": "quick"})
     result = CliRunner().invoke(cli, ["train", ".", "-o", "x", "--trainer", "quick"])

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 import annotator.models as models
 from annotator.cli import cli
 from annotator.errors import ModelError
+from annotator.training.package import package_default_model
 
 
 def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monkeypatch):
@@ -20,10 +21,15 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monke
     metrics = json.loads((run / "metrics.json").read_text())
     result = CliRunner().invoke(cli, ["package-model", str(run), "--command", "make-it"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "data" / "default-model.pt").read_bytes() == (run / "best-model.pt").read_bytes()
+    assert (tmp_path / "data" / "default-model.pt").read_bytes() == (
+        run / "best-model.pt"
+    ).read_bytes()
     card = (tmp_path / "data" / "MODEL_CARD.md").read_text()
     assert f"CoNLL++ test micro-F1: {100 * metrics['test']['micro']['f1']:.2f}" in card
-    assert f"best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch {metrics['best_epoch']}" in card
+    assert (
+        f"best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch {metrics['best_epoch']}"
+        in card
+    )
     for label, scores in metrics["test"]["per_type"].items():
         assert f"| {label} | {100 * scores['precision']:.2f} |" in card
     assert "    make-it" in card and (run / "config.toml").read_text().strip() in card
@@ -31,14 +37,16 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monke
     # a train + dev model has no dev scores to quote
     config = (run / "config.toml").read_text()
     assert "train_with_dev = false" in config
-    (run / "config.toml").write_text(config.replace("train_with_dev = false", "train_with_dev = true"))
+    (run / "config.toml").write_text(
+        config.replace("train_with_dev = false", "train_with_dev = true")
+    )
     assert CliRunner().invoke(cli, ["package-model", str(run), "--command", "x"]).exit_code == 0
     assert "trained on train + dev for" in (tmp_path / "data" / "MODEL_CARD.md").read_text()
 
     metrics["finished"] = False
     (run / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(ModelError, match="has not finished"):
-        models.package_default_model(run, "x")
+        package_default_model(run, "x")
 
 
 def test_info_prints_versions_device_and_the_default_models_card():

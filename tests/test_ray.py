@@ -1,13 +1,20 @@
-"""`annotate --engine ray` against a local Ray started here; skipped when Ray is not installed."""
+"""`annotate --backend ray` against a local Ray started here; skipped when Ray is not installed."""
 
 import json
 
 import pyarrow.parquet as pq
 import pytest
 
-from annotator.runs import part_files, read_manifests
-from annotator.writers import SPANS_SCHEMA
-from tests.test_runs import _Crash, _docs, _lines, _run, assert_same_documents
+from annotator.io.writers import SPANS_SCHEMA
+from tests.test_runs import (
+    _Crash,
+    _docs,
+    _lines,
+    _run,
+    assert_same_documents,
+    part_files,
+    read_manifests,
+)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytest.importorskip("ray.data", reason="the ray extra is not installed")
@@ -16,8 +23,13 @@ pytest.importorskip("ray.data", reason="the ray extra is not installed")
 @pytest.fixture(scope="module")
 def local_ray():
     """Two CPUs, no dashboard, bound to localhost (the tests may not touch the network)."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING", log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
@@ -26,7 +38,10 @@ def local_ray():
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-inputs")
     _docs(folder / "a.jsonl", 180, bad_every=61, seed=1)
-    lines = [json.dumps({"text": line["text"]}) for line in _lines([_docs(folder / "b.jsonl", 60, seed=2)])]
+    lines = [
+        json.dumps({"text": line["text"]})
+        for line in _lines([_docs(folder / "b.jsonl", 60, seed=2)])
+    ]
     (folder / "b.jsonl").write_text("\n".join(lines) + "\n")  # no ids: SOURCE:ROW ids
     return [str(folder / "a.jsonl"), str(folder / "b.jsonl")]
 
@@ -39,15 +54,19 @@ def _spans(paths):
 def test_ray_output_equals_the_local_engines(local_ray, tiny_model, inputs, tmp_path):
     common = [*inputs, "-m", str(tiny_model), "--on-error", "skip", "--part-size", "100"]
     local = _run(*common, "-o", f"{tmp_path / 'local'}/")
-    remote = _run(*common, "-o", f"{tmp_path / 'ray'}/", "--engine", "ray", "--workers", "1")
+    remote = _run(*common, "-o", f"{tmp_path / 'ray'}/", "--backend", "ray", "--workers", "1")
     assert local.exit_code == remote.exit_code == 3, remote.output
-    assert local.output.splitlines()[-1].split(" entities")[0] == \
-        remote.output.splitlines()[-1].split(" entities")[0]
+    assert (
+        local.output.splitlines()[-1].split(" entities")[0]
+        == remote.output.splitlines()[-1].split(" entities")[0]
+    )
     got, expected = _spans(part_files(tmp_path / "ray")), _spans(part_files(tmp_path / "local"))
     assert len(got) == len(expected) > 100
     assert any(":" in r["doc_id"] and r["source"].endswith("b.jsonl") for r in got)
     for x, y in zip(got, expected):
-        assert {k: v for k, v in x.items() if k != "score"} == {k: v for k, v in y.items() if k != "score"}
+        assert {k: v for k, v in x.items() if k != "score"} == {
+            k: v for k, v in y.items() if k != "score"
+        }
         assert abs(x["score"] - y["score"]) < 1e-4
     schema = pq.read_schema(part_files(tmp_path / "ray")[0])
     assert schema.remove_metadata().equals(SPANS_SCHEMA)
@@ -55,13 +74,25 @@ def test_ray_output_equals_the_local_engines(local_ray, tiny_model, inputs, tmp_
     assert read_manifests(tmp_path / "ray")[0]["skipped"] == 2
 
 
-def test_ray_resumes_a_sharded_run_the_local_engine_started(local_ray, tiny_model, inputs,
-                                                            tmp_path, monkeypatch):
-    from annotator import runs
+def test_ray_resumes_a_sharded_run_the_local_engine_started(
+    local_ray, tiny_model, inputs, tmp_path, monkeypatch
+):
+    from annotator.runs import directory as runs
 
     out = tmp_path / "out"
-    common = [*inputs, "-m", str(tiny_model), "--format", "jsonl", "--shard", "1/2",
-              "--part-size", "20", "--on-error", "skip"]
+    common = [
+        *inputs,
+        "-m",
+        str(tiny_model),
+        "--format",
+        "jsonl",
+        "--shard",
+        "1/2",
+        "--part-size",
+        "20",
+        "--on-error",
+        "skip",
+    ]
     real_save, calls = runs.Manifest.save, []
 
     def save(self):
@@ -75,10 +106,11 @@ def test_ray_resumes_a_sharded_run_the_local_engine_started(local_ray, tiny_mode
         _run(*common, "-o", f"{out}/")
     monkeypatch.setattr(runs.Manifest, "save", real_save)
     assert len(read_manifests(out)[0]["parts"]) == 2
-    result = _run(*common, "-o", f"{out}/", "--resume", "--engine", "ray", "--workers", "1")
+    result = _run(*common, "-o", f"{out}/", "--resume", "--backend", "ray", "--workers", "1")
     assert result.exit_code in (0, 3) and "resuming after 40 documents" in result.output
-    reference = _run(*common, "-o", str(tmp_path / "reference.jsonl"),
-                     "--errors", str(tmp_path / "errors.jsonl"))
+    reference = _run(
+        *common, "-o", str(tmp_path / "reference.jsonl"), "--errors", str(tmp_path / "errors.jsonl")
+    )
     assert reference.exit_code in (0, 3)
     assert_same_documents(_lines(part_files(out)), _lines([tmp_path / "reference.jsonl"]))
     [manifest] = read_manifests(out)

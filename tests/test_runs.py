@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from annotator.cli import cli
-from annotator.runs import Shard, part_files, read_manifests, shard_of
+from annotator.runs.shards import Shard, shard_of
 from tests.synthetic import sentences
 
 ROOT = Path(__file__).parents[1]
@@ -28,8 +28,15 @@ def _docs(path: Path, count: int, bad_every: int = 0, seed: int = 0) -> Path:
     rng = random.Random(seed)
     lines = []
     for i in range(count):
-        lines.append(json.dumps({"id": f"doc-{i}", "text": " ".join(
-            rng.choice(SENTENCES) for _ in range(rng.randint(1, 4))), "n": i}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"doc-{i}",
+                    "text": " ".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 4))),
+                    "n": i,
+                }
+            )
+        )
         if bad_every and i % bad_every == bad_every - 1:
             lines.append('{"id": "broken", "text": ')
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -55,10 +62,13 @@ def assert_same_documents(got: list[dict], expected: list[dict], ordered: bool =
         got, expected = sorted(got, key=lambda d: d["id"]), sorted(expected, key=lambda d: d["id"])
     assert [d["id"] for d in got] == [d["id"] for d in expected]
     for a, b in zip(got, expected):
-        assert {k: v for k, v in a.items() if k != "entities"} == \
-            {k: v for k, v in b.items() if k != "entities"}
+        assert {k: v for k, v in a.items() if k != "entities"} == {
+            k: v for k, v in b.items() if k != "entities"
+        }
         assert [_key(e) for e in a["entities"]] == [_key(e) for e in b["entities"]], a["id"]
-        assert all(abs(x["score"] - y["score"]) < 1e-4 for x, y in zip(a["entities"], b["entities"]))
+        assert all(
+            abs(x["score"] - y["score"]) < 1e-4 for x, y in zip(a["entities"], b["entities"])
+        )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +80,17 @@ def corpus(tmp_path_factory) -> Path:
 def reference(tiny_model, corpus) -> list[dict]:
     """An uninterrupted single-file run: what every other kind of run must reproduce."""
     out = corpus.parent / "reference.jsonl"
-    result = _run(str(corpus), "-m", str(tiny_model), "-o", str(out), "--on-error", "skip",
-                  "--errors", str(corpus.parent / "reference-errors.jsonl"))
+    result = _run(
+        str(corpus),
+        "-m",
+        str(tiny_model),
+        "-o",
+        str(out),
+        "--on-error",
+        "skip",
+        "--errors",
+        str(corpus.parent / "reference-errors.jsonl"),
+    )
     assert result.exit_code == 3, result.output
     return _lines([out])
 
@@ -84,7 +103,7 @@ def test_shards_cover_every_document_exactly_once_and_are_stable():
     for count in (1, 2, 3, 7):
         owners = Counter()
         for k in range(count):
-            shard = Shard.parse(f"{k}/{count}")
+            Shard.parse(f"{k}/{count}")
             owners.update(i for i in ids if shard_of(i, count) == k or count == 1)
         assert set(owners) == set(ids) and set(owners.values()) == {1}
     # the same on every machine and Python (blake2b, not hash()): pinned values
@@ -103,33 +122,64 @@ def test_shard_outputs_together_equal_the_whole_run(tiny_model, corpus, referenc
     parts = []
     for k in range(2):
         out = tmp_path / f"shard{k}.jsonl"
-        result = _run(str(corpus), "-m", str(tiny_model), "-o", str(out), "--shard", f"{k}/2",
-                      "--on-error", "skip", "--errors", str(tmp_path / f"errors{k}.jsonl"))
+        result = _run(
+            str(corpus),
+            "-m",
+            str(tiny_model),
+            "-o",
+            str(out),
+            "--shard",
+            f"{k}/2",
+            "--on-error",
+            "skip",
+            "--errors",
+            str(tmp_path / f"errors{k}.jsonl"),
+        )
         assert result.exit_code in (0, 3), result.output
         parts.append(_lines([out]))
         assert parts[-1] and len(parts[-1]) < len(reference)
     assert_same_documents([d for p in parts for d in p], reference, ordered=False)
     errors = _lines(tmp_path / f"errors{k}.jsonl" for k in range(2))
     assert len(errors) == len(_lines([corpus.parent / "reference-errors.jsonl"]))
-    result = _run(str(corpus), "-m", str(tiny_model), "-o", str(tmp_path / "x.jsonl"), "--shard", "2/2")
+    result = _run(
+        str(corpus), "-m", str(tiny_model), "-o", str(tmp_path / "x.jsonl"), "--shard", "2/2"
+    )
     assert result.exit_code == 1 and "0 <= K < N" in result.output
 
 
 # --- directory runs ---------------------------------------------------------------------------
 
 
-def test_directory_run_writes_parts_and_a_manifest_and_refuses_mismatches(tiny_model, corpus,
-                                                                          reference, tmp_path):
+def test_directory_run_writes_parts_and_a_manifest_and_refuses_mismatches(
+    tiny_model, corpus, reference, tmp_path
+):
     out = tmp_path / "out"
-    args = [str(corpus), "-m", str(tiny_model), "-o", f"{out}/", "--format", "jsonl",
-            "--part-size", "250", "--on-error", "skip", "--errors", str(tmp_path / "errors.jsonl")]
+    args = [
+        str(corpus),
+        "-m",
+        str(tiny_model),
+        "-o",
+        f"{out}/",
+        "--format",
+        "jsonl",
+        "--part-size",
+        "250",
+        "--on-error",
+        "skip",
+        "--errors",
+        str(tmp_path / "errors.jsonl"),
+    ]
     result = _run(*args)
     assert result.exit_code == 3, result.output
     [manifest] = read_manifests(out)
     assert manifest["complete"] and [p["documents"] for p in manifest["parts"]] == [250, 250, 100]
     assert manifest["settings"]["model_sha256"] and manifest["skipped"] == 6
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "part-00000.jsonl",
-                                                     "part-00001.jsonl", "part-00002.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "part-00000.jsonl",
+        "part-00001.jsonl",
+        "part-00002.jsonl",
+    ]
     assert_same_documents(_lines(part_files(out)), reference)
 
     again = _run(*args)  # a finished run is not overwritten by accident
@@ -138,12 +188,33 @@ def test_directory_run_writes_parts_and_a_manifest_and_refuses_mismatches(tiny_m
     assert done.exit_code == 0 and "0 documents" in done.output
     other = _run(*args, "--resume", "--labels", "PER", "--layout", "spans")
     assert other.exit_code == 1
-    assert "other settings" in other.output and "labels" in other.output and "layout" in other.output
+    assert (
+        "other settings" in other.output and "labels" in other.output and "layout" in other.output
+    )
     sharded = _run(*args, "--shard", "0/2")
     assert sharded.exit_code == 1 and "split into 1 shard" in sharded.output
     assert _run(str(corpus), "-o", str(tmp_path / "f.jsonl"), "--resume").exit_code == 1
-    assert "directory output" in _run(str(corpus), "-o", str(tmp_path / "f.jsonl"),
-                                      "--workers", "2").output
+    assert (
+        "directory output"
+        in _run(str(corpus), "-o", str(tmp_path / "f.jsonl"), "--workers", "2").output
+    )
+
+
+def read_manifests(directory) -> list[dict]:
+    """Every manifest in a run directory (one, or one per shard), by name."""
+    return [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(Path(directory).glob("*manifest.json"))
+    ]
+
+
+def part_files(directory) -> list[Path]:
+    """The committed part files of a directory run, shard by shard, in order."""
+    return [
+        Path(directory) / part["file"]
+        for manifest in read_manifests(directory)
+        for part in manifest["parts"]
+    ]
 
 
 class _Crash(BaseException):
@@ -151,12 +222,26 @@ class _Crash(BaseException):
 
 
 def test_crash_between_part_rename_and_manifest_leaves_an_orphan_that_resume_removes(
-        tiny_model, corpus, reference, tmp_path, monkeypatch):
-    from annotator import runs
+    tiny_model, corpus, reference, tmp_path, monkeypatch
+):
+    from annotator.runs import directory as runs
 
     out = tmp_path / "out"
-    args = [str(corpus), "-m", str(tiny_model), "-o", f"{out}/", "--format", "jsonl",
-            "--part-size", "150", "--on-error", "skip", "--errors", str(tmp_path / "errors.jsonl")]
+    args = [
+        str(corpus),
+        "-m",
+        str(tiny_model),
+        "-o",
+        f"{out}/",
+        "--format",
+        "jsonl",
+        "--part-size",
+        "150",
+        "--on-error",
+        "skip",
+        "--errors",
+        str(tmp_path / "errors.jsonl"),
+    ]
     real_save, calls = runs.Manifest.save, []
 
     def save(self):
@@ -176,21 +261,37 @@ def test_crash_between_part_rename_and_manifest_leaves_an_orphan_that_resume_rem
     assert len(_lines([tmp_path / "errors.jsonl"])) == 6  # each bad record reported once
 
 
-def test_disk_full_is_a_clear_error_and_keeps_committed_parts(tiny_model, corpus, reference,
-                                                              tmp_path, monkeypatch):
-    from annotator import runs
+def test_disk_full_is_a_clear_error_and_keeps_committed_parts(
+    tiny_model, corpus, reference, tmp_path, monkeypatch
+):
+    from annotator.runs import directory as runs
 
     out = tmp_path / "out"
-    args = [str(corpus), "-m", str(tiny_model), "-o", f"{out}/", "--format", "parquet",
-            "--layout", "documents", "--part-size", "200", "--on-error", "skip"]
+    args = [
+        str(corpus),
+        "-m",
+        str(tiny_model),
+        "-o",
+        f"{out}/",
+        "--format",
+        "parquet",
+        "--layout",
+        "documents",
+        "--part-size",
+        "200",
+        "--on-error",
+        "skip",
+    ]
     real_open, opened = runs.open_writer, []
 
     def open_writer(*a, **k):
         writer = real_open(*a, **k)
         opened.append(writer)
         if len(opened) == 2:
+
             def full(*_):
                 raise OSError(errno.ENOSPC, "No space left on device")
+
             writer.write = full
         return writer
 
@@ -230,8 +331,12 @@ def _parts_committed(out: Path) -> int:
 
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "annotator", "annotate", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "annotator", "annotate", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> bool:
@@ -250,18 +355,36 @@ def _kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> bool:
 
 
 def test_resume_after_kill_9_at_several_points_equals_an_uninterrupted_run(
-        tiny_model, corpus, reference, tmp_path):
+    tiny_model, corpus, reference, tmp_path
+):
     out = tmp_path / "out"
     errors = tmp_path / "errors.jsonl"
-    args = [str(corpus), "-m", str(tiny_model), "-o", f"{out}/", "--format", "jsonl",
-            "--part-size", "10", "--on-error", "skip", "--errors", str(errors)]
+    args = [
+        str(corpus),
+        "-m",
+        str(tiny_model),
+        "-o",
+        f"{out}/",
+        "--format",
+        "jsonl",
+        "--part-size",
+        "10",
+        "--on-error",
+        "skip",
+        "--errors",
+        str(errors),
+    ]
     rng = random.Random(7)
 
     def after_first_commit():
         return _parts_committed(out) >= 1
 
-    def mid_part(state={}):  # a random moment after this process's first commit
-        if "at" not in state and _parts_committed(out) > state.setdefault("base", _parts_committed(out)):
+    state: dict[str, float] = {}
+
+    def mid_part():  # a random moment after this process's first commit
+        if "at" not in state and _parts_committed(out) > state.setdefault(
+            "base", _parts_committed(out)
+        ):
             state["at"] = time.monotonic() + rng.uniform(0.01, 0.1)
         return "at" in state and time.monotonic() > state["at"]
 
@@ -277,7 +400,9 @@ def test_resume_after_kill_9_at_several_points_equals_an_uninterrupted_run(
     assert final.wait(timeout=120) == 3, final.stderr.read().decode()
     [manifest] = read_manifests(out)
     assert manifest["complete"] and manifest["skipped"] == 6
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == ["manifest.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == [
+        "manifest.json"
+    ]
     assert_same_documents(_lines(part_files(out)), reference)
     assert _lines([errors]) == _lines([corpus.parent / "reference-errors.jsonl"])
 
@@ -286,15 +411,28 @@ def test_resume_after_kill_9_at_several_points_equals_an_uninterrupted_run(
 
 
 def test_two_workers_write_the_same_rows_as_one(tiny_model, corpus, tmp_path):
-    common = [str(corpus), "-m", str(tiny_model), "--format", "parquet", "--part-size", "150",
-              "--on-error", "skip", "--device", "cpu"]
+    common = [
+        str(corpus),
+        "-m",
+        str(tiny_model),
+        "--format",
+        "parquet",
+        "--part-size",
+        "150",
+        "--on-error",
+        "skip",
+        "--device",
+        "cpu",
+    ]
     one = _run(*common, "-o", f"{tmp_path / 'one'}/")
     two = _run(*common, "-o", f"{tmp_path / 'two'}/", "--workers", "2")
     assert one.exit_code == two.exit_code == 3, two.output
     counts = [r.output.splitlines()[-1].split(" entities")[0] for r in (one, two)]
     assert counts[0] == counts[1] and counts[0].startswith("600 documents")
-    assert sorted(p.name for p in (tmp_path / "two").iterdir() if "manifest" in p.name) == \
-        ["shard-0-of-2-manifest.json", "shard-1-of-2-manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if "manifest" in p.name) == [
+        "shard-0-of-2-manifest.json",
+        "shard-1-of-2-manifest.json",
+    ]
 
     def rows(folder):
         tables = [pq.read_table(p) for p in part_files(folder)]
@@ -305,7 +443,9 @@ def test_two_workers_write_the_same_rows_as_one(tiny_model, corpus, tmp_path):
     (a, schema_a), (b, schema_b) = rows(tmp_path / "one"), rows(tmp_path / "two")
     assert schema_a.equals(schema_b) and len(a) == len(b)
     for x, y in zip(a, b):
-        assert {k: v for k, v in x.items() if k != "score"} == {k: v for k, v in y.items() if k != "score"}
+        assert {k: v for k, v in x.items() if k != "score"} == {
+            k: v for k, v in y.items() if k != "score"
+        }
         assert abs(x["score"] - y["score"]) < 1e-4
     again = _run(*common, "-o", f"{tmp_path / 'two'}/", "--workers", "3", "--resume")
     assert again.exit_code == 1 and "split into 2 shard" in again.output
@@ -313,7 +453,7 @@ def test_two_workers_write_the_same_rows_as_one(tiny_model, corpus, tmp_path):
 
 def test_ray_engine_without_ray_names_the_extra(tiny_model, corpus, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    result = _run(str(corpus), "-m", str(tiny_model), "-o", f"{tmp_path}/out/", "--engine", "ray")
+    result = _run(str(corpus), "-m", str(tiny_model), "-o", f"{tmp_path}/out/", "--backend", "ray")
     assert result.exit_code == 1 and "pip install 'annotator[ray]'" in result.output
 
 
@@ -325,15 +465,25 @@ def _ops(script: str, tmp_path: Path, status: int = 0, **env: str) -> tuple[int,
     stub = tmp_path / "annotator-stub"
     stub.write_text(f'#!/bin/sh\necho "$@" > "{tmp_path}/args"\nexit {status}\n')
     stub.chmod(0o755)
-    result = subprocess.run(["bash", str(ROOT / "examples" / "ops" / script)], capture_output=True,
-                            text=True, env={"PATH": os.environ["PATH"], "ANNOTATOR": str(stub), **env})
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples" / "ops" / script)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "ANNOTATOR": str(stub), **env},
+    )
     args = (tmp_path / "args").read_text() if (tmp_path / "args").exists() else ""
     return result.returncode, args
 
 
 def test_ops_examples_pass_resume_and_zero_based_shards(tmp_path):
-    code, args = _ops("slurm-array.sbatch", tmp_path, SLURM_ARRAY_TASK_ID="0",
-                      SLURM_ARRAY_TASK_COUNT="8", INPUT="in.jsonl", OUTPUT=f"{tmp_path}/out/")
+    code, args = _ops(
+        "slurm-array.sbatch",
+        tmp_path,
+        SLURM_ARRAY_TASK_ID="0",
+        SLURM_ARRAY_TASK_COUNT="8",
+        INPUT="in.jsonl",
+        OUTPUT=f"{tmp_path}/out/",
+    )
     assert code == 0 and "--shard 0/8" in args and "--resume" in args and f"{tmp_path}/out/" in args
     nightly = {"INPUT": "in.jsonl", "OUTPUT": f"{tmp_path}/night/", "LOG": f"{tmp_path}/night.log"}
     code, args = _ops("annotate-nightly.sh", tmp_path, status=3, **nightly)

@@ -9,12 +9,15 @@ from click.testing import CliRunner
 
 from annotator.cli import cli
 from annotator.errors import AnnotatorError
-from annotator.training import TrainConfig, resolve_config, train
+from annotator.training.config import TrainConfig, resolve_config
+from annotator.training.train import train
 from tests.synthetic import write_corpus
 
-SENTENCES = [["John", "Smith", "works", "for", "Siemens", "in", "Berlin", "."],
-             ["Angela", "Merkel", "met", "Li", "Wei", "in", "Tokyo", "and", "Tokyo", "."],
-             ["Prices", "rose", "in", "Xqzville", "3", "percent", "."]]
+SENTENCES = [
+    ["John", "Smith", "works", "for", "Siemens", "in", "Berlin", "."],
+    ["Angela", "Merkel", "met", "Li", "Wei", "in", "Tokyo", "and", "Tokyo", "."],
+    ["Prices", "rose", "in", "Xqzville", "3", "percent", "."],
+]
 
 
 def _predict(tagger, sentences=SENTENCES):
@@ -22,8 +25,13 @@ def _predict(tagger, sentences=SENTENCES):
 
     flair_sentences = [Sentence(list(tokens)) for tokens in sentences]
     tagger.predict(flair_sentences)
-    return [[(s.text, s.get_label("ner").value, round(s.get_label("ner").score, 5))
-             for s in sentence.get_spans("ner")] for sentence in flair_sentences]
+    return [
+        [
+            (s.text, s.get_label("ner").value, round(s.get_label("ner").score, 5))
+            for s in sentence.get_spans("ner")
+        ]
+        for sentence in flair_sentences
+    ]
 
 
 def _word_vectors(path: Path, words: list[str], dim: int = 8) -> Path:
@@ -31,7 +39,8 @@ def _word_vectors(path: Path, words: list[str], dim: int = 8) -> Path:
 
     rng = random.Random(0)
     lines = [f"{len(words)} {dim}"] + [
-        " ".join([word] + [f"{rng.uniform(-1, 1):.4f}" for _ in range(dim)]) for word in words]
+        " ".join([word] + [f"{rng.uniform(-1, 1):.4f}" for _ in range(dim)]) for word in words
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -43,7 +52,9 @@ def _language_model(path: Path, forward: bool) -> Path:
     chars = Dictionary(add_unk=True)
     for char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,\n":
         chars.add_item(char)
-    LanguageModel(chars, is_forward_lm=forward, hidden_size=16, nlayers=1, embedding_size=8).save(path)
+    LanguageModel(chars, is_forward_lm=forward, hidden_size=16, nlayers=1, embedding_size=8).save(
+        path
+    )
     return path
 
 
@@ -52,11 +63,29 @@ def test_seed_preset_stacks_local_stand_ins_trains_saves_and_evaluates(tmp_path)
     vectors = _word_vectors(tmp_path / "vectors.txt", ["john", "smith", "berlin", "the", "."])
     forward = _language_model(tmp_path / "fw.pt", True)
     backward = _language_model(tmp_path / "bw.pt", False)
-    result = CliRunner().invoke(cli, [
-        "train", str(corpus), "--output", str(tmp_path / "model"), "--preset", "seed",
-        "--word-vectors", str(vectors), "--flair-forward", str(forward),
-        "--flair-backward", str(backward), "--max-epochs", "1", "--hidden-size", "16",
-        "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(corpus),
+            "--output",
+            str(tmp_path / "model"),
+            "--preset",
+            "seed",
+            "--word-vectors",
+            str(vectors),
+            "--flair-forward",
+            str(forward),
+            "--flair-backward",
+            str(backward),
+            "--max-epochs",
+            "1",
+            "--hidden-size",
+            "16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = tmp_path / "model"
     for name in ("best-model.pt", "final-model.pt", "config.toml", "metrics.json", "training.log"):
@@ -76,8 +105,21 @@ def test_seed_preset_stacks_local_stand_ins_trains_saves_and_evaluates(tmp_path)
 
 def test_unfetchable_embedding_names_the_way_out(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", sizes=(5, 2, 2))
-    result = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "m"),
-                                      "--preset", "seed", "--word-vectors", "glove", "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(corpus),
+            "-o",
+            str(tmp_path / "m"),
+            "--preset",
+            "seed",
+            "--word-vectors",
+            "glove",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1
     assert "--word-vectors PATH" in result.output and "--preset offline" in result.output
     assert "Traceback" not in result.output
@@ -89,28 +131,43 @@ def test_offline_preset_learns_and_reloads_identically_in_a_fresh_process(tiny_m
     metrics = json.loads((tiny_model.parent / "metrics.json").read_text())
     assert metrics["test"]["micro"]["f1"] > 0.8  # chance is near 0 for exact spans
     embeddings = SequenceTagger.load(tiny_model).embeddings
-    assert [type(e).__name__ for e in embeddings.embeddings] == ["WordEmbeddings", "CharacterEmbeddings"]
+    assert [type(e).__name__ for e in embeddings.embeddings] == [
+        "WordEmbeddings",
+        "CharacterEmbeddings",
+    ]
     # the character alphabet comes from the training data, not Flair's downloadable one
     assert len(embeddings.embeddings[1].char_dictionary) < 80
 
     in_memory = _predict(SequenceTagger.load(tiny_model))
     assert any(in_memory)
-    script = ("import json,sys; from tests.test_training import _predict;"
-              "from flair.models import SequenceTagger;"
-              f"print(json.dumps(_predict(SequenceTagger.load({str(tiny_model)!r}))))")
-    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                           cwd=Path(__file__).parents[1])
-    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == [[list(s) for s in sent] for sent in in_memory]
+    script = (
+        "import json,sys; from tests.test_training import _predict;"
+        "from flair.models import SequenceTagger;"
+        f"print(json.dumps(_predict(SequenceTagger.load({str(tiny_model)!r}))))"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == [
+        [list(s) for s in sent] for sent in in_memory
+    ]
 
 
 def test_offline_vocabulary_comes_from_the_training_split_only(tiny_model, synthetic_corpus):
     from flair.models import SequenceTagger
 
-    from annotator.training import normalise_word
+    from annotator.training.recipes import normalise_word
 
     words = SequenceTagger.load(tiny_model).embeddings.embeddings[0].vocab
-    train_words = {normalise_word(line.split()[0]) for line in (synthetic_corpus / "train.txt").read_text().splitlines()
-                   if line.strip()}
+    train_words = {
+        normalise_word(line.split()[0])
+        for line in (synthetic_corpus / "train.txt").read_text().splitlines()
+        if line.strip()
+    }
     assert set(words) <= train_words
 
 
@@ -137,7 +194,9 @@ def test_evaluate_equals_flairs_own_evaluation(tiny_model, synthetic_corpus, tmp
     flair_result = tagger.evaluate(list(load_corpus(synthetic_corpus).test), gold_label_type="ner")
     report = flair_result.classification_report
     out = tmp_path / "scores.json"
-    result = CliRunner().invoke(cli, ["evaluate", str(tiny_model), str(synthetic_corpus), "--json", str(out)])
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(tiny_model), str(synthetic_corpus), "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(out.read_text())
     assert scores["micro"]["f1"] == pytest.approx(report["micro avg"]["f1-score"])
@@ -151,17 +210,31 @@ def test_iob1_two_column_corpus_scores_right(tiny_model, tmp_path):
     bio = write_corpus(tmp_path / "bio", sizes=(5, 5, 30))
     iob1 = write_corpus(tmp_path / "iob1", sizes=(5, 5, 30), columns=2, scheme="iob1")
     runner = CliRunner()
-    a = runner.invoke(cli, ["evaluate", str(tiny_model), str(bio), "--json", str(tmp_path / "a.json")])
-    b = runner.invoke(cli, ["evaluate", str(tiny_model), str(iob1), "--column-format", "text,ner",
-                            "--json", str(tmp_path / "b.json")])
+    a = runner.invoke(
+        cli, ["evaluate", str(tiny_model), str(bio), "--json", str(tmp_path / "a.json")]
+    )
+    b = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            str(tiny_model),
+            str(iob1),
+            "--column-format",
+            "text,ner",
+            "--json",
+            str(tmp_path / "b.json"),
+        ],
+    )
     assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
     a_scores, b_scores = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert a_scores == b_scores and a_scores["micro"]["f1"] > 0.8
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(synthetic_corpus, tmp_path):
-    config = resolve_config("offline", overrides={"max_epochs": 3, "hidden_size": 16,
-                                                  "word_embedding_dim": 16, "device": "cpu"})
+    config = resolve_config(
+        "offline",
+        overrides={"max_epochs": 3, "hidden_size": 16, "word_embedding_dim": 16, "device": "cpu"},
+    )
 
     def stop_after_first(output: Path) -> None:
         raise KeyboardInterrupt  # what Ctrl-C does; Flair's trainer catches it and stops
@@ -172,11 +245,15 @@ def test_interrupted_run_resumes_from_its_checkpoint(synthetic_corpus, tmp_path)
     assert not metrics.get("finished")
     with pytest.raises(AnnotatorError, match="--resume"):
         train(synthetic_corpus, tmp_path / "run", config)
-    changed = resolve_config("offline", overrides={"max_epochs": 3, "hidden_size": 32,
-                                                   "word_embedding_dim": 16, "device": "cpu"})
+    changed = resolve_config(
+        "offline",
+        overrides={"max_epochs": 3, "hidden_size": 32, "word_embedding_dim": 16, "device": "cpu"},
+    )
     with pytest.raises(AnnotatorError, match="hidden_size"):
         train(synthetic_corpus, tmp_path / "run", changed, resume=True)
-    result = CliRunner().invoke(cli, ["train", str(synthetic_corpus), "-o", str(tmp_path / "run"), "--resume"])
+    result = CliRunner().invoke(
+        cli, ["train", str(synthetic_corpus), "-o", str(tmp_path / "run"), "--resume"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["finished"]
@@ -187,31 +264,44 @@ def test_train_with_dev_on_a_fixed_schedule(synthetic_corpus, tmp_path):
     rate halved after the listed epochs, resumable, and the last epoch's model kept."""
     from flair.models import SequenceTagger
 
-    from annotator.training import normalise_word
+    from annotator.training.recipes import normalise_word
 
     toml = tmp_path / "with-dev.toml"
-    toml.write_text('preset = "offline"\ntrain_with_dev = true\nanneal_after = [1, 2]\nmax_epochs = 3\n'
-                    'hidden_size = 16\nword_embedding_dim = 16\nmin_word_freq = 2\ndevice = "cpu"\n')
+    toml.write_text(
+        'preset = "offline"\ntrain_with_dev = true\nanneal_after = [1, 2]\nmax_epochs = 3\n'
+        'hidden_size = 16\nword_embedding_dim = 16\nmin_word_freq = 2\ndevice = "cpu"\n'
+    )
     config = resolve_config(None, toml)
-    first = train(synthetic_corpus, tmp_path / "run", config,
-                  on_epoch=lambda output: (_ for _ in ()).throw(KeyboardInterrupt))
+    first = train(
+        synthetic_corpus,
+        tmp_path / "run",
+        config,
+        on_epoch=lambda output: (_ for _ in ()).throw(KeyboardInterrupt),
+    )
     assert first.epochs == 1
     assert train(synthetic_corpus, tmp_path / "run", config, resume=True).finished
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [e["learning_rate"] for e in metrics["epochs"]] == [0.1, 0.05, 0.025]
     assert [e["dev_f1"] for e in metrics["epochs"]] == [None, None, None]
     assert metrics["best_epoch"] == 3 and metrics["finished"] and metrics["test"] is not None
-    vocab = set(SequenceTagger.load(tmp_path / "run" / "best-model.pt").embeddings.embeddings[0].vocab)
+    vocab = set(
+        SequenceTagger.load(tmp_path / "run" / "best-model.pt").embeddings.embeddings[0].vocab
+    )
 
     def counts(split: str) -> Counter:
-        return Counter(normalise_word(line.split()[0])
-                       for line in (synthetic_corpus / f"{split}.txt").read_text().splitlines() if line.strip())
+        return Counter(
+            normalise_word(line.split()[0])
+            for line in (synthetic_corpus / f"{split}.txt").read_text().splitlines()
+            if line.strip()
+        )
 
     train_counts, dev_counts = counts("train"), counts("dev")
     # min_word_freq 2: words seen once in train make it only with their dev occurrences
     joined = {word for word, n in train_counts.items() if n == 1 and dev_counts[word]}
     assert joined and joined <= vocab
-    assert {word for word, n in train_counts.items() if n == 1 and not dev_counts[word]}.isdisjoint(vocab)
+    assert {word for word, n in train_counts.items() if n == 1 and not dev_counts[word]}.isdisjoint(
+        vocab
+    )
     toml.write_text('anneal_after = [1, "2"]\n')
     with pytest.raises(AnnotatorError, match="anneal_after must be a list of integers"):
         resolve_config(None, toml)
@@ -221,8 +311,12 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('preset = "offline"\nhidden_size = 128\nlearning_rate = 0.05\n')
     config = resolve_config(None, toml, {"learning_rate": 0.2})
-    assert (config.preset, config.hidden_size, config.learning_rate, config.batch_size) == \
-        ("offline", 128, 0.2, 32)
+    assert (config.preset, config.hidden_size, config.learning_rate, config.batch_size) == (
+        "offline",
+        128,
+        0.2,
+        32,
+    )
     assert resolve_config(None, None, None) == TrainConfig.for_preset("offline")
     toml.write_text("hiden_size = 3\n")
     with pytest.raises(AnnotatorError, match="unknown setting 'hiden_size'"):
@@ -231,10 +325,18 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
 
 def test_seed_preset_defaults_are_the_tutorials_recipe():
     config = TrainConfig.for_preset("seed")
-    assert (config.word_vectors, config.flair_forward, config.flair_backward) == \
-        ("glove", "news-forward", "news-backward")
-    assert (config.hidden_size, config.use_crf, config.learning_rate, config.batch_size,
-            config.max_epochs) == (256, True, 0.1, 32, 50)
+    assert (config.word_vectors, config.flair_forward, config.flair_backward) == (
+        "glove",
+        "news-forward",
+        "news-backward",
+    )
+    assert (
+        config.hidden_size,
+        config.use_crf,
+        config.learning_rate,
+        config.batch_size,
+        config.max_epochs,
+    ) == (256, True, 0.1, 32, 50)
 
 
 def _tiny_bert(folder: Path) -> Path:
@@ -245,10 +347,20 @@ def _tiny_bert(folder: Path) -> Path:
 
     words = sorted({token.lower() for s in sentences(200) for token, _ in s})
     folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=512)
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
+    )
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(
+        folder
+    )
+    config = BertConfig(
+        vocab_size=len(words) + 5,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=512,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -256,9 +368,23 @@ def _tiny_bert(folder: Path) -> Path:
 def test_transformer_preset_fine_tunes_a_local_encoder(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", sizes=(30, 10, 10))
     encoder = _tiny_bert(tmp_path / "bert")
-    result = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "m"), "--preset",
-                                      "transformer", "--transformer", str(encoder), "--max-epochs", "1",
-                                      "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(corpus),
+            "-o",
+            str(tmp_path / "m"),
+            "--preset",
+            "transformer",
+            "--transformer",
+            str(encoder),
+            "--max-epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     from flair.models import SequenceTagger
 

@@ -11,10 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from annotator.cli import cli
-from annotator.writers import SPANS_SCHEMA
+from annotator.io.writers import SPANS_SCHEMA
 from tests.synthetic import write_corpus
 
-HOSTILE = "<script>alert(1)</script> Tom &amp; Jerry <img src=x onerror=alert(2)> met John Smith in Oslo ."
+HOSTILE = (
+    "<script>alert(1)</script> Tom &amp; Jerry <img src=x onerror=alert(2)> "
+    "met John Smith in Oslo ."
+)
 DOCS = [
     {"id": "h1", "text": HOSTILE},
     {"id": "h2", "text": "Siemens opened an office in Berlin ."},
@@ -32,13 +35,28 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _span(doc_id: str, text: str, label: str, start: int | None = None, end: int | None = None,
-          said: str | None = None) -> dict:
+def _span(
+    doc_id: str,
+    text: str,
+    label: str,
+    start: int | None = None,
+    end: int | None = None,
+    said: str | None = None,
+) -> dict:
     source = next(d["text"] for d in DOCS if d["id"] == doc_id) if doc_id.startswith("h") else ""
     start = source.index(text) if start is None else start
     end = start + len(text) if end is None else end
-    return {"doc_id": doc_id, "sentence": 0, "start": start, "end": end, "text": said or text,
-            "label": label, "score": 0.99, "source": "docs.jsonl", "source_row": 1}
+    return {
+        "doc_id": doc_id,
+        "sentence": 0,
+        "start": start,
+        "end": end,
+        "text": said or text,
+        "label": label,
+        "score": 0.99,
+        "source": "docs.jsonl",
+        "source_row": 1,
+    }
 
 
 def _jsonl(path: Path, records) -> Path:
@@ -58,6 +76,7 @@ def _marks(page: str) -> list[tuple[str, str]]:
 
 # --- training curves ----------------------------------------------------------------------
 
+
 def test_training_writes_curves_and_plot_redraws_them(tiny_model, tmp_path):
     run = tiny_model.parent
     assert _png_size(run / "training.png") == (1000, 800)
@@ -68,17 +87,31 @@ def test_training_writes_curves_and_plot_redraws_them(tiny_model, tmp_path):
     result = _run(["plot", str(run), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert _png_size(out) == (1000, 800)
-    assert _run(["plot", str(tiny_model), "-o", str(out)]).exit_code == 0  # the model file works too
+    assert (
+        _run(["plot", str(tiny_model), "-o", str(out)]).exit_code == 0
+    )  # the model file works too
 
     empty = _run(["plot", str(tmp_path)])
-    assert empty.exit_code == 1 and "no metrics.json" in empty.output and "Traceback" not in empty.output
+    assert (
+        empty.exit_code == 1
+        and "no metrics.json" in empty.output
+        and "Traceback" not in empty.output
+    )
 
 
 # --- the entity viewer --------------------------------------------------------------------
 
+
 def test_view_escapes_markup_and_highlights_exactly_the_entity(docs_file, tmp_path):
-    spans = _jsonl(tmp_path / "spans.jsonl", [_span("h1", "John Smith", "PER"), _span("h1", "Oslo", "LOC"),
-                                              _span("h2", "Siemens", "ORG"), _span("h2", "Berlin", "LOC")])
+    spans = _jsonl(
+        tmp_path / "spans.jsonl",
+        [
+            _span("h1", "John Smith", "PER"),
+            _span("h1", "Oslo", "LOC"),
+            _span("h2", "Siemens", "ORG"),
+            _span("h2", "Berlin", "LOC"),
+        ],
+    )
     out = tmp_path / "view.html"
     result = _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -89,7 +122,12 @@ def test_view_escapes_markup_and_highlights_exactly_the_entity(docs_file, tmp_pa
     assert "Tom &amp;amp; Jerry" in page
     assert "<script" not in page.lower() and "<img" not in page.lower()
     assert "default-src 'none'" in page  # and a policy that forbids scripts anyway
-    assert _marks(page) == [("John Smith", "PER"), ("Oslo", "LOC"), ("Siemens", "ORG"), ("Berlin", "LOC")]
+    assert _marks(page) == [
+        ("John Smith", "PER"),
+        ("Oslo", "LOC"),
+        ("Siemens", "ORG"),
+        ("Berlin", "LOC"),
+    ]
     assert "Showing <b>3</b> of <b>3</b> documents" in page
     assert "Warning" not in result.output and "3 of 3 documents, 4 entities" in result.output
 
@@ -101,22 +139,33 @@ def test_view_escapes_markup_and_highlights_exactly_the_entity(docs_file, tmp_pa
     assert "h1</h2>" not in page and "h2</h2>" in page
 
     limited = _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out), "--limit", "1"])
-    assert limited.exit_code == 0 and "Showing <b>1</b> of <b>3</b>" in out.read_text(encoding="utf-8")
+    assert limited.exit_code == 0 and "Showing <b>1</b> of <b>3</b>" in out.read_text(
+        encoding="utf-8"
+    )
 
 
 def test_view_reports_bad_offsets_and_missing_documents(docs_file, tmp_path):
-    spans = _jsonl(tmp_path / "spans.jsonl", [
-        _span("h1", "John Smith", "PER"),
-        _span("h2", "Siemens", "ORG", start=30, end=80),  # outside the 36-character text
-        _span("h2", "Berlin", "LOC", said="Paris"),  # text[start:end] is not the entity's text
-        _span("ghost", "Nobody", "PER", start=0),  # no such document in --docs
-    ])
+    spans = _jsonl(
+        tmp_path / "spans.jsonl",
+        [
+            _span("h1", "John Smith", "PER"),
+            _span("h2", "Siemens", "ORG", start=30, end=80),  # outside the 36-character text
+            _span("h2", "Berlin", "LOC", said="Paris"),  # text[start:end] is not the entity's text
+            _span("ghost", "Nobody", "PER", start=0),  # no such document in --docs
+        ],
+    )
     out = tmp_path / "view.html"
     result = _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "h2: ORG entity [30:80] 'Siemens': offsets outside the text (36 characters)" in result.output
+    assert (
+        "h2: ORG entity [30:80] 'Siemens': offsets outside the text (36 characters)"
+        in result.output
+    )
     assert "h2: LOC entity [28:34] 'Paris': the text there is 'Berlin'" in result.output
-    assert "1 document(s) with entities in the annotate output are not in --docs ('ghost')" in result.output
+    assert (
+        "1 document(s) with entities in the annotate output are not in --docs ('ghost')"
+        in result.output
+    )
     page = out.read_text(encoding="utf-8")
     assert "<b>2 entities not drawn</b>" in page and "offsets outside the text" in page
     assert "not in --docs (&#x27;ghost&#x27;)" in page
@@ -124,24 +173,35 @@ def test_view_reports_bad_offsets_and_missing_documents(docs_file, tmp_path):
 
     nothing = _jsonl(tmp_path / "other.jsonl", [_span("ghost", "Nobody", "PER", start=0)])
     result = _run(["view", str(nothing), "--docs", str(docs_file), "-o", str(out)])
-    assert result.exit_code == 1 and "none of the 1 documents" in result.output and "--id-field" in result.output
+    assert (
+        result.exit_code == 1
+        and "none of the 1 documents" in result.output
+        and "--id-field" in result.output
+    )
     result = _run(["view", str(spans), "-o", str(out)])
     assert result.exit_code == 1 and "--docs" in result.output
 
 
 def test_view_parquet_spans_shows_model_and_documents_layout_needs_no_docs(docs_file, tmp_path):
     spans = tmp_path / "spans.parquet"
-    schema = SPANS_SCHEMA.with_metadata({"annotator": json.dumps({"model": "models/ner.pt",
-                                                                  "model_sha256": "ab" * 32})})
+    schema = SPANS_SCHEMA.with_metadata(
+        {"annotator": json.dumps({"model": "models/ner.pt", "model_sha256": "ab" * 32})}
+    )
     pq.write_table(pa.Table.from_pylist([_span("h2", "Berlin", "LOC")], schema=schema), spans)
     out = tmp_path / "view.html"
     assert _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out)]).exit_code == 0
     page = out.read_text(encoding="utf-8")
-    assert "model: models/ner.pt (sha256 abababababab…)" in page and _marks(page) == [("Berlin", "LOC")]
+    assert "model: models/ner.pt (sha256 abababababab…)" in page and _marks(page) == [
+        ("Berlin", "LOC")
+    ]
 
-    documents = _jsonl(tmp_path / "documents.jsonl", [
-        {"id": "h1", "text": HOSTILE, "entities": [_span("h1", "John Smith", "PER")]},
-        {"id": "h3", "text": DOCS[2]["text"], "entities": []}])
+    documents = _jsonl(
+        tmp_path / "documents.jsonl",
+        [
+            {"id": "h1", "text": HOSTILE, "entities": [_span("h1", "John Smith", "PER")]},
+            {"id": "h3", "text": DOCS[2]["text"], "entities": []},
+        ],
+    )
     assert _run(["view", str(documents), "-o", str(out)]).exit_code == 0
     page = out.read_text(encoding="utf-8")
     assert _marks(page) == [("John Smith", "PER")] and "<script" not in page
@@ -150,10 +210,23 @@ def test_view_parquet_spans_shows_model_and_documents_layout_needs_no_docs(docs_
 
 # --- annotate --html ------------------------------------------------------------------------
 
+
 def test_annotate_html_writes_the_viewer_page(tiny_model, docs_file, tmp_path):
     out, page_file = tmp_path / "out.parquet", tmp_path / "page.html"
-    result = _run(["annotate", str(docs_file), "-m", str(tiny_model), "-o", str(out),
-                   "--html", str(page_file), "--html-limit", "2"])
+    result = _run(
+        [
+            "annotate",
+            str(docs_file),
+            "-m",
+            str(tiny_model),
+            "-o",
+            str(out),
+            "--html",
+            str(page_file),
+            "--html-limit",
+            "2",
+        ]
+    )
     assert result.exit_code == 0, result.output
     page = page_file.read_text(encoding="utf-8")
     assert f"model: {tiny_model}" in page and "Showing <b>2</b> of <b>3</b> documents" in page
@@ -161,10 +234,11 @@ def test_annotate_html_writes_the_viewer_page(tiny_model, docs_file, tmp_path):
     # the same page, from the output file and the documents
     view = tmp_path / "view.html"
     assert _run(["view", str(out), "--docs", str(docs_file), "-o", str(view)]).exit_code == 0
-    assert _marks(view.read_text(encoding="utf-8"))[:len(_marks(page))] == _marks(page)
+    assert _marks(view.read_text(encoding="utf-8"))[: len(_marks(page))] == _marks(page)
 
 
 # --- evaluate --report ----------------------------------------------------------------------
+
 
 def _perturbed_corpus(folder: Path) -> Path:
     """The synthetic corpus with its test split's gold tags damaged in four ways, so that the
@@ -193,8 +267,19 @@ def _perturbed_corpus(folder: Path) -> Path:
 def test_evaluate_report_agrees_with_the_evaluation(tiny_model, tmp_path):
     corpus = _perturbed_corpus(tmp_path / "corpus")
     report_dir, scores_file = tmp_path / "report", tmp_path / "scores.json"
-    result = _run(["evaluate", str(tiny_model), str(corpus), "--device", "cpu",
-                   "--json", str(scores_file), "--report", str(report_dir)])
+    result = _run(
+        [
+            "evaluate",
+            str(tiny_model),
+            str(corpus),
+            "--device",
+            "cpu",
+            "--json",
+            str(scores_file),
+            "--report",
+            str(report_dir),
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "micro avg" in result.output
     for name in ("scores.png", "confusion.png"):

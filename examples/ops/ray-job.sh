@@ -22,7 +22,7 @@ RAY=${RAY:-ray}
 # Inside the job the driver joins the cluster it runs on (no --ray-address needed there).
 # `ray job submit` waits, streams the job's log, and exits 1 if the job failed; exit 3
 # (finished, some bad records skipped) counts as success here.
-COMMAND="annotator annotate $INPUT -o '${OUTPUT%/}/' --engine ray --model '$MODEL' \
+COMMAND="annotator annotate $INPUT -o '${OUTPUT%/}/' --backend ray --model '$MODEL' \
     --format parquet --resume --on-error skip --no-progress $WORKERS_ARGS"
 exec "$RAY" job submit --address "$RAY_ADDRESS" --entrypoint-num-cpus 1 -- \
     sh -c "$COMMAND; status=\$?; [ \$status -eq 3 ] && exit 0; exit \$status"

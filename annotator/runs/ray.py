@@ -1,4 +1,4 @@
-"""`annotator annotate --engine ray`: the same pipeline on a Ray cluster (optional extra).
+"""`annotator annotate --backend ray`: the same pipeline on a Ray cluster (optional extra).
 
     files ──► Ray Dataset of file names ──► read tasks ──► tagger actors ──► driver ──► writers
               (one row per input file)     (annotator.    (map_batches, one  (in input
@@ -6,10 +6,10 @@
                                                            one GPU each)
 
 Reading runs in Ray tasks with `annotator.readers`, so ids, rows, bad records and compressed
-or Parquet inputs are exactly what the local engine sees (Ray's own `read_json` and
+or Parquet inputs are exactly what the local backend sees (Ray's own `read_json` and
 `read_parquet` cannot say which line a row came from, so `source_row` and SOURCE:ROW ids
 would differ). Each actor loads the tagger once. The driver receives the results in input
-order (`preserve_order`) and writes them with the local engine's writers — the same files,
+order (`preserve_order`) and writes them with the local backend's writers — the same files,
 the same schema (`annotator.writers.SPANS_SCHEMA`), and for a directory output the same part
 files and manifest, so `--resume` and `--shard` work here too.
 
@@ -25,22 +25,26 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from annotator import logs
 from annotator.errors import AnnotatorError
-from annotator.pipeline import AnnotateOptions, Annotated, Annotator, Hooks, Summary, annotate
-from annotator.readers import STDIN, Document, ReaderOptions, RecordError, expand_inputs
-from annotator.runs import (Positioned, RunOptions, Shard, _directory_options, annotate_directory,
-                            is_directory_output, local_source)
-from annotator.tagging import Entity
-from annotator.writers import default_layout, output_format
+from annotator.io.readers import ReaderOptions, expand_inputs
+from annotator.pipeline import Annotated, AnnotateOptions, Annotator, Hooks, Summary, annotate
+from annotator.records import Document, Entity, RecordError
+from annotator.runs.directory import PART_SIZE, annotate_directory, is_directory_output
+from annotator.runs.shards import Positioned, Shard, local_source
 
 log = logging.getLogger("annotator")
 
+
 READ_BLOCK = 1024  # records per block out of a read task
+
+
 TAG_BATCH = 256  # documents per call of a tagger actor
 
 
@@ -50,11 +54,10 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise AnnotatorError(f"--engine ray needs Ray: pip install 'annotator[ray]' ({exc})") from None
+        raise AnnotatorError(
+            f"--backend ray needs Ray: pip install 'annotator[ray]' ({exc})"
+        ) from None
     return ray
-
-
-# --- inputs: local paths or URIs ---------------------------------------------------------
 
 
 def _is_uri(path: str) -> bool:
@@ -75,14 +78,17 @@ def expand_any(inputs: list[str]) -> list[str]:
         scheme = item.split("://", 1)[0]
         if info.type == fs.FileType.Directory:
             found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-            files.extend(sorted(f"{scheme}://{f.path}" for f in found if f.type == fs.FileType.File
-                                and not os.path.basename(f.path).startswith(".")))
+            files.extend(
+                sorted(
+                    f"{scheme}://{f.path}"
+                    for f in found
+                    if f.type == fs.FileType.File and not os.path.basename(f.path).startswith(".")
+                )
+            )
         elif info.type == fs.FileType.File:
             files.append(item)
         else:
             raise AnnotatorError(f"{item}: no such file or directory")
-    if STDIN in files:
-        raise AnnotatorError("--engine ray reads files, not stdin")
     return files
 
 
@@ -112,7 +118,9 @@ def _as_from(record: Any, local: str, uri: str) -> Any:
     return record
 
 
-def _records_of(path: str, skip: int, shard: Shard, options: ReaderOptions) -> Iterator[tuple[int, Any]]:
+def _records_of(
+    path: str, skip: int, shard: Shard, options: ReaderOptions
+) -> Iterator[tuple[int, Any]]:
     if not _is_uri(path):
         for _, number, record in local_source([path], options, (0, skip), shard):
             yield number, record
@@ -124,22 +132,33 @@ def _records_of(path: str, skip: int, shard: Shard, options: ReaderOptions) -> I
                 yield number, record
 
 
-# --- the Ray stages ----------------------------------------------------------------------
-
-
 def _schema(tagged: bool):
     import pyarrow as pa
 
-    columns = [("file", pa.int64()), ("number", pa.int64()), ("kind", pa.string()),
-               ("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
-               ("row", pa.int64()), ("fields", pa.binary()), ("reason", pa.string())]
+    columns = [
+        ("file", pa.int64()),
+        ("number", pa.int64()),
+        ("kind", pa.string()),
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("fields", pa.binary()),
+        ("reason", pa.string()),
+    ]
     if tagged:
         columns += [("entities", pa.string()), ("sentences", pa.int64()), ("tokens", pa.int64())]
     return pa.schema(columns)
 
 
-def _read_files(batch, *, reader_options: ReaderOptions, shard: Shard, cursor: tuple[int, int],
-                keep_fields: bool):
+def _read_files(
+    batch,
+    *,
+    reader_options: ReaderOptions,
+    shard: Shard,
+    cursor: tuple[int, int],
+    keep_fields: bool,
+):
     """Ray task: the records of the files in `batch`, as blocks of rows, in order."""
     import pyarrow as pa
 
@@ -149,14 +168,33 @@ def _read_files(batch, *, reader_options: ReaderOptions, shard: Shard, cursor: t
         rows: list[dict[str, Any]] = []
         for number, record in _records_of(path, skip, shard, reader_options):
             if isinstance(record, RecordError):
-                rows.append({"file": index, "number": number, "kind": "error", "id": None,
-                             "text": None, "source": record.source, "row": record.row,
-                             "fields": None, "reason": record.reason})
+                rows.append(
+                    {
+                        "file": index,
+                        "number": number,
+                        "kind": "error",
+                        "id": None,
+                        "text": None,
+                        "source": record.source,
+                        "row": record.row,
+                        "fields": None,
+                        "reason": record.reason,
+                    }
+                )
             else:
-                rows.append({"file": index, "number": number, "kind": "doc", "id": record.id,
-                             "text": record.text, "source": record.source, "row": record.row,
-                             "fields": pickle.dumps(record.fields) if keep_fields else None,
-                             "reason": None})
+                rows.append(
+                    {
+                        "file": index,
+                        "number": number,
+                        "kind": "doc",
+                        "id": record.id,
+                        "text": record.text,
+                        "source": record.source,
+                        "row": record.row,
+                        "fields": pickle.dumps(record.fields) if keep_fields else None,
+                        "reason": None,
+                    }
+                )
             if len(rows) >= READ_BLOCK:
                 yield pa.Table.from_pylist(rows, schema=schema)
                 rows = []
@@ -167,33 +205,33 @@ def _read_files(batch, *, reader_options: ReaderOptions, shard: Shard, cursor: t
 class _Tagger:
     """Ray actor: loads the tagger once, then tags batches of documents."""
 
-    def __init__(self, model: str | None, model_bytes: Any, device: str, batch_size: int,
-                 spacy_model: str | None, max_sentence_tokens: int, engine: str, threads: int,
-                 keep_text: bool) -> None:
-        import flair  # noqa: F401  (it sets up its own logger on import; quieten it after)
+    def __init__(
+        self, options: AnnotateOptions, model_bytes: Any, device: str, threads: int, keep_text: bool
+    ) -> None:
         import torch
 
-        logging.getLogger("flair").setLevel(logging.WARNING)
+        logs.quiet_flair()
         torch.set_num_threads(max(1, threads))
+        options = replace(options, device=device)
         if model_bytes is not None:  # a local model file, shipped through the object store
             import ray
 
             model_bytes = ray.get(model_bytes)
             folder = tempfile.mkdtemp(prefix="annotator-model-")
-            model = os.path.join(folder, "model.pt")
-            with open(model, "wb") as handle:
+            options = replace(options, model=os.path.join(folder, "model.pt"))
+            with open(options.model, "wb") as handle:
                 handle.write(model_bytes)
         # one CPU per actor: no splitter process beside it
-        self.annotator = Annotator(model, device, batch_size, spacy_model, max_sentence_tokens, engine,
-                                   split_process=False)
+        self.annotator = Annotator.from_options(options, split_process=False)
         self.keep_text = keep_text
 
     def __call__(self, batch):
         import pyarrow as pa
 
         rows = batch.to_pylist()
-        documents = [Document(r["id"], r["text"], r["source"], r["row"]) for r in rows
-                     if r["kind"] == "doc"]
+        documents = [
+            Document(r["id"], r["text"], r["source"], r["row"]) for r in rows if r["kind"] == "doc"
+        ]
         results = iter(self.annotator.annotate_documents(documents))
         for row in rows:
             if row["kind"] == "doc":
@@ -237,14 +275,22 @@ def _annotator_error(exc: BaseException) -> AnnotatorError | None:
 class RaySource:
     """A `runs.Source` whose records come back from the cluster already tagged."""
 
-    def __init__(self, ray, options: AnnotateOptions, actors: int, gpus_per_actor: float,
-                 cpus_per_actor: float, show_progress: bool) -> None:
+    def __init__(
+        self,
+        ray,
+        options: AnnotateOptions,
+        actors: int,
+        gpus_per_actor: float,
+        cpus_per_actor: float,
+        show_progress: bool,
+    ) -> None:
         self.ray, self.options = ray, options
         self.actors, self.gpus, self.cpus = actors, gpus_per_actor, cpus_per_actor
         self.show_progress = show_progress
 
-    def __call__(self, files: list[str], reader_options: ReaderOptions, cursor: tuple[int, int],
-                 shard: Shard) -> Iterator[Positioned]:
+    def __call__(
+        self, files: list[str], reader_options: ReaderOptions, cursor: tuple[int, int], shard: Shard
+    ) -> Iterator[Positioned]:
         ray, options = self.ray, self.options
         items = [{"file": i, "path": p} for i, p in enumerate(files) if i >= cursor[0]]
         if not items:
@@ -263,18 +309,32 @@ class RaySource:
         except TypeError:  # Ray before 2.10
             dataset = ray.data.from_items(items, parallelism=len(items))
         dataset = dataset.map_batches(
-            _read_files, batch_size=1, batch_format="pyarrow", num_cpus=0.5,
-            fn_kwargs={"reader_options": reader_options, "shard": shard, "cursor": cursor,
-                       "keep_fields": layout_documents and not options.drop_fields})
+            _read_files,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=0.5,
+            fn_kwargs={
+                "reader_options": reader_options,
+                "shard": shard,
+                "cursor": cursor,
+                "keep_fields": layout_documents and not options.drop_fields,
+            },
+        )
         dataset = dataset.map_batches(
-            _Tagger, batch_size=TAG_BATCH, batch_format="pyarrow",
+            _Tagger,
+            batch_size=TAG_BATCH,
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_gpus=self.gpus or None, num_cpus=self.cpus,
+            num_gpus=self.gpus or None,
+            num_cpus=self.cpus,
             fn_constructor_kwargs={
-                "model": options.model, "model_bytes": model_bytes, "device": device,
-                "batch_size": options.batch_size, "spacy_model": options.spacy_model,
-                "max_sentence_tokens": options.max_sentence_tokens, "engine": options.engine,
-                "threads": int(self.cpus), "keep_text": layout_documents})
+                "options": options,
+                "model_bytes": model_bytes,
+                "device": device,
+                "threads": int(self.cpus),
+                "keep_text": layout_documents,
+            },
+        )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for row in batch.to_pylist():
@@ -290,13 +350,15 @@ class RaySource:
         if row["kind"] == "error":
             return RecordError(row["source"], row["row"], row["reason"])
         return _TaggedDocument(
-            id=row["id"], text=row["text"] or "", source=row["source"], row=row["row"],
+            id=row["id"],
+            text=row["text"] or "",
+            source=row["source"],
+            row=row["row"],
             fields=pickle.loads(row["fields"]) if row["fields"] is not None else {},
             entities=[Entity(**e) for e in json.loads(row["entities"])],
-            sentences=row["sentences"], tokens=row["tokens"])
-
-
-# --- the entry point ---------------------------------------------------------------------
+            sentences=row["sentences"],
+            tokens=row["tokens"],
+        )
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -306,50 +368,78 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=True)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
     except Exception as exc:  # connection refused, bad address, version mismatch
-        raise AnnotatorError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
-                             f"{type(exc).__name__}: {exc}") from None
+        raise AnnotatorError(
+            f"cannot start or join Ray{f' at {address}' if address else ''}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     return True
 
 
-def annotate_with_ray(inputs: Iterable[str], output: str | None, options: AnnotateOptions,
-                      run: RunOptions = RunOptions(engine="ray"), shard: Shard = Shard()) -> Summary:
-    """Annotate `inputs` on a Ray cluster into `output` (a file or a directory of parts)."""
+def annotate_with_ray(
+    inputs: Iterable[str],
+    output: str,
+    options: AnnotateOptions,
+    shard: Shard = Shard(),
+    resume: bool = False,
+    part_size: int = PART_SIZE,
+    workers: int | None = None,
+    address: str | None = None,
+) -> Summary:
+    """Annotate `inputs` on a Ray cluster into `output` (a file or a directory of parts);
+    `workers` tagger actors (default: one per GPU, else one per CPU but one), at `address`."""
     ray = _import_ray()
-    if output in (None, "-"):
-        raise AnnotatorError("--engine ray writes files: give -o FILE or -o DIR/")
-    if is_directory_output(output):
-        options = _directory_options(options)
-    else:
-        fmt = output_format(output, options.output_format)
-        options = replace(options, output_format=fmt, layout=options.layout or default_layout(fmt))
+    directory = is_directory_output(output)
+    options = options.for_output(output, directory)
     files = expand_any(list(inputs))
-    started_here = _connect(ray, run.ray_address)
+    started_here = _connect(ray, address)
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) if options.device != "cpu" else 0
         cpus = resources.get("CPU", 1)
-        actors = run.workers or (int(gpus) if gpus >= 1 else max(1, int(cpus) - 1))
+        actors = workers or (int(gpus) if gpus >= 1 else max(1, int(cpus) - 1))
         show = options.progress if options.progress is not None else False
         source = RaySource(ray, options, actors, 1 if gpus >= 1 else 0, 1.0, show)
-        log.info("Ray: %d tagger actor(s) on %s", actors, f"{int(gpus)} GPU(s)" if gpus >= 1
-                 else f"{int(cpus)} CPU(s)")
+        log.info(
+            "Ray: %d tagger actor(s) on %s",
+            actors,
+            f"{int(gpus)} GPU(s)" if gpus >= 1 else f"{int(cpus)} CPU(s)",
+        )
         # the driver loads the model too: for the label check and the files' provenance
-        driver = Annotator(options.model, "cpu", options.batch_size, options.spacy_model,
-                           options.max_sentence_tokens, options.engine, split_process=False)
-        if is_directory_output(output):
-            return annotate_directory(files, output, options, shard, run.resume, run.part_size,
-                                      annotator=driver, source=source, tag=_tagged,
-                                      expand=lambda _: files)
-        if run.resume:
-            raise AnnotatorError("--resume needs a directory output (-o DIR/)")
-        return annotate(files, output, options, driver, hooks=Hooks(
-            expand=lambda _: files, tag=_tagged,
-            records=lambda files, reader_options: (record for _, _, record in source(
-                files, reader_options, (0, 0), shard)),
-            total=lambda files, reader_options: None))
+        driver = Annotator.from_options(replace(options, device="cpu"), split_process=False)
+        if directory:
+            return annotate_directory(
+                files,
+                output,
+                options,
+                shard,
+                resume,
+                part_size,
+                annotator=driver,
+                source=source,
+                tag=_tagged,
+                expand=lambda _: files,
+            )
+        return annotate(
+            files,
+            output,
+            options,
+            driver,
+            hooks=Hooks(
+                expand=lambda _: files,
+                tag=_tagged,
+                records=lambda files, reader_options: (
+                    record for _, _, record in source(files, reader_options, (0, 0), shard)
+                ),
+                total=lambda files, reader_options: None,
+            ),
+        )
     finally:
         if started_here:
             ray.shutdown()

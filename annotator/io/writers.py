@@ -8,7 +8,6 @@ chunk, so results flow through a pipeline while the input is still arriving.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -16,41 +15,62 @@ from typing import IO, Any
 import pyarrow as pa
 
 from annotator.errors import AnnotatorError
-from annotator.readers import Document
-from annotator.tagging import Entity
+from annotator.files import AtomicFile
+from annotator.records import Document, Entity
 
 LAYOUTS = ("documents", "spans")
+
+
 OUTPUT_FORMATS = ("jsonl", "parquet")
+
+
 STDOUT = "-"
+
+
 ROW_GROUP_ROWS = 65_536
+
+
 ROW_GROUP_CHARS = 64 << 20  # documents layout: bound a row group by the text it holds, too
 
-ENTITY_TYPE = pa.struct([
-    ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()),
-    ("label", pa.string()), ("score", pa.float32()), ("sentence", pa.int32()),
-])
+
+ENTITY_TYPE = pa.struct(
+    [
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("sentence", pa.int32()),
+    ]
+)
+
 
 #: One row per entity. Stable and documented in the README: add columns, never change these.
-SPANS_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("sentence", pa.int32()),
-    ("start", pa.int64()),
-    ("end", pa.int64()),
-    ("text", pa.string()),
-    ("label", pa.dictionary(pa.int32(), pa.string())),
-    ("score", pa.float32()),
-    ("source", pa.string()),
-    ("source_row", pa.int64()),
-])
+SPANS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("sentence", pa.int32()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("text", pa.string()),
+        ("label", pa.dictionary(pa.int32(), pa.string())),
+        ("score", pa.float32()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+    ]
+)
+
 
 #: One row per document, its entities nested; documents without entities have an empty list.
-DOCUMENTS_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("text", pa.string()),
-    ("entities", pa.list_(ENTITY_TYPE)),
-    ("source", pa.string()),
-    ("source_row", pa.int64()),
-])
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("entities", pa.list_(ENTITY_TYPE)),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+    ]
+)
 
 
 def output_format(output: str | None, explicit: str | None) -> str:
@@ -63,8 +83,10 @@ def output_format(output: str | None, explicit: str | None) -> str:
             return "parquet"
         if suffix in (".jsonl", ".json", ".ndjson"):
             return "jsonl"
-        raise AnnotatorError(f"{output}: cannot tell the output format from the extension; "
-                             "use .jsonl or .parquet, or --format")
+        raise AnnotatorError(
+            f"{output}: cannot tell the output format from the extension; "
+            "use .jsonl or .parquet, or --format"
+        )
     return "jsonl"
 
 
@@ -73,27 +95,17 @@ def default_layout(fmt: str) -> str:
 
 
 def span_row(doc: Document, entity: Entity) -> dict[str, Any]:
-    return {"doc_id": doc.id, "sentence": entity.sentence, "start": entity.start, "end": entity.end,
-            "text": entity.text, "label": entity.label, "score": round(entity.score, 6),
-            "source": doc.source, "source_row": doc.row}
-
-
-class _AtomicFile:
-    """A temporary file beside `path`, renamed onto it by `commit`, removed by `abort`."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise AnnotatorError(f"{path}: is a directory")
-        if not self.path.parent.exists():
-            raise AnnotatorError(f"{self.path.parent}: no such directory for the output")
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-
-    def commit(self) -> None:
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.tmp.unlink(missing_ok=True)
+    return {
+        "doc_id": doc.id,
+        "sentence": entity.sentence,
+        "start": entity.start,
+        "end": entity.end,
+        "text": entity.text,
+        "label": entity.label,
+        "score": round(entity.score, 6),
+        "source": doc.source,
+        "source_row": doc.row,
+    }
 
 
 class JsonlWriter:
@@ -102,9 +114,10 @@ class JsonlWriter:
     def __init__(self, output: str | None, layout: str, drop_fields: bool = False) -> None:
         self.layout = layout
         self.drop_fields = drop_fields
-        self.atomic = None if output in (None, STDOUT) else _AtomicFile(output)
-        self.handle: IO[str] = sys.stdout if self.atomic is None else \
-            open(self.atomic.tmp, "w", encoding="utf-8")
+        self.atomic = None if output in (None, STDOUT) else AtomicFile(output)
+        self.handle: IO[str] = (
+            sys.stdout if self.atomic is None else open(self.atomic.tmp, "w", encoding="utf-8")
+        )
 
     def write(self, doc: Document, entities: list[Entity]) -> None:
         if self.layout == "spans":
@@ -146,7 +159,7 @@ class ParquetWriter:
         self.layout = layout
         schema = SPANS_SCHEMA if layout == "spans" else DOCUMENTS_SCHEMA
         self.schema = schema.with_metadata({"annotator": json.dumps(metadata)})
-        self.atomic = _AtomicFile(output)
+        self.atomic = AtomicFile(output)
         self.writer = pq.ParquetWriter(self.atomic.tmp, self.schema, compression="zstd")
         self.rows: list[dict[str, Any]] = []
         self.chars = 0
@@ -155,17 +168,24 @@ class ParquetWriter:
         if self.layout == "spans":
             self.rows.extend(span_row(doc, entity) for entity in entities)
         else:
-            self.rows.append({"doc_id": doc.id, "text": doc.text,
-                              "entities": [e.to_dict() for e in entities],
-                              "source": doc.source, "source_row": doc.row})
+            self.rows.append(
+                {
+                    "doc_id": doc.id,
+                    "text": doc.text,
+                    "entities": [e.to_dict() for e in entities],
+                    "source": doc.source,
+                    "source_row": doc.row,
+                }
+            )
             self.chars += len(doc.text)
         if len(self.rows) >= ROW_GROUP_ROWS or self.chars >= ROW_GROUP_CHARS:
             self._write_row_group()
 
     def _write_row_group(self) -> None:
         if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema),
-                                    row_group_size=ROW_GROUP_ROWS)
+            self.writer.write_table(
+                pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=ROW_GROUP_ROWS
+            )
             self.rows, self.chars = [], 0
 
     def flush(self) -> None:
@@ -181,8 +201,9 @@ class ParquetWriter:
         self.atomic.abort()
 
 
-def open_writer(output: str | None, fmt: str, layout: str, metadata: dict[str, Any],
-                drop_fields: bool = False) -> JsonlWriter | ParquetWriter:
+def open_writer(
+    output: str | None, fmt: str, layout: str, metadata: dict[str, Any], drop_fields: bool = False
+) -> JsonlWriter | ParquetWriter:
     if fmt not in OUTPUT_FORMATS:
         raise AnnotatorError(f"unknown output format {fmt!r}; use jsonl or parquet")
     if layout not in LAYOUTS:

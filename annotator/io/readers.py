@@ -1,7 +1,6 @@
-"""Document sources: JSONL, plain text and Parquet files (optionally gzip/zstd), or stdin.
+"""Documents from JSONL, plain text and Parquet files (gzip/zstd too), folders, globs or stdin.
 
-Every input record becomes either a `Document` or a `RecordError` — never an exception that
-ends the stream — so the pipeline can decide whether to stop or to skip and report it.
+A bad record becomes a `RecordError` in the stream, never an exception that ends it.
 """
 
 from __future__ import annotations
@@ -12,46 +11,33 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any
 
 from annotator.errors import AnnotatorError
+from annotator.records import Document, Record, RecordError
 
 FORMATS = ("jsonl", "text", "parquet")
+
+
 STDIN = "-"
+
+
 _COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
-               ".pq": "parquet", ".txt": "text", ".text": "text", ".md": "text"}
 
 
-@dataclass
-class Document:
-    """One input document; `row` is the 1-based line (JSONL), 0-based row (Parquet) or 0 (text)."""
-
-    id: str
-    text: str
-    source: str
-    row: int
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RecordError:
-    """A record that could not become a Document, with where it was and why."""
-
-    source: str
-    row: int
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "row": self.row, "reason": self.reason}
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.row}: {self.reason}"
-
-
-Record = Union[Document, RecordError]
+_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +56,12 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
         if item == STDIN:
             files.append(STDIN)
         elif os.path.isdir(item):
-            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            found = sorted(
+                str(p)
+                for p in Path(item).rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
             files.extend(found)
         elif os.path.exists(item):
             files.append(item)
@@ -132,14 +122,18 @@ def _document(record: dict[str, Any], source: str, row: int, options: ReaderOpti
     if options.text_field not in record:
         return RecordError(source, row, f"no {options.text_field!r} field")
     if not isinstance(text, str):
-        return RecordError(source, row, f"field {options.text_field!r} is {type(text).__name__}, "
-                                        "not a string")
+        return RecordError(
+            source, row, f"field {options.text_field!r} is {type(text).__name__}, not a string"
+        )
     doc_id = record.get(options.id_field)
     if doc_id is None:
         doc_id = _stable_id(source, row)
     elif not isinstance(doc_id, (str, int)):
-        return RecordError(source, row, f"field {options.id_field!r} is {type(doc_id).__name__}, "
-                                        "not a string or integer")
+        return RecordError(
+            source,
+            row,
+            f"field {options.id_field!r} is {type(doc_id).__name__}, not a string or integer",
+        )
     fields = {k: v for k, v in record.items() if k != options.id_field}
     return Document(id=str(doc_id), text=text, source=source, row=row, fields=fields)
 
@@ -152,7 +146,9 @@ def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> I
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield RecordError(path, number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                yield RecordError(
+                    path, number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                )
                 continue
             try:
                 record = json.loads(line)
@@ -181,7 +177,9 @@ def _read_parquet(path: str, compression: str | None, options: ReaderOptions) ->
     import pyarrow.parquet as pq
 
     if path == STDIN or compression:
-        raise AnnotatorError(f"{path}: Parquet is read from a plain file (not stdin, not compressed)")
+        raise AnnotatorError(
+            f"{path}: Parquet is read from a plain file (not stdin, not compressed)"
+        )
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for the same bad file
@@ -189,7 +187,9 @@ def _read_parquet(path: str, compression: str | None, options: ReaderOptions) ->
         return
     names = parquet.schema_arrow.names
     if options.text_field not in names:
-        raise AnnotatorError(f"{path}: no column {options.text_field!r} (columns: {', '.join(names)})")
+        raise AnnotatorError(
+            f"{path}: no column {options.text_field!r} (columns: {', '.join(names)})"
+        )
     row = 0
     for batch in parquet.iter_batches(batch_size=1024):
         for record in batch.to_pylist():

@@ -1,42 +1,33 @@
 """The tagger engine: token lists in, entity spans out.
 
-Two engines give the same predictions: the vectorised fast path (`annotator.fast_tagger`)
-for the model families it supports, and Flair's own `SequenceTagger.predict` otherwise.
-Spans are mapped back to character offsets here, so downstream code never sees tokens.
+Two engines give the same spans: the vectorised fast engine (`annotator.tagging.fast`) for the
+model families it supports, and Flair's own `SequenceTagger.predict` otherwise. Spans are
+mapped back to character offsets here, so downstream code never sees tokens.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from annotator.segmentation import Sentence
+from annotator.records import Entity, Sentence, TokenSpan
 
 log = logging.getLogger("annotator")
-
-TokenSpan = tuple[int, int, str, float]  # first token, end token (exclusive), label, score
-
-
-@dataclass
-class Entity:
-    """An entity with offsets into the original document text: text == doc.text[start:end]."""
-
-    start: int
-    end: int
-    text: str
-    label: str
-    score: float
-    sentence: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Engine(Protocol):
     name: str
 
     def predict(self, sentences: list[list[str]]) -> list[list[TokenSpan]]: ...
+
+
+def flair_spans(sentence, label_type: str) -> list[TokenSpan]:
+    """A Flair sentence's `label_type` spans as (first token, end token, label, score)."""
+    spans = []
+    for span in sentence.get_spans(label_type):
+        label = span.get_label(label_type)
+        spans.append((span.tokens[0].idx - 1, span.tokens[-1].idx, label.value, float(label.score)))
+    return spans
 
 
 class FlairEngine:
@@ -53,8 +44,9 @@ class FlairEngine:
 
         flair_sentences = [FlairSentence(tokens) for tokens in sentences if tokens]
         if flair_sentences:
-            self.tagger.predict(flair_sentences, mini_batch_size=self.batch_size,
-                                embedding_storage_mode="none")
+            self.tagger.predict(
+                flair_sentences, mini_batch_size=self.batch_size, embedding_storage_mode="none"
+            )
         results: list[list[TokenSpan]] = []
         filled = iter(flair_sentences)
         label_type = self.tagger.label_type
@@ -63,16 +55,15 @@ class FlairEngine:
                 results.append([])
                 continue
             sentence = next(filled)
-            results.append([(span.tokens[0].idx - 1, span.tokens[-1].idx, span.get_label(label_type).value,
-                             float(span.get_label(label_type).score))
-                            for span in sentence.get_spans(label_type)])
+            results.append(flair_spans(sentence, label_type))
         return results
 
 
-# Tokens per forward pass of the fast engine. On a CPU, 8192 is 8-10% faster than 16384 with
-# one torch thread and no slower with two, and peaks ~50 MB lower on a 76k-word run (2-core
-# EPYC, the default and the CoNLL++ word+char models); a GPU wants the larger batches.
+# Tokens per forward pass of the fast engine: smaller batches suit a CPU's caches (chosen with
+# `annotator bench`), a GPU wants larger ones.
 CPU_TOKENS_PER_BATCH = 8192
+
+
 GPU_TOKENS_PER_BATCH = 16384
 
 
@@ -82,7 +73,7 @@ def make_engine(tagger, batch_size: int = 32, device=None, engine: str = "auto")
         return FlairEngine(tagger, batch_size)
     import torch
 
-    from annotator.fast_tagger import FastSequenceTagger
+    from annotator.tagging.fast import FastSequenceTagger
 
     reason = FastSequenceTagger.unsupported_reason(tagger)
     if reason is None:
@@ -103,8 +94,16 @@ def entities_of(text: str, sentences: list[Sentence], spans: list[list[TokenSpan
     for number, (sentence, found) in enumerate(zip(sentences, spans)):
         for first, end, label, score in found:
             start, stop = sentence.starts[first], sentence.ends[end - 1]
-            entities.append(Entity(start=start, end=stop, text=text[start:stop], label=label,
-                                   score=score, sentence=number))
+            entities.append(
+                Entity(
+                    start=start,
+                    end=stop,
+                    text=text[start:stop],
+                    label=label,
+                    score=score,
+                    sentence=number,
+                )
+            )
     return entities
 
 
@@ -112,7 +111,7 @@ def tagged_string(text: str, entities: list[Entity]) -> str:
     """The text with each entity followed by its label, as Flair's `to_tagged_string` shows it."""
     parts, position = [], 0
     for entity in sorted(entities, key=lambda e: e.start):
-        parts.append(text[position:entity.end])
+        parts.append(text[position : entity.end])
         parts.append(f" <{entity.label}>")
         position = entity.end
     parts.append(text[position:])

@@ -1,0 +1,429 @@
+"""The bench's rows, each measured in its own process: load, warm up, time, report JSON.
+
+Run as `python -m annotator.bench.rows --worker SPEC.json` by `annotator.bench.run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from annotator import logs
+from annotator.tagging.engines import flair_spans
+
+STAND_IN_CHARS = 275
+
+
+WARMUP_TEXTS = [
+    "Angela Merkel met Emmanuel Macron in Paris on Tuesday to discuss the budget.",
+    "Shares of Siemens AG rose 3 percent in Frankfurt trading, a spokesman said.",
+    "The United Nations said on Friday that aid had reached Nairobi.",
+]
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident set size in MB (VmHWM: a new process image starts it afresh;
+    ru_maxrss would carry over the forking parent's peak across exec on Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid != "self":
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time so far of another (running) process, from /proc; 0 where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Clock:
+    """Times a block: wall and process CPU seconds, RSS before it and the peak RSS right after.
+
+    `helpers`: pids of child processes working for the row (annotate's sentence splitter):
+    their CPU time and peak RSS are added in.
+    """
+
+    def __init__(self, device=None, helpers: tuple[int, ...] = ()) -> None:
+        self.device = device
+        self.helpers = helpers
+
+    def __enter__(self) -> _Clock:
+        self.loaded = rss_mb()
+        if self.device is not None:
+            _sync(self.device)
+        self.cpu = time.process_time() + sum(map(cpu_seconds, self.helpers))
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device is not None:
+            _sync(self.device)
+        self.seconds = time.perf_counter() - self.wall
+        self.cpu_seconds = time.process_time() + sum(map(cpu_seconds, self.helpers)) - self.cpu
+        self.peak = peak_rss_mb() + sum(peak_rss_mb(pid) for pid in self.helpers)
+
+    def result(self, **more: Any) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "peak_rss_mb": self.peak,
+            "loaded_rss_mb": self.loaded,
+            **more,
+        }
+
+
+def _read_texts(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
+
+
+def _load_split(path: str):
+    import pickle
+
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def _entities(texts, per_doc, spans) -> list[list]:
+    """Token spans of every sentence -> [doc, sentence, start, end, label, score] rows."""
+    from annotator.tagging.engines import entities_of
+
+    rows, position = [], 0
+    for index, (text, sentences) in enumerate(zip(texts, per_doc)):
+        found = spans[position : position + len(sentences)]
+        position += len(sentences)
+        for e in entities_of(text, sentences, found):
+            rows.append([index, e.sentence, e.start, e.end, e.label, float(e.score)])
+    return rows
+
+
+def _warm_tokens() -> list[list[str]]:
+    return [re.findall(r"\w+|[^\w\s]", text) for text in WARMUP_TEXTS]
+
+
+def _row_prepare(spec: dict[str, Any]) -> dict[str, Any]:
+    """Split every document once; the pre-split sentences feed rows 2, 3p and 4."""
+    import pickle
+
+    from annotator.segmentation import Segmenter
+
+    texts = _read_texts(spec["docs"])
+    per_doc = list(Segmenter().split(texts))
+    with open(spec["split"], "wb") as handle:
+        pickle.dump(per_doc, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return {
+        "documents": len(texts),
+        "sentences": sum(len(d) for d in per_doc),
+        "words": sum(len(s) for d in per_doc for s in d),
+        "characters": sum(len(t) for t in texts),
+    }
+
+
+def _row_flair_docs(spec: dict[str, Any]) -> dict[str, Any]:
+    from flair.data import Sentence as FlairSentence
+
+    from annotator.models import choose_device, load_tagger
+    from annotator.segmentation import Segmenter
+
+    device = choose_device(spec["device"])
+    tagger = load_tagger(spec["model"], device=str(device))
+    segmenter = Segmenter()
+    texts = _read_texts(spec["docs"])
+    tagger.predict([FlairSentence(t) for t in _warm_tokens()])
+    done = []
+    with _Clock(device) as clock:
+        for text in texts:
+            sentences = next(segmenter.split([text]))
+            flair_sentences = [FlairSentence(s.tokens) for s in sentences]
+            if flair_sentences:
+                tagger.predict(flair_sentences)  # as the tutorial does: mini-batch 32
+            done.append((sentences, flair_sentences))
+    per_doc = [sentences for sentences, _ in done]
+    spans = [
+        flair_spans(s, tagger.label_type) for _, flair_sentences in done for s in flair_sentences
+    ]
+    return clock.result(
+        device=_device_name(device),
+        engine="flair",
+        words=sum(len(s) for d in per_doc for s in d),
+        entities=_entities(texts, per_doc, spans),
+    )
+
+
+def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
+    """Row 2 (engine flair, a batch size) and 3p (the fast engine) on pre-split sentences."""
+    from annotator.models import choose_device, load_tagger
+    from annotator.tagging.engines import FlairEngine, make_engine
+
+    device = choose_device(spec["device"])
+    tagger = load_tagger(spec["model"], device=str(device))
+    if spec["engine"] == "flair":
+        engine = FlairEngine(tagger, batch_size=spec["batch_size"])
+    else:
+        engine = make_engine(tagger, device=device, engine="auto")
+    texts = _read_texts(spec["docs"])
+    per_doc = _load_split(spec["split"])
+    flat = [s.tokens for d in per_doc for s in d]
+    engine.predict(_warm_tokens())
+    with _Clock(device) as clock:
+        spans = engine.predict(flat)
+    return clock.result(
+        device=_device_name(device),
+        engine=engine.name,
+        words=sum(len(t) for t in flat),
+        entities=_entities(texts, per_doc, spans),
+        max_tokens_per_batch=getattr(engine, "max_tokens_per_batch", None),
+    )
+
+
+def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
+    from annotator.pipeline import AnnotateOptions, Annotator, annotate
+
+    annotator = Annotator(spec["model"], device=spec["device"])
+    list(annotator.annotate_texts(WARMUP_TEXTS))
+    options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
+    output = spec["output"]
+    helpers = (annotator.splitter.pid,) if annotator.splitter is not None else ()
+    with _Clock(annotator.device, helpers) as clock:
+        summary = annotate([spec["docs"]], output, options, annotator=annotator)
+    result = clock.result(
+        device=_device_name(annotator.device),
+        engine=annotator.engine.name,
+        words=summary.words,
+        documents=summary.documents,
+        max_tokens_per_batch=getattr(annotator.engine, "max_tokens_per_batch", None),
+    )
+    if spec.get("entities", True):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(
+            output, columns=["doc_id", "sentence", "start", "end", "label", "score"]
+        )
+        columns = [table.column(name).to_pylist() for name in table.column_names]
+        result["entities"] = [
+            [int(d), s, a, b, str(l), float(x)] for d, s, a, b, l, x in zip(*columns)
+        ]
+    os.unlink(output)
+    return result
+
+
+def _row_forward(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ceiling: the fast engine's forward pass alone (no preparation, decoding or spans), on
+    the batches the pipeline would cut."""
+    import torch
+
+    from annotator.models import choose_device, load_tagger
+    from annotator.tagging.engines import make_engine
+    from annotator.tagging.fast import FastSequenceTagger
+    from annotator.tagging.packed import eval_mode
+
+    device = choose_device(spec["device"])
+    tagger = load_tagger(spec["model"], device=str(device))
+    reason = FastSequenceTagger.unsupported_reason(tagger)
+    if reason is not None:
+        return {"skipped": f"the fast engine does not support this model ({reason})"}
+    fast = make_engine(tagger, device=device, engine="fast")
+    per_doc = _load_split(spec["split"])
+    flat = [s.tokens for d in per_doc for s in d]
+    fast.emissions(_warm_tokens())
+    with torch.inference_mode(), eval_mode(tagger):
+        prepared = [fast.prepare(batch) for _, batch, _ in fast.batches(flat)]
+        with _Clock(device) as clock:
+            for batch in prepared:
+                fast.forward_packed(batch)
+    return clock.result(
+        device=_device_name(device),
+        engine="fast (forward only)",
+        words=sum(len(t) for t in flat),
+        batches=len(prepared),
+        max_tokens_per_batch=fast.max_tokens_per_batch,
+    )
+
+
+def spacy_ner_target(option: str | None) -> str | None:
+    """The spaCy pipeline for row 5: --spacy-ner, else ANNOTATOR_SPACY_NER, else en_core_web_sm
+    when installed; None when there is none (or 'off')."""
+    target = option or os.environ.get("ANNOTATOR_SPACY_NER") or None
+    if target == "off":
+        return None
+    if target:
+        return target
+    import importlib.util
+
+    return "en_core_web_sm" if importlib.util.find_spec("en_core_web_sm") else None
+
+
+def _row_spacy(spec: dict[str, Any]) -> dict[str, Any]:
+    import spacy
+
+    try:
+        nlp = spacy.load(spec["spacy_ner"])
+    except (OSError, ImportError, ValueError) as exc:
+        return {"skipped": f"cannot load spaCy pipeline {spec['spacy_ner']!r}: {exc}"}
+    if "ner" not in nlp.pipe_names:
+        return {"skipped": f"spaCy pipeline {spec['spacy_ner']!r} has no ner component"}
+    needed = {"ner"}
+    for name, component in nlp.pipeline:  # a shared tok2vec that ner listens to
+        if "ner" in (getattr(component, "listening_components", None) or []):
+            needed.add(name)
+    nlp.select_pipes(enable=[name for name in nlp.pipe_names if name in needed])
+    texts = _read_texts(spec["docs"])
+    list(nlp.pipe(WARMUP_TEXTS))
+    entities = tokens = 0
+    with _Clock() as clock:
+        for doc in nlp.pipe(texts):
+            entities += len(doc.ents)
+            tokens += len(doc)
+    name = f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')} {nlp.meta.get('version', '')}"
+    return clock.result(
+        device="cpu",
+        engine=f"spaCy {spacy.__version__} {name}: {', '.join(nlp.pipe_names)}",
+        own_tokens=tokens,
+        entity_count=entities,
+    )
+
+
+def _row_build_stand_in(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Flair tutorial's tagger shape (GloVe 100-d + news-forward/backward LMs, BiLSTM 256 +
+    CRF) with random weights, saved where the rows load it from."""
+    import torch
+    from flair.data import Dictionary
+    from flair.embeddings import FlairEmbeddings, StackedEmbeddings, WordEmbeddings
+    from flair.models import LanguageModel, SequenceTagger
+
+    torch.manual_seed(0)
+    folder = Path(spec["output"]).parent
+    # GloVe stand-in: the documents' (lower-cased) words first, so lookups hit like GloVe's do
+    vocab: dict[str, int] = {}
+    for document in _load_split(spec["split"]):
+        for sentence in document:
+            for token in sentence.tokens:
+                vocab.setdefault(token.lower(), len(vocab))
+    filler = 0
+    while len(vocab) < spec["vocab"]:
+        vocab.setdefault(f"w{filler:07d}", len(vocab))
+        filler += 1
+    words = WordEmbeddings(None, vocab=vocab, embedding_length=100, name="glove")
+    # news-forward/backward stand-ins: 1-layer LSTM LMs, hidden 2048, char embedding 100
+    chars = Dictionary(add_unk=False)
+    for code in [10, *range(32, 127), *range(160, 1024)]:
+        if len(chars) >= STAND_IN_CHARS:
+            break
+        chars.add_item(chr(code))
+    lms = []
+    for forward in (True, False):
+        lm = LanguageModel(
+            chars, is_forward_lm=forward, hidden_size=2048, nlayers=1, embedding_size=100
+        )
+        path = folder / f"stand-in-news-{'forward' if forward else 'backward'}.pt"
+        lm.save(path)
+        lms.append(FlairEmbeddings(str(path)))
+    tags = Dictionary(add_unk=False)
+    tags.add_item("O")
+    for label in ("PER", "LOC", "ORG", "MISC"):
+        for prefix in "SBEI":
+            tags.add_item(f"{prefix}-{label}")
+    tagger = SequenceTagger(
+        hidden_size=256,
+        embeddings=StackedEmbeddings([words, *lms]),
+        tag_dictionary=tags,
+        tag_type="ner",
+        use_crf=True,
+    )
+    with torch.no_grad():  # favour O: some entities (span work is part of the cost), not all tags
+        tagger.linear.bias[tagger.label_dictionary.get_idx_for_item("O")] += spec.get("o_bias", 1.0)
+    tagger.save(spec["output"])
+    return {
+        "parameters": sum(p.numel() for p in tagger.parameters()),
+        "vocab": len(vocab),
+        "chars": len(chars),
+        "file_mb": os.path.getsize(spec["output"]) / 1e6,
+    }
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "prepare": _row_prepare,
+    "flair-docs": _row_flair_docs,
+    "tagger": _row_tagger,
+    "annotate": _row_annotate,
+    "forward": _row_forward,
+    "spacy": _row_spacy,
+    "build-stand-in": _row_build_stand_in,
+}
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("threads") and spec["kind"] not in ("prepare", "spacy"):
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(spec["threads"])
+        try:
+            return {**ROWS[spec["kind"]](spec), "threads": torch.get_num_threads()}
+        finally:
+            torch.set_num_threads(previous)
+    result = ROWS[spec["kind"]](spec)
+    if spec["kind"] not in ("prepare", "spacy", "build-stand-in") and "skipped" not in result:
+        import torch
+
+        result["threads"] = torch.get_num_threads()
+    return result
+
+
+def _worker_main(argv: list[str]) -> int:
+    spec_path = Path(argv[argv.index("--worker") + 1])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    logs.quiet_flair()
+    result = run_spec(spec)
+    Path(spec["result"]).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        sys.exit(_worker_main(sys.argv))
+    sys.exit("usage: annotator bench ... (this module runs workers for it)")

@@ -1,0 +1,551 @@
+"""`annotator bench`: how fast is annotation, side by side with the ways Flair and spaCy are used.
+
+Every row runs on the same documents, in its own fresh Python process (so its peak RSS is its
+own: `VmHWM` of that process, which a new process image starts afresh), and is timed after the
+model is loaded and warmed up on a few unrelated sentences:
+
+  1  Flair as its tutorial uses it: split each document (the same spaCy splitter), build flair
+     Sentences, `tagger.predict(sentences)` per document (split time included)
+  2  Flair's `tagger.predict` over all (pre-split) sentences, at mini-batch 32 and each other
+     `--batch-sizes` candidate; the fastest is marked best
+  3p the fast engine's `predict` alone over the same pre-split sentences (diagnostic)
+  3  `annotator annotate` end to end: read JSONL -> split -> tag -> write Parquet, via
+     `annotator.pipeline.annotate`
+  4  the model's forward pass alone on prepared, batched input (FastSequenceTagger.forward_packed):
+     the ceiling for (3)
+  5  spaCy's own NER (`nlp.pipe(texts)` with only the components NER needs), when a pipeline
+     is installed or named (--spacy-ner / ANNOTATOR_SPACY_NER)
+
+Words are counted once for all rows: the spaCy tokens (whitespace dropped) of the documents.
+Outputs of rows 1, 2, 3p and 3 are compared with (2) at batch 32: identical spans and labels,
+scores within 1e-4. `--memory` also runs (3) on the documents repeated 10x and compares peaks.
+`--stand-in tutorial` adds a section for a same-shape stand-in of the Flair tutorial's
+GloVe + news-forward/backward tagger (random weights of the real sizes; speed does not depend
+on the weights), built in code and never downloaded.
+
+Rows are `annotator.bench.rows` run as `python -m annotator.bench.rows --worker SPEC.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from annotator import __version__
+from annotator.bench.docs import (
+    DEFAULT_CORPUS,
+    DEFAULT_DOCS,
+    _conll_files,
+    conll_documents,
+    synthetic_documents,
+    write_docs,
+)
+from annotator.bench.report import (
+    GOALS,
+    Row,
+    _best_of,
+    _goals,
+    _ordered,
+    compare_entities,
+    format_section,
+)
+from annotator.bench.rows import run_spec, spacy_ner_target
+from annotator.errors import AnnotatorError
+
+MEMORY_FACTOR = GOALS["memory"]["factor"]
+
+
+STAND_IN_DOCS = 5
+
+
+STAND_IN_VOCAB = 400_000
+
+
+@dataclass
+class BenchOptions:
+    inputs: tuple[str, ...] = ()
+    model: str | None = None
+    device: str = "auto"
+    json_file: str | None = None
+    docs: int | None = None  # first N input documents; generated: how many (default 200)
+    corpus: str | None = None  # CoNLL folder to generate documents from (default ../shared/...)
+    text_field: str = "text"
+    batch_sizes: tuple[int, ...] = (32, 128, 512)
+    spacy_ner: str | None = None  # name or path; "off" skips; None: env, then en_core_web_sm
+    stand_in: str | None = None  # "tutorial"
+    stand_in_docs: int = STAND_IN_DOCS
+    stand_in_vocab: int = STAND_IN_VOCAB
+    memory: bool = False
+    repeat: int = 1
+    isolate: bool = True  # each row in a fresh process (per-row peak RSS)
+    threads: int | None = None  # torch intra-op threads in every row (default: torch's own)
+    workdir: str | None = None  # keep intermediate files here (default: a temp dir)
+
+
+def load_documents(options: BenchOptions) -> tuple[list[str], str]:
+    """The texts to benchmark, and where they came from."""
+    if options.inputs:
+        from annotator.io.readers import ReaderOptions, expand_inputs, read_documents
+        from annotator.records import Document
+
+        texts = []
+        for record in read_documents(
+            expand_inputs(list(options.inputs)), ReaderOptions(text_field=options.text_field)
+        ):
+            if isinstance(record, Document):
+                texts.append(record.text)
+                if options.docs is not None and len(texts) >= options.docs:
+                    break
+        if not texts:
+            raise AnnotatorError(f"no documents in {', '.join(options.inputs)}")
+        return texts, ", ".join(options.inputs)
+    count = options.docs if options.docs is not None else DEFAULT_DOCS
+    corpus = Path(options.corpus) if options.corpus else DEFAULT_CORPUS
+    if corpus.is_dir() and _conll_files(corpus):
+        texts = conll_documents(corpus, count)
+        if texts:
+            return texts, f"generated from CoNLL documents in {corpus}"
+    elif options.corpus:
+        raise AnnotatorError(f"--corpus {options.corpus}: not a folder of CoNLL files")
+    return synthetic_documents(count), "generated from templates (no CoNLL corpus found)"
+
+
+class _Runner:
+    def __init__(self, workdir: Path, isolate: bool, log: Callable[[str], None]) -> None:
+        self.workdir = workdir
+        self.isolate = isolate
+        self.log = log
+        self.count = 0
+
+    def __call__(self, spec: dict[str, Any], what: str) -> dict[str, Any]:
+        self.count += 1
+        spec = {**spec, "result": str(self.workdir / f"result-{self.count}.json")}
+        self.log(f"bench: {what} ...")
+        started = time.perf_counter()
+        if not self.isolate:
+            result = run_spec(spec)
+        else:
+            spec_path = self.workdir / f"spec-{self.count}.json"
+            spec_path.write_text(json.dumps(spec), encoding="utf-8")
+            log_path = self.workdir / f"worker-{self.count}.log"
+            env = dict(os.environ)
+            root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+            if spec.get("threads"):
+                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
+            with open(log_path, "w", encoding="utf-8") as log_file:
+                code = subprocess.call(
+                    [sys.executable, "-m", "annotator.bench.rows", "--worker", str(spec_path)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            if code != 0:
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+                raise AnnotatorError(f"bench worker for {what} failed (exit {code}):\n{tail}")
+            result = json.loads(Path(spec["result"]).read_text(encoding="utf-8"))
+        if "seconds" in result:
+            self.log(
+                f"bench: {what}: {result['seconds']:.2f} s timed "
+                f"({time.perf_counter() - started:.0f} s with loading)"
+            )
+        elif "skipped" in result:
+            self.log(f"bench: {what}: skipped ({result['skipped']})")
+        return result
+
+
+def run_section(
+    name: str,
+    model: str,
+    docs_path: Path,
+    split_path: Path,
+    words: int,
+    options: BenchOptions,
+    run: _Runner,
+    workdir: Path,
+    with_spacy: bool,
+    memory_docs: Path | None,
+) -> dict[str, Any]:
+    """All rows for one model on one document set; rows run round-robin `repeat` times."""
+    base = {
+        "model": model,
+        "device": options.device,
+        "docs": str(docs_path),
+        "split": str(split_path),
+        "threads": options.threads,
+    }
+    plans: list[tuple[str, str, str, str, dict[str, Any]]] = []  # key, label, timed, batch, spec
+    sizes = list(dict.fromkeys([32, *options.batch_sizes]))
+    plans.append(
+        (
+            "2@32",
+            "(2) Flair predict, all sentences",
+            "predict on pre-split sentences",
+            "32",
+            {**base, "kind": "tagger", "engine": "flair", "batch_size": 32},
+        )
+    )
+    plans.append(
+        (
+            "3",
+            "(3) annotator annotate, end to end",
+            "read JSONL > split > tag > Parquet",
+            "",
+            {**base, "kind": "annotate", "output": str(workdir / f"{name}-out.parquet")},
+        )
+    )
+    plans.append(
+        (
+            "3p",
+            "(3p) fast engine predict only",
+            "predict on pre-split sentences",
+            "",
+            {**base, "kind": "tagger", "engine": "auto"},
+        )
+    )
+    plans.append(
+        (
+            "4",
+            "(4) forward pass only (ceiling)",
+            "torch forward on prepared batches",
+            "",
+            {**base, "kind": "forward"},
+        )
+    )
+    plans.append(
+        (
+            "1",
+            "(1) Flair tutorial, per document",
+            "split + predict each document",
+            "32",
+            {**base, "kind": "flair-docs"},
+        )
+    )
+    for size in sizes[1:]:
+        plans.append(
+            (
+                f"2@{size}",
+                "(2) Flair predict, all sentences",
+                "predict on pre-split sentences",
+                str(size),
+                {**base, "kind": "tagger", "engine": "flair", "batch_size": size},
+            )
+        )
+    target = spacy_ner_target(options.spacy_ner) if with_spacy else None
+    if with_spacy:
+        plans.append(
+            (
+                "5",
+                "(5) spaCy NER, nlp.pipe",
+                "nlp.pipe(texts), NER components only",
+                "",
+                {**base, "kind": "spacy", "spacy_ner": target},
+            )
+        )
+    results: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in plans}
+    for attempt in range(max(1, options.repeat)):
+        for key, label, _, batch, spec in plans:
+            if key == "5" and target is None:
+                continue
+            suffix = f" (run {attempt + 1}/{options.repeat})" if options.repeat > 1 else ""
+            results[key].append(
+                run(spec, f"[{name}] {label}{' @' + batch if batch else ''}{suffix}")
+            )
+
+    rows: dict[str, Row] = {}
+    for key, label, timed, batch, _ in plans:
+        row = Row(key=key, label=label, timed=timed, batch=batch)
+        rows[key] = row
+        if not results[key]:
+            row.skipped = (
+                "no spaCy NER pipeline (install en_core_web_sm, or give --spacy-ner "
+                "NAME|PATH or ANNOTATOR_SPACY_NER)"
+            )
+            continue
+        best = _best_of(results[key])
+        if "skipped" in best:
+            row.skipped = best["skipped"]
+            continue
+        row.seconds = best["seconds"]
+        row.runs = best["runs"]
+        row.extra["cpu_runs"] = best["cpu_runs"]
+        row.cpu_seconds = best["cpu_seconds"]
+        row.words_per_cpu_second = words / row.cpu_seconds if row.cpu_seconds > 0 else None
+        row.words = words
+        row.words_per_second = words / row.seconds if row.seconds > 0 else None
+        row.peak_rss_mb = best["peak_rss_mb"]
+        row.loaded_rss_mb = best.get("loaded_rss_mb")
+        row.device = best.get("device", "")
+        row.engine = best.get("engine", "")
+        if "threads" in best:
+            row.extra["torch_threads"] = best["threads"]
+        if best.get("max_tokens_per_batch") and not batch:
+            row.batch = f"{best['max_tokens_per_batch']} tok"
+        if "words" in best and best["words"] != words:
+            row.extra["own_words"] = best["words"]
+        for extra in ("own_tokens", "entity_count", "batches", "documents"):
+            if extra in best:
+                row.extra[extra] = best[extra]
+        if "entities" in best:
+            row.extra["_entities"] = best["entities"]
+            row.entities = len(best["entities"])
+        elif "entity_count" in best:
+            row.entities = best["entity_count"]
+    reference = rows["2@32"]
+    ref_entities = reference.extra.get("_entities")
+    for row in rows.values():
+        if row.words_per_second and reference.words_per_second:
+            row.ratio = row.words_per_second / reference.words_per_second
+        if row.words_per_cpu_second and reference.words_per_cpu_second:
+            row.cpu_ratio = row.words_per_cpu_second / reference.words_per_cpu_second
+        mine = row.extra.pop("_entities", None) if row is not reference else None
+        if row.key == "5":
+            row.comparison = "another model"
+        elif row.key == "4":
+            row.comparison = "no decoding"
+        elif row is reference:
+            row.comparison = "reference"
+        elif mine is not None and ref_entities is not None:
+            row.identical, row.comparison = compare_entities(ref_entities, mine)
+    reference.extra.pop("_entities", None)
+    flair_rows = [rows[f"2@{s}"] for s in sizes if rows[f"2@{s}"].words_per_second]
+    if flair_rows:
+        max(flair_rows, key=lambda r: r.words_per_second).best = True
+
+    memory = None
+    if memory_docs is not None:
+        spec = {
+            **base,
+            "kind": "annotate",
+            "docs": str(memory_docs),
+            "entities": False,
+            "output": str(workdir / f"{name}-memory.parquet"),
+        }
+        big = _best_of(
+            [run(spec, f"[{name}] (3) annotate on the corpus x{MEMORY_FACTOR} (memory)")]
+        )
+        one = rows["3"]
+        memory = {
+            "factor": MEMORY_FACTOR,
+            "peak_rss_mb_1x": one.peak_rss_mb,
+            "peak_rss_mb_10x": big["peak_rss_mb"],
+            "words_10x": big["words"],
+            "seconds_10x": big["seconds"],
+            "words_per_second_10x": big["words"] / big["seconds"] if big["seconds"] else None,
+            "growth_percent": 100.0 * (big["peak_rss_mb"] / one.peak_rss_mb - 1.0)
+            if one.peak_rss_mb
+            else None,
+            "goal_percent": GOALS["memory"]["growth_percent_below"],
+        }
+        memory["met"] = (
+            memory["growth_percent"] is not None
+            and memory["growth_percent"] < memory["goal_percent"]
+        )
+    return {
+        "name": name,
+        "model": model,
+        "rows": [asdict(r) for r in _ordered(rows)],
+        "goals": _goals(rows),
+        "memory": memory,
+    }
+
+
+def _environment(options: BenchOptions) -> dict[str, Any]:
+    env = {
+        "annotator_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "device_option": options.device,
+        "isolation": "a fresh process per row" if options.isolate else "none (one process)",
+        "torch_threads_option": options.threads,
+        "env": {
+            name: os.environ.get(name)
+            for name in (
+                "OMP_NUM_THREADS",
+                "OMP_WAIT_POLICY",
+                "MKL_NUM_THREADS",
+                "ANNOTATOR_SPACY_NER",
+            )
+        },
+    }
+    try:
+        from importlib.metadata import version
+
+        for package in ("torch", "flair", "spacy", "pyarrow"):
+            env[f"{package}_version"] = version(package)
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        pass
+    return env
+
+
+def _resolve_model(model: str | None) -> str | None:
+    from annotator.models import DEFAULT_MODEL
+
+    if model:
+        return model
+    return str(DEFAULT_MODEL) if DEFAULT_MODEL.exists() else None
+
+
+def run_bench(
+    options: BenchOptions,
+    echo: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; prints the table(s) with `echo`, progress with `log`; returns the report
+    (also written to `options.json_file`)."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if options.stand_in not in (None, "tutorial"):
+        raise AnnotatorError("--stand-in: the only stand-in is 'tutorial'")
+    if options.repeat < 1 or (options.docs is not None and options.docs < 1):
+        raise AnnotatorError("--repeat and --docs must be at least 1")
+    if any(size < 1 for size in options.batch_sizes):
+        raise AnnotatorError("--batch-sizes must be positive")
+    model = _resolve_model(options.model)
+    if model is None and options.stand_in is None:
+        raise AnnotatorError(
+            "no --model given and no default model is packaged; pass --model "
+            "PATH (or --stand-in tutorial to bench only the stand-in)"
+        )
+    texts, origin = load_documents(options)
+    keep = (
+        tempfile.mkdtemp(prefix="annotator-bench-") if options.workdir is None else options.workdir
+    )
+    workdir = Path(keep)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = _Runner(workdir, options.isolate, log)
+    report: dict[str, Any] = {
+        "environment": _environment(options),
+        "input": origin,
+        "options": {k: v for k, v in asdict(options).items() if k not in ("workdir",)},
+        "sections": [],
+    }
+    try:
+        docs_path = workdir / "docs.jsonl"
+        write_docs(docs_path, texts)
+        split_path = workdir / "split.pkl"
+        prepared = run(
+            {"kind": "prepare", "docs": str(docs_path), "split": str(split_path)},
+            "splitting the documents once (spaCy tokens = the words counted)",
+        )
+        sections = []
+        if model is not None:
+            memory_docs = None
+            if options.memory:
+                memory_docs = workdir / "docs-x10.jsonl"
+                write_docs(memory_docs, texts, copies=MEMORY_FACTOR)
+            section = run_section(
+                "model",
+                model,
+                docs_path,
+                split_path,
+                prepared["words"],
+                options,
+                run,
+                workdir,
+                with_spacy=True,
+                memory_docs=memory_docs,
+            )
+            section.update(
+                title=f"model {model}",
+                documents=prepared["documents"],
+                sentences=prepared["sentences"],
+                words=prepared["words"],
+                characters=prepared["characters"],
+            )
+            sections.append(section)
+        if options.stand_in == "tutorial":
+            sub_texts = texts[: options.stand_in_docs]
+            sub_docs = workdir / "docs-stand-in.jsonl"
+            write_docs(sub_docs, sub_texts)
+            sub_split = workdir / "split-stand-in.pkl"
+            sub = run(
+                {"kind": "prepare", "docs": str(sub_docs), "split": str(sub_split)},
+                "splitting the stand-in's documents",
+            )
+            stand_in_model = workdir / "stand-in-tutorial.pt"
+            built = run(
+                {
+                    "kind": "build-stand-in",
+                    "split": str(split_path),
+                    "output": str(stand_in_model),
+                    "vocab": options.stand_in_vocab,
+                },
+                "building the tutorial stand-in (random weights, real sizes)",
+            )
+            section = run_section(
+                "stand-in",
+                str(stand_in_model),
+                sub_docs,
+                sub_split,
+                sub["words"],
+                options,
+                run,
+                workdir,
+                with_spacy=False,
+                memory_docs=None,
+            )
+            section.update(
+                title="stand-in of the Flair tutorial tagger (GloVe + news-forward/"
+                "backward shapes, random weights)",
+                documents=sub["documents"],
+                sentences=sub["sentences"],
+                words=sub["words"],
+                characters=sub["characters"],
+                stand_in={
+                    "word_embeddings": f"{built['vocab']:,} x 100",
+                    "flair_embeddings": "forward + backward LanguageModel, LSTM "
+                    "hidden 2048, 1 layer, char embedding 100, "
+                    f"{built['chars']} chars",
+                    "tagger": "BiLSTM hidden 256 + CRF",
+                    "parameters": built["parameters"],
+                    "file_mb": round(built["file_mb"], 1),
+                },
+            )
+            sections.append(section)
+        report["sections"] = sections
+    finally:
+        if options.workdir is None:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    per_row = options.isolate
+    for section in report["sections"]:
+        device = next((r["device"] for r in section["rows"] if r["device"]), "?")
+        threads = sorted(
+            {r["extra"]["torch_threads"] for r in section["rows"] if "torch_threads" in r["extra"]}
+        )
+        wait = os.environ.get("OMP_WAIT_POLICY")
+        section["summary"] = (
+            f"{section['documents']:,} documents, {section['sentences']:,} "
+            f"sentences, {section['words']:,} words (spaCy tokens), "
+            f"{section['characters']:,} characters; device {device}, torch "
+            f"threads {'/'.join(map(str, threads)) or '?'}"
+            f"{', OMP_WAIT_POLICY=' + wait if wait else ''}; "
+            f"best of {options.repeat} run(s) per row"
+        )
+        echo("")
+        echo(format_section(section, per_row))
+    echo("")
+    load = report["environment"]["load_average"]
+    echo(
+        f"input: {origin}; {report['environment']['cpu_count']} CPUs, load average at start "
+        f"{' '.join(f'{x:.1f}' for x in load) if load else '?'}; words/s = the same spaCy "
+        "token count / timed seconds; cpu s and peak RSS: the row's process (all its threads), "
+        "for (3) plus its sentence-splitter process"
+    )
+    if options.json_file:
+        path = Path(options.json_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report

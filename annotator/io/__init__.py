@@ -1,0 +1,1 @@
+"""Reading documents in and writing entities out (and reading that output back)."""

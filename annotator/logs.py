@@ -1,0 +1,45 @@
+"""Logging: everything goes to stderr, so stdout carries only data.
+
+Flair adds its own stdout handler when it is first imported, so each helper imports it first
+and then takes its logger over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+
+def quiet_flair() -> None:
+    """Flair's info lines (tag dictionaries, model summaries) off for this process."""
+    import flair  # noqa: F401
+
+    logging.getLogger("flair").setLevel(logging.WARNING)
+
+
+def configure(verbose: bool = False, label: str = "%(name)s") -> None:
+    """annotator's and Flair's loggers to stderr in one format; Flair's info lines with
+    `verbose`."""
+    quiet_flair()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {label}: %(message)s", "%H:%M:%S"))
+    for name in ("annotator", "flair"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO if verbose or name == "annotator" else logging.WARNING)
+
+
+@contextlib.contextmanager
+def flair_quieted() -> Iterator[None]:
+    """Flair's info lines off for a block (it logs a tag dictionary to stdout on load), restored
+    after: a library user's logging stays theirs."""
+    flair_log = logging.getLogger("flair")
+    level = flair_log.level
+    flair_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        flair_log.setLevel(level)

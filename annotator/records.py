@@ -1,0 +1,96 @@
+"""The data that flows through the pipeline: documents in, sentences, entities out.
+
+Every stage imports these from here, so no stage has to import another to share a type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Document:
+    """One input document; `row` is the 1-based line (JSONL), 0-based row (Parquet) or 0 (text)."""
+
+    id: str
+    text: str
+    source: str
+    row: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecordError:
+    """A record that could not become a Document, with where it was and why."""
+
+    source: str
+    row: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "row": self.row, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.row}: {self.reason}"
+
+
+Record = Document | RecordError
+
+
+@dataclass
+class Sentence:
+    """Token strings with their [start, end) character offsets into the document text."""
+
+    tokens: list[str]
+    starts: list[int]
+    ends: list[int]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+LabelledSpan = tuple[int, int, str]  # first token, end token (exclusive), label
+TokenSpan = tuple[int, int, str, float]  # first token, end token (exclusive), label, score
+
+
+@dataclass
+class Entity:
+    """An entity with offsets into the original document text: text == doc.text[start:end]."""
+
+    start: int
+    end: int
+    text: str
+    label: str
+    score: float
+    sentence: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- evaluation: how a sentence's predicted spans meet its gold spans ---
+
+MISSED = "missed"  # gold span with no prediction at exactly its tokens
+SPURIOUS = "spurious"  # predicted span with no gold span at exactly its tokens
+ERROR_KINDS = ("wrong type", "wrong boundary", "missed", "spurious")
+
+
+@dataclass
+class SentenceMatch:
+    index: int
+    tokens: list[str]
+    gold: list[LabelledSpan]
+    predicted: list[LabelledSpan]
+    errors: list[
+        tuple[str, LabelledSpan | None, LabelledSpan | None]
+    ]  # kind, gold span, predicted span
+
+
+def sentence_text(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Tokens joined by single spaces, with each token's character offsets in that text."""
+    offsets, position = [], 0
+    for token in tokens:
+        offsets.append((position, position + len(token)))
+        position += len(token) + 1
+    return " ".join(tokens), offsets

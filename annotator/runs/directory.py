@@ -1,0 +1,435 @@
+"""Overnight-scale runs: a directory of part files with a manifest, resumable after a crash;
+shards of the input by document id; one worker process per device.
+
+A directory run writes ``part-00000.jsonl`` (or ``.parquet``), ``part-00001...`` and
+``manifest.json``. Each part is written under a temporary name, renamed, fsynced, and only
+then recorded in the manifest (itself written to a temporary file, fsynced and renamed), so
+after a crash at any moment the manifest names exactly the parts that are complete, and its
+*cursor* says where the input stands: every input file before ``cursor.file`` is done, and
+the first ``cursor.records`` records (documents and bad records alike) of that file. A resume
+deletes part files the manifest does not name and continues from the cursor, so the union
+of the parts equals an uninterrupted run's output: nothing missing, nothing twice.
+
+Sharded runs into one directory prefix their files with ``shard-K-of-N-``, so N jobs (or N
+worker processes) can share the directory, each with its own manifest. This module wraps
+`annotator.pipeline.annotate` through its `Hooks`; it reads, tags and writes nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from annotator import __version__
+from annotator.errors import AnnotatorError
+from annotator.files import fsync_dir, write_json_atomically
+from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
+from annotator.io.writers import STDOUT, open_writer
+from annotator.pipeline import AnnotateOptions, Annotator, Hooks, Summary, _ErrorReport, annotate
+from annotator.records import Document, Record, RecordError
+from annotator.runs.shards import Shard, Source, local_source
+
+log = logging.getLogger("annotator")
+
+
+PART_SIZE = 10_000
+
+
+MANIFEST_VERSION = 1
+
+
+#: Options that change what a run writes: a resume must use the same ones.
+#: (device, batch size, tagger engine, --on-error and --errors do not change the rows.)
+SETTING_FIELDS = (
+    "input_format",
+    "text_field",
+    "id_field",
+    "output_format",
+    "layout",
+    "drop_fields",
+    "labels",
+    "min_score",
+    "spacy_model",
+    "max_sentence_tokens",
+)
+
+
+class _Tracker:
+    """Remembers the position of each document between reading and writing.
+
+    The pipeline reads ahead (in another thread); the part writer, which sees documents in
+    input order, pops their positions here to know how far a committed part reaches.
+    """
+
+    def __init__(self, source: Source, cursor: tuple[int, int], shard: Shard, errors: int) -> None:
+        self.source, self.cursor, self.shard = source, cursor, shard
+        self.errors = errors  # bad records seen so far (in shard), committed ones included
+        self.pending: deque = deque()
+
+    def records(self, files: list[str], options: ReaderOptions) -> Iterator[Record]:
+        last = self.cursor
+        for index, number, record in self.source(files, options, self.cursor, self.shard):
+            if (index, number) <= last:
+                raise RuntimeError(f"records out of order: {(index, number)} after {last}")
+            last = (index, number)
+            if isinstance(record, RecordError):
+                self.errors += 1
+            else:
+                self.pending.append((record, index, number, self.errors))
+            yield record
+
+    def position_of(self, doc: Document) -> tuple[int, int, int]:
+        """(file, record number, bad records before it) of the next document written."""
+        record, index, number, errors = self.pending.popleft()
+        if record is not doc:
+            raise RuntimeError("documents written out of input order")
+        return index, number, errors
+
+
+def _manifest_name(shard: Shard) -> str:
+    return f"{shard.prefix}manifest.json"
+
+
+def _shard_counts(directory: Path) -> dict[str, int]:
+    """Manifest file name -> the number of shards its run was split into."""
+    found = {}
+    for path in directory.glob("*manifest.json"):
+        match = re.fullmatch(r"(?:shard-(\d+)-of-(\d+)-)?manifest\.json", path.name)
+        if match:
+            found[path.name] = int(match[2]) if match[2] else 1
+    return found
+
+
+def _settings(files: list[str], options: AnnotateOptions, shard: Shard) -> dict[str, Any]:
+    """What a run writes depends on exactly these; a resume must match them."""
+    from annotator.models import model_info
+
+    model = model_info(options.model)
+    settings = {
+        "inputs": files,
+        "shard": str(shard),
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "annotator_version": __version__,
+        **{name: getattr(options, name) for name in SETTING_FIELDS},
+    }
+    return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = [k for k in new if k != "annotator_version"]
+    if old.get("model_sha256") and new.get("model_sha256"):
+        keys.remove("model")  # the same model file may live at another path on this machine
+    return [
+        f"{key}: {old.get(key)!r} (now {new[key]!r})" for key in keys if old.get(key) != new[key]
+    ]
+
+
+class Manifest:
+    """`manifest.json` of one run (or of one shard of it) in `directory`."""
+
+    def __init__(self, directory: Path, shard: Shard, data: dict[str, Any]) -> None:
+        self.directory, self.shard, self.data = directory, shard, data
+        self.path = directory / _manifest_name(shard)
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        return self.data["parts"]
+
+    @property
+    def cursor(self) -> tuple[int, int]:
+        return self.data["cursor"]["file"], self.data["cursor"]["records"]
+
+    @property
+    def complete(self) -> bool:
+        return self.data["complete"]
+
+    @property
+    def documents(self) -> int:
+        return sum(part["documents"] for part in self.parts)
+
+    def part_name(self, number: int, fmt: str) -> str:
+        return f"{self.shard.prefix}part-{number:05d}.{fmt}"
+
+    def save(self) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json_atomically(self.path, self.data, durable=True)
+
+    @classmethod
+    def open(
+        cls, directory: Path, shard: Shard, settings: dict[str, Any], resume: bool
+    ) -> Manifest:
+        """Check the directory, then start a new manifest or continue (and tidy) an old one."""
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AnnotatorError(
+                f"{directory}: cannot create the output directory ({exc.strerror or exc})"
+            ) from None
+        name = _manifest_name(shard)
+        others = {n: c for n, c in _shard_counts(directory).items() if c != shard.count}
+        if others:
+            example = sorted(others)[0]
+            raise AnnotatorError(
+                f"{directory} holds a run split into {others[example]} shard(s) ({example}), this "
+                f"one into {shard.count}: continue it with the same --shard/--workers/--devices, "
+                "or use another output directory"
+            )
+        path = directory / name
+        if path.exists():
+            if not resume:
+                raise AnnotatorError(
+                    f"{directory} already holds a run ({name}); use --resume to "
+                    "continue it, or another output directory"
+                )
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise AnnotatorError(f"{path}: unreadable manifest ({exc})") from None
+            if data.get("version") != MANIFEST_VERSION:
+                raise AnnotatorError(
+                    f"{path}: manifest version {data.get('version')!r}, "
+                    f"this annotator writes {MANIFEST_VERSION}"
+                )
+            changed = _differences(data["settings"], settings)
+            if changed:
+                raise AnnotatorError(
+                    f"cannot resume {directory}: it was started with other settings — "
+                    + "; ".join(changed)
+                    + ". Resume with the same options and model, "
+                    "or use another output directory"
+                )
+            manifest = cls(directory, shard, data)
+            manifest._remove_uncommitted()
+            return manifest
+        own = [p.name for p in directory.iterdir() if p.name.startswith(f"{shard.prefix}part-")]
+        if own:
+            raise AnnotatorError(
+                f"{directory} holds part files ({own[0]}, ...) but no {name}; "
+                "remove them or use another output directory"
+            )
+        manifest = cls(
+            directory,
+            shard,
+            {
+                "version": MANIFEST_VERSION,
+                "settings": settings,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "cursor": {"file": 0, "records": 0},
+                "skipped": 0,
+                "parts": [],
+                "complete": False,
+            },
+        )
+        manifest.save()
+        return manifest
+
+    def _remove_uncommitted(self) -> None:
+        """Part files (and temporary files) of this shard that the manifest does not name."""
+        keep = {part["file"] for part in self.parts}
+        prefixes = (
+            f"{self.shard.prefix}part-",
+            f".{self.shard.prefix}part-",
+            f".{_manifest_name(self.shard)}.",
+        )
+        for path in self.directory.iterdir():
+            if path.name.startswith(prefixes) and path.name not in keep and path.is_file():
+                log.info("removing %s: not recorded in the manifest (an interrupted part)", path)
+                path.unlink()
+
+
+def _write_error(path: Path, exc: OSError, manifest: Manifest) -> AnnotatorError:
+    return AnnotatorError(
+        f"cannot write {path}: {exc.strerror or exc}. The {len(manifest.parts)} part(s) "
+        f"recorded in {manifest.path} are intact; fix the cause (disk space, permissions) and "
+        "rerun with --resume"
+    )
+
+
+class PartWriter:
+    """The pipeline's writer for a directory: numbered parts, committed one by one."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        tracker: _Tracker,
+        fmt: str,
+        layout: str,
+        metadata: dict[str, Any],
+        drop_fields: bool,
+        part_size: int,
+    ) -> None:
+        self.manifest, self.tracker = manifest, tracker
+        self.fmt, self.layout, self.metadata, self.drop_fields = fmt, layout, metadata, drop_fields
+        self.part_size = max(1, part_size)
+        self.current: Any = None
+        self.path: Path | None = None
+        self.documents = self.rows = 0
+        self.last: tuple[int, int, int] | None = None
+
+    def _open(self) -> None:
+        self.path = self.manifest.directory / self.manifest.part_name(
+            len(self.manifest.parts), self.fmt
+        )
+        try:
+            self.current = open_writer(
+                str(self.path), self.fmt, self.layout, self.metadata, self.drop_fields
+            )
+        except OSError as exc:
+            raise _write_error(self.path, exc, self.manifest) from None
+        self.documents = self.rows = 0
+
+    def write(self, doc: Document, entities: list) -> None:
+        if self.current is None:
+            self._open()
+        try:
+            self.current.write(doc, entities)
+        except OSError as exc:
+            raise _write_error(self.path, exc, self.manifest) from None
+        self.last = self.tracker.position_of(doc)
+        self.documents += 1
+        self.rows += len(entities) if self.layout == "spans" else 1
+        if self.documents >= self.part_size:
+            self._commit()
+
+    def flush(self) -> None:
+        """Parts are committed whole; nothing is promised before that."""
+
+    def _commit(self, complete: bool = False) -> None:
+        data = self.manifest.data
+        if self.current is not None:
+            try:
+                self.current.close()  # temporary file -> part name
+                with open(self.path, "rb") as handle:
+                    os.fsync(handle.fileno())
+                fsync_dir(self.manifest.directory)
+            except OSError as exc:
+                self.abort()
+                raise _write_error(self.path, exc, self.manifest) from None
+            self.current = None
+            index, number, errors = self.last
+            data["parts"].append(
+                {
+                    "file": self.path.name,
+                    "documents": self.documents,
+                    "rows": self.rows,
+                    "through": {"file": index, "records": number},
+                }
+            )
+            data["cursor"] = {"file": index, "records": number}
+            data["skipped"] = errors
+        if complete:
+            data["cursor"] = {"file": len(data["settings"]["inputs"]), "records": 0}
+            data["skipped"] = self.tracker.errors
+            data["complete"] = True
+        try:
+            self.manifest.save()
+        except OSError as exc:
+            raise _write_error(self.manifest.path, exc, self.manifest) from None
+
+    def close(self) -> None:
+        """The input is exhausted: commit the last part and mark the run complete."""
+        self._commit(complete=True)
+
+    def abort(self) -> None:
+        if self.current is not None:
+            try:
+                self.current.abort()
+            except OSError:
+                pass
+            self.current = None
+
+
+class _ResumedErrors(_ErrorReport):
+    """--errors FILE of a resumed run: keeps the lines of committed bad records, appends the
+    rest."""
+
+    def __init__(self, path: str | None, keep: int) -> None:
+        if path and keep and os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                kept = [line for _, line in zip(range(keep), handle)]
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+            self.handle = open(path, "a", encoding="utf-8")
+        else:
+            super().__init__(path)
+
+
+def is_directory_output(output: str | None) -> bool:
+    """`-o DIR/` (a trailing slash) or an existing directory."""
+    return (
+        bool(output)
+        and output != STDOUT
+        and (output.endswith(("/", os.sep)) or os.path.isdir(output))
+    )
+
+
+def annotate_directory(
+    inputs: Iterable[str],
+    directory: str | Path,
+    options: AnnotateOptions,
+    shard: Shard = Shard(),
+    resume: bool = False,
+    part_size: int = PART_SIZE,
+    annotator: Annotator | None = None,
+    on_document: Callable[[Document, list], None] | None = None,
+    source: Source = local_source,
+    tag: Callable | None = None,
+    expand: Callable[[list[str]], list[str]] = expand_inputs,
+) -> Summary:
+    """Annotate `inputs` into numbered part files in `directory`, resuming where it stopped."""
+    directory = Path(directory)
+    options = options.for_output(None, directory=True)
+    if part_size < 1:
+        raise AnnotatorError("--part-size must be at least 1")
+    files = expand(list(inputs))
+    manifest = Manifest.open(directory, shard, _settings(files, options, shard), resume)
+    if manifest.complete:
+        log.info(
+            "%s: already complete (%d documents in %d parts); nothing to do",
+            manifest.path,
+            manifest.documents,
+            len(manifest.parts),
+        )
+        return Summary()
+    if manifest.parts:
+        log.info(
+            "%s: resuming after %d documents in %d parts",
+            manifest.path,
+            manifest.documents,
+            len(manifest.parts),
+        )
+    tracker = _Tracker(source, manifest.cursor, shard, manifest.data["skipped"])
+
+    def total(files: list[str], reader_options: ReaderOptions) -> int | None:
+        try:
+            count = count_documents(files, reader_options) if shard.count == 1 else None
+        except (OSError, AnnotatorError):  # e.g. URIs of the Ray backend: the bar has no total
+            return None
+        return None if count is None else count - manifest.documents - manifest.data["skipped"]
+
+    hooks = Hooks(
+        expand=lambda _: files,
+        records=tracker.records,
+        open_writer=lambda metadata: PartWriter(
+            manifest,
+            tracker,
+            options.output_format,
+            options.layout,
+            metadata,
+            options.drop_fields,
+            part_size,
+        ),
+        errors=lambda path: _ResumedErrors(path, manifest.data["skipped"]),
+        total=total,
+    )
+    if tag is not None:
+        hooks.tag = tag
+    return annotate(files, str(directory), options, annotator, on_document, hooks)

@@ -1,0 +1,170 @@
+"""Several worker processes on one machine (one per GPU with --devices, or --workers N on
+the CPU): each a directory run over its own sub-shard, one progress bar in the parent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from annotator import logs
+from annotator.errors import AnnotatorError
+from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
+from annotator.pipeline import AnnotateOptions, Summary
+from annotator.records import Document
+from annotator.runs.directory import PART_SIZE, Manifest, _settings, annotate_directory
+from annotator.runs.shards import Shard
+
+
+def _errors_path(path: str | None, shard: Shard) -> str | None:
+    """Each worker its own --errors file: errors.jsonl -> errors.shard-0-of-2.jsonl."""
+    if not path or shard.count == 1:
+        return path
+    base, ext = os.path.splitext(path)
+    return f"{base}.{shard.prefix.rstrip('-')}{ext}"
+
+
+def _worker(
+    number: int,
+    files: list[str],
+    directory: str,
+    options: AnnotateOptions,
+    shard: Shard,
+    part_size: int,
+    threads: int,
+    messages: Any,
+) -> None:
+    """One worker process: its own shard, its own part files and manifest in the directory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logs.configure(label=f"annotator[{number}]")  # as the command line logs, tagged by worker
+    done, sent = 0, time.monotonic()
+
+    def progress(doc: Document, entities: list) -> None:
+        nonlocal done, sent
+        done += 1
+        if time.monotonic() - sent > 0.2:
+            messages.put(("progress", number, done))
+            done, sent = 0, time.monotonic()
+
+    try:
+        summary = annotate_directory(
+            files, directory, options, shard, resume=True, part_size=part_size, on_document=progress
+        )
+        messages.put(("progress", number, done))
+        messages.put(("done", number, summary))
+    except AnnotatorError as exc:
+        messages.put(("error", number, str(exc)))
+    except BaseException as exc:  # a bug: report it with its traceback rather than hang the parent
+        import traceback
+
+        messages.put(("error", number, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def _merge(summaries: list[Summary], seconds: float) -> Summary:
+    total = Summary(seconds=seconds)
+    for item in summaries:
+        total.documents += item.documents
+        total.sentences += item.sentences
+        total.words += item.words
+        total.entities.update(item.entities)
+        total.skipped += item.skipped
+    return total
+
+
+def annotate_with_workers(
+    inputs: Iterable[str],
+    directory: str | Path,
+    options: AnnotateOptions,
+    devices: list[str],
+    shard: Shard = Shard(),
+    resume: bool = False,
+    part_size: int = PART_SIZE,
+) -> Summary:
+    """One process per device (spawned), each over a disjoint sub-shard, one progress bar."""
+    import multiprocessing
+    import queue
+
+    from tqdm import tqdm
+
+    directory = Path(directory)
+    options = options.for_output(None, directory=True)
+    files = expand_inputs(list(inputs))
+    shards = shard.split(len(devices))
+    # every check and every refusal up front, before any process starts
+    manifests = [Manifest.open(directory, s, _settings(files, options, s), resume) for s in shards]
+    already = sum(m.documents for m in manifests)
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    processes = []
+    for number, (device, part) in enumerate(zip(devices, shards)):
+        worker_options = replace(
+            options, device=device, progress=False, errors=_errors_path(options.errors, part)
+        )
+        process = context.Process(
+            target=_worker,
+            name=f"annotator-worker-{number}",
+            daemon=True,
+            args=(
+                number,
+                files,
+                str(directory),
+                worker_options,
+                part,
+                part_size,
+                threads,
+                messages,
+            ),
+        )
+        process.start()
+        processes.append(process)
+    show = options.progress if options.progress is not None else sys.stderr.isatty()
+    bar = tqdm(
+        total=count_documents(
+            files, ReaderOptions(options.input_format, options.text_field, options.id_field)
+        )
+        if show and shard.count == 1
+        else None,
+        initial=already,
+        unit="doc",
+        file=sys.stderr,
+        disable=not show,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    summaries: dict[int, Summary] = {}
+    try:
+        while len(summaries) < len(processes):
+            try:
+                kind, number, value = messages.get(timeout=0.5)
+            except queue.Empty:
+                for number, process in enumerate(processes):
+                    if number not in summaries and process.exitcode is not None:
+                        time.sleep(0.5)  # its last message may still be on the way
+                        if messages.empty():
+                            raise AnnotatorError(
+                                f"worker {number} ({devices[number]}) died with exit code "
+                                f"{process.exitcode}; committed parts are kept: rerun with --resume"
+                            ) from None
+                continue
+            if kind == "progress":
+                bar.update(value)
+            elif kind == "done":
+                summaries[number] = value
+            else:
+                raise AnnotatorError(f"worker {number} ({devices[number]}): {value}")
+    finally:
+        bar.close()
+        for process in processes:
+            if process.is_alive() and len(summaries) < len(processes):
+                process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+    return _merge([summaries[i] for i in sorted(summaries)], time.perf_counter() - started)

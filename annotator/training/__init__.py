@@ -1,0 +1,1 @@
+"""Training a tagger: config and presets, embedding recipes, the run's bookkeeping, two trainers."""

@@ -1,0 +1,71 @@
+"""Make a finished training run the packaged default model, with its model card.
+
+The card's prose is `data/MODEL_CARD.template.md`; the figures come from the run's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from string import Template
+
+import tomllib
+
+from annotator import models
+from annotator.errors import ModelError
+from annotator.files import sha256_file
+
+CARD_TEMPLATE = models.DATA_DIR / "MODEL_CARD.template.md"
+
+
+def package_default_model(run_dir: str | Path, command: str) -> Path:
+    """Copy a finished run's best model into the package, with a model card built from its files."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if not metrics.get("finished") or not metrics.get("test"):
+        raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
+    models.DATA_DIR.mkdir(exist_ok=True)
+    shutil.copyfile(run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    card = model_card(metrics, (run_dir / "config.toml").read_text(), command, models.DEFAULT_MODEL)
+    models.DEFAULT_MODEL_CARD.write_text(card, encoding="utf-8")
+    return models.DEFAULT_MODEL
+
+
+def model_card(metrics: dict, config: str, command: str, model: Path) -> str:
+    """The default model's card: data and terms, config and command, scores, speed, size, limits."""
+    test = metrics["test"]
+    rows = "\n".join(
+        f"| {label} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | "
+        f"{100 * s['f1']:.2f} | {s['support']} |"
+        for label, s in test["per_type"].items()
+    )
+    micro = test["micro"]
+    speed = metrics.get("speed", {})
+    if tomllib.loads(config).get("train_with_dev"):
+        selection = (
+            f"trained on train + dev for {metrics['epoch']} epochs on a fixed learning-rate "
+            "schedule (no dev scores: dev is training data)"
+        )
+    else:
+        selection = (
+            f"best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch "
+            f"{metrics['best_epoch']} of {metrics['epoch']}"
+        )
+    return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        size=f"{model.stat().st_size / 1e6:.1f}",
+        sha256=sha256_file(model),
+        f1=f"{100 * micro['f1']:.2f}",
+        precision=f"{100 * micro['precision']:.2f}",
+        recall=f"{100 * micro['recall']:.2f}",
+        selection=selection,
+        minutes=f"{metrics['seconds'] / 60:.0f}",
+        speed=(
+            f"{speed['words_per_second']:,.0f} words/s ({speed['how']})"
+            if speed
+            else "see `annotator bench`"
+        ),
+        rows=rows,
+        command=command,
+        config=config.rstrip(),
+    )
