@@ -111,9 +111,11 @@ class Annotator:
         max_sentence_tokens: int = 250,
         engine: str = "auto",
         split_process: bool | None = None,
+        span_scores: str = "auto",
     ) -> None:
         """`split_process`: split sentences in a child process, beside tagging (default: when
-        this process has more than one CPU)."""
+        this process has more than one CPU). `span_scores`: see
+        `annotator.tagging.engines.make_engine`."""
         from annotator.models import choose_device, load_tagger, model_info
 
         if split_process is None:
@@ -124,7 +126,11 @@ class Annotator:
         self.model = model_info(model)
         self.tagger = load_tagger(model, device=str(self.device))
         self.engine = make_engine(
-            self.tagger, batch_size=batch_size, device=self.device, engine=engine
+            self.tagger,
+            batch_size=batch_size,
+            device=self.device,
+            engine=engine,
+            span_scores=span_scores,
         )
         self.segmenter = Segmenter(spacy_model, max_sentence_tokens)
         # the model, its vocabularies and spaCy live as long as this object: moving them out of

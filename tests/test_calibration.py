@@ -8,8 +8,11 @@ import random
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from annotator.cli import cli
 from annotator.tagging.calibration import (
+    CARD_KEY,
     SpanMarginals,
     apply_map,
     fit_isotonic,
@@ -113,3 +116,79 @@ def test_isotonic_map_is_monotone_and_fits_shares():
     before = reliability(scores, correct)["ece"]
     after = reliability(apply_map({"x": x, "y": y}, scores), correct)["ece"]
     assert before > 0.1 and after < 0.02
+
+
+def test_calibrated_model_survives_save_and_reload_and_engines_agree(
+    tiny_model, synthetic_corpus, tmp_path, single_thread
+):
+    from annotator.models import load_tagger
+    from annotator.tagging.engines import make_engine
+
+    output = tmp_path / "calibrated.pt"
+    outcome = CliRunner().invoke(
+        cli,
+        ["calibrate", str(tiny_model), str(synthetic_corpus), "-o", str(output), "--device", "cpu"],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "ECE of the span marginals" in outcome.output
+    tagger = load_tagger(output, device="cpu")
+    card = tagger.model_card[CARD_KEY]
+    assert card["y"] == sorted(card["y"]) and len(card["x"]) == len(card["y"]) >= 1
+    sentences = [
+        s.split()
+        for s in [
+            "John Smith works for Siemens in Paris .",
+            "The French minister met Anna Berg in Oslo .",
+            "Prices rose .",
+        ]
+    ]
+    fast = make_engine(tagger, engine="fast").predict(sentences)
+    flair = make_engine(tagger, engine="flair").predict(sentences)
+    marginal = make_engine(tagger, engine="fast", span_scores="marginal").predict(sentences)
+    plain = make_engine(tagger, engine="fast", span_scores="flair").predict(sentences)
+    flair_marginal = make_engine(tagger, engine="flair", span_scores="marginal").predict(sentences)
+    # a model without a map keeps Flair's scores (the packaged default model is one)
+    assert make_engine(load_tagger(tiny_model, device="cpu"), engine="fast").span_scorer is None
+    assert [s[3] for f in marginal for s in f] == pytest.approx(
+        [s[3] for f in flair_marginal for s in f], abs=1e-4
+    )
+    assert (
+        [[s[:3] for s in f] for f in fast]
+        == [[s[:3] for s in f] for f in flair]
+        == [[s[:3] for s in f] for f in plain]
+    )
+    assert sum(map(len, fast)) >= 4
+    for f, g, m in zip(fast, flair, marginal):
+        for a, b, c in zip(f, g, m):
+            assert a[3] == pytest.approx(b[3], abs=1e-3)
+            assert a[3] == pytest.approx(apply_map(card, [c[3]])[0], abs=1e-6)
+            assert 0.0 <= c[3] <= 1.0
+
+
+def test_evaluate_raw_report_draws_the_reliability_diagram(
+    tiny_model, synthetic_corpus, tmp_path, single_thread
+):
+    report = tmp_path / "report"
+    outcome = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(tiny_model),
+            str(synthetic_corpus),
+            "--raw",
+            "--report",
+            str(report),
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "both.json"),
+        ],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "end to end on raw text" in outcome.output
+    assert (report / "reliability.png").stat().st_size > 1000
+    assert (report / "raw.json").exists() and (report / "report.json").exists()
+    import json
+
+    data = json.loads((tmp_path / "both.json").read_text())
+    assert set(data) == {"token_level", "raw"} and "ece" in data["raw"]["calibration"]
