@@ -718,8 +718,14 @@ def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
 @cli.command("package-model", hidden=True)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--command", "command", required=True, help="The training command, for the card.")
-def package_model(run_dir: Path, command: str) -> None:
+@click.option(
+    "--corpus",
+    "corpus_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also score the model end to end on this corpus's test split as raw text, for the card.",
+)
+def package_model(run_dir: Path, command: str, corpus_dir: Path | None) -> None:
     """Make RUN_DIR's best model the packaged default (used by `make model`)."""
     from annotator.training.package import package_default_model
 
-    click.echo(f"packaged {package_default_model(run_dir, command)}")
+    click.echo(f"packaged {package_default_model(run_dir, command, corpus_dir)}")
