@@ -1,11 +1,12 @@
-"""Span scores that mean what they say: CRF span marginals, a calibration map, and the
-reliability statistics of scored predictions.
+"""Span scores that mean what they say.
 
 A user filters with ``--min-score``; the score is only useful if spans scored s are right
-about s of the time. The expected calibration error (ECE) measures how far they are from
-that, over equal-width score bins. A model whose card holds a calibration map (fitted by
-`annotator calibrate`) scores each span by its CRF marginal put through that map; other
-models keep Flair's scores.
+about s of the time. Flair's span score (the mean over the span's tokens of a softmax of the
+Viterbi scores) is no probability. Here a span is scored by its CRF marginal -- the probability
+that exactly that labelled span is in the sentence, by forward-backward -- through a monotone
+map fitted on a held-out split and stored in the model's card (`annotator calibrate`); models
+without a map keep Flair's scores. The expected calibration error (ECE, equal-width score bins)
+says how far scores are from the share of spans that are right.
 """
 
 from __future__ import annotations
