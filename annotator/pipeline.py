@@ -27,7 +27,7 @@ from annotator.errors import AnnotatorError
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs, read_documents
 from annotator.io.writers import default_layout, open_writer, output_format
 from annotator.records import Document, Entity, Record, RecordError, Sentence
-from annotator.segmentation import Segmenter, SplitterProcess
+from annotator.segmentation import Segmenter, SplitterProcess, segmenter_settings
 from annotator.tagging.engines import entities_of, make_engine
 
 log = logging.getLogger("annotator")
@@ -111,9 +111,11 @@ class Annotator:
         max_sentence_tokens: int = 250,
         engine: str = "auto",
         split_process: bool | None = None,
+        span_scores: str = "auto",
     ) -> None:
         """`split_process`: split sentences in a child process, beside tagging (default: when
-        this process has more than one CPU)."""
+        this process has more than one CPU). `span_scores`: see
+        `annotator.tagging.engines.make_engine`."""
         from annotator.models import choose_device, load_tagger, model_info
 
         if split_process is None:
@@ -123,10 +125,18 @@ class Annotator:
         self.device = choose_device(device)
         self.model = model_info(model)
         self.tagger = load_tagger(model, device=str(self.device))
+        rules = segmenter_settings(self.tagger)  # sentence rules the model was trained for
+        if rules and self.splitter is not None:
+            self.splitter.close()
+            self.splitter = SplitterProcess(spacy_model, max_sentence_tokens, **rules)
         self.engine = make_engine(
-            self.tagger, batch_size=batch_size, device=self.device, engine=engine
+            self.tagger,
+            batch_size=batch_size,
+            device=self.device,
+            engine=engine,
+            span_scores=span_scores,
         )
-        self.segmenter = Segmenter(spacy_model, max_sentence_tokens)
+        self.segmenter = Segmenter(spacy_model, max_sentence_tokens, **rules)
         # the model, its vocabularies and spaCy live as long as this object: moving them out of
         # the cyclic garbage collector's view keeps its collections (which the many small
         # objects of tagging trigger) from rescanning them

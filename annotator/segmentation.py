@@ -8,6 +8,7 @@ newlines, non-breaking spaces) are dropped: a tagger never sees them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import queue
@@ -17,6 +18,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.records import Sentence
@@ -24,6 +26,11 @@ from annotator.records import Sentence
 # spaCy refuses texts above nlp.max_length; longer documents are cut at whitespace into
 # pieces this long, each split on its own, so one huge document cannot exhaust memory.
 MAX_PIECE_CHARS = 100_000
+#: the spaCy component of the list-marker rule, and the longest list number it takes
+LIST_MARKERS = "annotator_list_markers"
+MAX_MARKER_DIGITS = 3
+#: where a model's card records the tokens it was trained on and its sentence rules
+CARD_KEY = "annotator_segmentation"
 
 
 class Segmenter:
@@ -34,8 +41,14 @@ class Segmenter:
     """
 
     def __init__(
-        self, spacy_model: str | None = None, max_sentence_tokens: int = 250, batch_size: int = 64
+        self,
+        spacy_model: str | None = None,
+        max_sentence_tokens: int = 250,
+        batch_size: int = 64,
+        list_markers: bool = False,
     ) -> None:
+        """`list_markers`: a sentence that is only a list number ("1.") joins the next one
+        (`join_list_markers`)."""
         import spacy
 
         if max_sentence_tokens < 1:
@@ -65,6 +78,13 @@ class Segmenter:
                 enable=[n for n in nlp.pipe_names if n in keep or n in ("tok2vec", "transformer")]
             )
             self.name = f"{spacy_model} {nlp.meta.get('version', '')} (spaCy {spacy.__version__})"
+        if list_markers:
+            from spacy.language import Language
+
+            if not Language.has_factory(LIST_MARKERS):
+                Language.component(LIST_MARKERS, func=join_list_markers)
+            self.nlp.add_pipe(LIST_MARKERS, last=True)
+            self.name += " + list markers"
         self.nlp.max_length = max(self.nlp.max_length, MAX_PIECE_CHARS + 1)
 
     def split(self, texts: Iterable[str]) -> Iterator[list[Sentence]]:
@@ -110,9 +130,18 @@ class SplitterProcess:
     sentences come back on its stdout as pickles, first in, first out.
     """
 
-    def __init__(self, spacy_model: str | None = None, max_sentence_tokens: int = 250) -> None:
+    def __init__(
+        self,
+        spacy_model: str | None = None,
+        max_sentence_tokens: int = 250,
+        list_markers: bool = False,
+    ) -> None:
         settings = json.dumps(
-            {"spacy_model": spacy_model, "max_sentence_tokens": max_sentence_tokens}
+            {
+                "spacy_model": spacy_model,
+                "max_sentence_tokens": max_sentence_tokens,
+                "list_markers": list_markers,
+            }
         )
         self._process = subprocess.Popen(
             [sys.executable, "-m", "annotator.segmentation", settings],
@@ -168,6 +197,62 @@ class SplitterProcess:
 
     def close(self) -> None:
         _stop_process(self._process, self._requests)
+
+
+def join_list_markers(doc):
+    """A spaCy component after the splitter: a list number and its full stop at the start of a
+    text or line ("1. ", "12. ") begin a sentence, and the words after them continue it.
+
+    The rule-based sentencizer ends a sentence at every full stop, so a numbered list item such
+    as ``1. Jesper Ronnback ( Sweden ) 25.76`` is cut after ``1.``: the tagger would then see
+    the name without its context.
+    """
+    for token in doc[:-2]:
+        after = doc[token.i + 2]
+        if not (
+            token.text.isdigit()
+            and len(token.text) <= MAX_MARKER_DIGITS
+            and doc[token.i + 1].text == "."
+            and not after.is_space
+        ):
+            continue
+        if token.i == 0 or doc[token.i - 1].is_space and "\n" in doc[token.i - 1].text:
+            token.is_sent_start = True
+            after.is_sent_start = False
+    return doc
+
+
+def segmentation_card(retokenized: bool, list_markers: bool = False) -> dict[str, Any]:
+    """What a model records in its card about the tokens it was trained on and the sentence
+    rules it is meant to be used with."""
+    import spacy
+
+    return {
+        CARD_KEY: {
+            "tokenizer": "spacy.blank('en')",
+            "spacy_version": spacy.__version__,
+            "retokenized": retokenized,
+            "list_markers": list_markers,
+        }
+    }
+
+
+def segmenter_settings(tagger) -> dict[str, Any]:
+    """The Segmenter options a model was trained for (none for models trained on corpus
+    tokens); warns when its tokens came from another spaCy version than the one installed."""
+    import spacy
+
+    stored = (getattr(tagger, "model_card", None) or {}).get(CARD_KEY)
+    if not stored:
+        return {}
+    if stored.get("spacy_version") != spacy.__version__:
+        logging.getLogger("annotator").warning(
+            "the model was trained on tokens of spaCy %s; spaCy %s is installed (its tokenizer "
+            "may split some words differently)",
+            stored.get("spacy_version"),
+            spacy.__version__,
+        )
+    return {"list_markers": True} if stored.get("list_markers") else {}
 
 
 def _write_requests(pipe, requests: queue.SimpleQueue) -> None:

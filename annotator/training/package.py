@@ -1,6 +1,7 @@
 """Make a finished training run the packaged default model, with its model card.
 
-The card's prose is `data/MODEL_CARD.template.md`; the figures come from the run's own files.
+The card's prose is `data/MODEL_CARD.template.md`; the figures come from the run's own files
+and, given the corpus, from scoring the model end to end on its test split as raw text.
 """
 
 from __future__ import annotations
@@ -19,21 +20,39 @@ from annotator.files import sha256_file
 CARD_TEMPLATE = models.DATA_DIR / "MODEL_CARD.template.md"
 
 
-def package_default_model(run_dir: str | Path, command: str) -> Path:
-    """Copy a finished run's best model into the package, with a model card built from its files."""
+def package_default_model(
+    run_dir: str | Path, command: str, corpus_dir: str | Path | None = None
+) -> Path:
+    """Copy a finished run's best model into the package, with a model card built from its files
+    (and its raw-text scores on `corpus_dir`'s test split, where given)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if not metrics.get("finished") or not metrics.get("test"):
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
     shutil.copyfile(run_dir / "best-model.pt", models.DEFAULT_MODEL)
-    card = model_card(metrics, (run_dir / "config.toml").read_text(), command, models.DEFAULT_MODEL)
+    raw = raw_test_scores(corpus_dir) if corpus_dir else None
+    config = (run_dir / "config.toml").read_text()
+    card = model_card(metrics, config, command, models.DEFAULT_MODEL, raw)
     models.DEFAULT_MODEL_CARD.write_text(card, encoding="utf-8")
     return models.DEFAULT_MODEL
 
 
-def model_card(metrics: dict, config: str, command: str, model: Path) -> str:
-    """The default model's card: data and terms, config and command, scores, speed, size, limits."""
+def raw_test_scores(corpus_dir: str | Path) -> dict[str, dict]:
+    """The packaged model end to end on the test split rebuilt as raw text, per unit."""
+    from annotator.raw_evaluation import evaluate_raw
+
+    return {
+        unit: evaluate_raw(models.DEFAULT_MODEL, corpus_dir, "test", unit=unit).to_dict()
+        for unit in ("document", "sentence")
+    }
+
+
+def model_card(
+    metrics: dict, config: str, command: str, model: Path, raw: dict[str, dict] | None = None
+) -> str:
+    """The default model's card: data and terms, config and command, scores (end to end on raw
+    text first, where measured), speed, size, limits."""
     test = metrics["test"]
     rows = "\n".join(
         f"| {label} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | "
@@ -54,6 +73,7 @@ def model_card(metrics: dict, config: str, command: str, model: Path) -> str:
         )
     return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
         size=f"{model.stat().st_size / 1e6:.1f}",
+        raw=_raw_lines(raw),
         sha256=sha256_file(model),
         f1=f"{100 * micro['f1']:.2f}",
         precision=f"{100 * micro['precision']:.2f}",
@@ -69,3 +89,21 @@ def model_card(metrics: dict, config: str, command: str, model: Path) -> str:
         command=command,
         config=config.rstrip(),
     )
+
+
+def _raw_lines(raw: dict[str, dict] | None) -> str:
+    """The card's end-to-end lines: what a user of `annotate` gets on raw text."""
+    if not raw:
+        return ""
+    parts = []
+    for unit, scores in raw.items():
+        micro, calibration = scores["micro"], scores["calibration"]
+        types = " / ".join(
+            f"{label} {100 * s['f1']:.2f}" for label, s in scores["per_type"].items()
+        )
+        parts.append(
+            f"\n- **End to end on raw text, one text per {unit}: micro-F1 "
+            f"{100 * micro['f1']:.2f}** ({types}; `annotator evaluate --raw --unit {unit}`); "
+            f"span scores: ECE {calibration['ece']:.3f}"
+        )
+    return "".join(parts)

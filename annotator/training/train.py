@@ -23,6 +23,7 @@ from annotator.corpus import find_split_files, load_corpus, parse_column_format,
 from annotator.errors import AnnotatorError
 from annotator.files import write_json_atomically
 from annotator.models import choose_device
+from annotator.segmentation import segmentation_card
 from annotator.training.config import CHECKPOINT, CONFIG, METRICS, TrainConfig, resolve_config
 from annotator.training.recipes import build_tagger, has_trainable_embeddings, seed_everything
 from annotator.training.runbook import RunBook, _draw_curves, _run_plugin
@@ -194,6 +195,10 @@ def train(
 
     seed_everything(config.seed + state["epoch"])
     corpus = load_corpus(corpus_dir, config.column_format)
+    if config.retokenize:
+        from annotator.training.retokenize import retokenized_corpus, spacy_tokenize
+
+        corpus = retokenized_corpus(corpus, label_type, spacy_tokenize())
     if config.train_with_dev:
         corpus = with_dev_in_train(corpus)
     if resume:
@@ -201,6 +206,8 @@ def train(
     else:
         tagger = build_tagger(config, corpus, label_type)
     book = RunBook(output, state, config, on_epoch)
+    if config.retokenize or config.list_markers:
+        book.card = segmentation_card(config.retokenize, config.list_markers)
     with _training_log(output):
         kind, why = choose_trainer(config, tagger)
         log.info("training with %s", why)

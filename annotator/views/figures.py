@@ -192,3 +192,42 @@ def plot_confusion(
     )
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(figure, path)
+
+
+def plot_reliability(stats: dict[str, Any], output: str | Path, title: str = "") -> Path:
+    """The reliability diagram of `annotator.tagging.calibration.reliability`'s statistics:
+    share correct against mean score per bin, the diagonal being perfect calibration; bar
+    labels give the spans per bin."""
+    bins = [b for b in stats["bins"] if b["count"]]
+    figure = _figure((5.5, 5.0))
+    axis = figure.subplots()
+    axis.plot(
+        [0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfect calibration"
+    )
+    bars = axis.bar(
+        [b["low"] for b in bins],
+        [b["share_correct"] for b in bins],
+        width=0.1,
+        align="edge",
+        color="#4c78a8",
+        edgecolor="white",
+        label="share correct",
+    )
+    axis.plot(
+        [b["mean_score"] for b in bins],
+        [b["share_correct"] for b in bins],
+        "o",
+        color="#f58518",
+        label="mean score of the bin",
+    )
+    axis.bar_label(bars, labels=[str(b["count"]) for b in bins], fontsize=7, padding=2)
+    axis.set(
+        xlim=(0, 1),
+        ylim=(0, 1.08),
+        xlabel="span score",
+        ylabel="share of spans right",
+        title=f"{title}  ECE {stats['ece']:.3f}".strip(),
+    )
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return _save(figure, Path(output))

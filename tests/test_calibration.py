@@ -1,0 +1,194 @@
+"""Span marginals from the CRF, the calibration map, and the scores the engines give with it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from annotator.cli import cli
+from annotator.tagging.calibration import (
+    CARD_KEY,
+    SpanMarginals,
+    apply_map,
+    fit_isotonic,
+    reliability,
+)
+from annotator.tagging.crf import forward_backward_packed
+
+TAGS = ["O", "S-PER", "B-PER", "E-PER", "I-PER", "S-LOC", "<START>", "<STOP>"]
+START, STOP = TAGS.index("<START>"), TAGS.index("<STOP>")
+
+
+def _path_score(tags, emissions, transitions) -> float:
+    score = transitions[tags[0], START] + emissions[0][tags[0]]
+    for t in range(1, len(tags)):
+        score += transitions[tags[t], tags[t - 1]] + emissions[t][tags[t]]
+    return float(score + transitions[STOP, tags[-1]])
+
+
+def _packed(sentences):
+    """Time-major rows of sentences sorted by length (descending), and their lengths."""
+    longest = len(sentences[0])
+    sizes = [sum(len(s) > t for s in sentences) for t in range(longest)]
+    rows = [sentences[c][t] for t in range(longest) for c in range(sizes[t])]
+    return torch.stack(rows), [len(s) for s in sentences]
+
+
+def test_span_marginals_equal_brute_force_enumeration():
+    generator = torch.Generator().manual_seed(3)
+    transitions = torch.randn(len(TAGS), len(TAGS), generator=generator, dtype=torch.float64)
+    sentences = [
+        torch.randn(length, len(TAGS), generator=generator, dtype=torch.float64)
+        for length in (4, 3, 1)
+    ]
+    emissions, lengths = _packed(sentences)
+    sizes = [sum(n > t for n in lengths) for t in range(lengths[0])]
+    offsets = [0, *itertools.accumulate(sizes)][:-1]
+    marginals = SpanMarginals(TAGS, transitions, START, STOP)
+    _, beta, log_z = forward_backward_packed(emissions, lengths, transitions, START, STOP)
+    for column, sentence in enumerate(sentences):
+        length = len(sentence)
+        paths = {
+            tags: math.exp(_path_score(tags, sentence, transitions))
+            for tags in itertools.product(range(len(TAGS)), repeat=length)
+        }
+        total = sum(paths.values())
+        assert float(log_z[column]) == pytest.approx(math.log(total))
+        # the backward pass reaches the same partition from the sentence's first token
+        first_row = emissions[column] + beta[column] + transitions[:, START]
+        assert float(torch.logsumexp(first_row, 0)) == pytest.approx(math.log(total))
+        spans = [
+            (first, end, label)
+            for first in range(length)
+            for end in range(first + 1, length + 1)
+            for label in ("PER", "LOC")
+            if label == "PER" or end == first + 1
+        ]
+        wanted = [
+            (column, [offsets[t] + column for t in range(first, end)], label)
+            for first, end, label in spans
+        ]
+        for (first, end, label), value in zip(spans, marginals(emissions, lengths, wanted)):
+            path = tuple(marginals.path(label, end - first))
+            expected = sum(p for tags, p in paths.items() if tags[first:end] == path) / total
+            assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_marginals_of_alternatives_at_a_token_sum_to_one():
+    """Token 0 is O or starts a span of some length and label: with the transitions of invalid
+    BIOES sequences forbidden, those alternatives' probabilities add up to one."""
+    transitions = torch.randn(len(TAGS), len(TAGS), dtype=torch.float64)
+    opens = {"<START>", "O", "S-PER", "E-PER", "S-LOC"}  # tags after which a span may start
+    for to, to_tag in enumerate(TAGS):
+        for source, from_tag in enumerate(TAGS):
+            inside = to_tag in ("I-PER", "E-PER")
+            if (
+                to_tag == "<START>"
+                or from_tag == "<STOP>"
+                or inside != (from_tag in ("B-PER", "I-PER"))
+                or (not inside and from_tag not in opens)
+                or (to_tag == "<STOP>" and from_tag == "<START>")
+            ):
+                transitions[to, source] = -1e4
+    sentence = torch.randn(4, len(TAGS), dtype=torch.float64)
+    emissions, lengths = _packed([sentence])
+    marginals = SpanMarginals(TAGS, transitions, START, STOP)
+    spans = [(0, list(range(end)), "PER") for end in range(1, 5)] + [(0, [0], "LOC")]
+    alpha, beta, log_z = forward_backward_packed(emissions, lengths, transitions, START, STOP)
+    outside = math.exp(float(alpha[0, 0] + beta[0, 0] - log_z[0]))
+    assert sum(marginals(emissions, lengths, spans)) + outside == pytest.approx(1.0)
+
+
+def test_isotonic_map_is_monotone_and_fits_shares():
+    rng = random.Random(0)
+    scores = [rng.random() for _ in range(2000)]
+    correct = [rng.random() < s**2 for s in scores]  # overconfident scores
+    x, y = fit_isotonic(scores, correct)
+    assert all(a <= b for a, b in zip(x, x[1:])) and all(a <= b for a, b in zip(y, y[1:]))
+    grid = [i / 100 for i in range(101)]
+    mapped = apply_map({"x": x, "y": y}, grid)
+    assert all(a <= b for a, b in zip(mapped, mapped[1:]))
+    before = reliability(scores, correct)["ece"]
+    after = reliability(apply_map({"x": x, "y": y}, scores), correct)["ece"]
+    assert before > 0.1 and after < 0.02
+
+
+def test_calibrated_model_survives_save_and_reload_and_engines_agree(
+    tiny_model, synthetic_corpus, tmp_path, single_thread
+):
+    from annotator.models import load_tagger
+    from annotator.tagging.engines import make_engine
+
+    output = tmp_path / "calibrated.pt"
+    outcome = CliRunner().invoke(
+        cli,
+        ["calibrate", str(tiny_model), str(synthetic_corpus), "-o", str(output), "--device", "cpu"],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "ECE of the span marginals" in outcome.output
+    tagger = load_tagger(output, device="cpu")
+    card = tagger.model_card[CARD_KEY]
+    assert card["y"] == sorted(card["y"]) and len(card["x"]) == len(card["y"]) >= 1
+    sentences = [
+        s.split()
+        for s in [
+            "John Smith works for Siemens in Paris .",
+            "The French minister met Anna Berg in Oslo .",
+            "Prices rose .",
+        ]
+    ]
+    fast = make_engine(tagger, engine="fast").predict(sentences)
+    flair = make_engine(tagger, engine="flair").predict(sentences)
+    marginal = make_engine(tagger, engine="fast", span_scores="marginal").predict(sentences)
+    plain = make_engine(tagger, engine="fast", span_scores="flair").predict(sentences)
+    flair_marginal = make_engine(tagger, engine="flair", span_scores="marginal").predict(sentences)
+    # a model without a map keeps Flair's scores (the packaged default model is one)
+    assert make_engine(load_tagger(tiny_model, device="cpu"), engine="fast").span_scorer is None
+    assert [s[3] for f in marginal for s in f] == pytest.approx(
+        [s[3] for f in flair_marginal for s in f], abs=1e-4
+    )
+    assert (
+        [[s[:3] for s in f] for f in fast]
+        == [[s[:3] for s in f] for f in flair]
+        == [[s[:3] for s in f] for f in plain]
+    )
+    assert sum(map(len, fast)) >= 4
+    for f, g, m in zip(fast, flair, marginal):
+        for a, b, c in zip(f, g, m):
+            assert a[3] == pytest.approx(b[3], abs=1e-3)
+            assert a[3] == pytest.approx(apply_map(card, [c[3]])[0], abs=1e-6)
+            assert 0.0 <= c[3] <= 1.0
+
+
+def test_evaluate_raw_report_draws_the_reliability_diagram(
+    tiny_model, synthetic_corpus, tmp_path, single_thread
+):
+    report = tmp_path / "report"
+    outcome = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(tiny_model),
+            str(synthetic_corpus),
+            "--raw",
+            "--report",
+            str(report),
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "both.json"),
+        ],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert "end to end on raw text" in outcome.output
+    assert (report / "reliability.png").stat().st_size > 1000
+    assert (report / "raw.json").exists() and (report / "report.json").exists()
+    import json
+
+    data = json.loads((tmp_path / "both.json").read_text())
+    assert set(data) == {"token_level", "raw"} and "ece" in data["raw"]["calibration"]
