@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from annotator.bench import docs as bench_docs
 from annotator.bench import report
+from annotator.bench import rows as bench_rows
 from annotator.bench import run as bench_run
 from annotator.cli import cli
+from annotator.errors import AnnotatorError
 from tests.synthetic import sentences
 
 ROW_LABELS = [
@@ -119,8 +124,14 @@ def test_generated_documents_are_deterministic_news_like_texts(tmp_path):
     assert texts == bench_docs.conll_documents(corpus, 3, words=50) and len(texts) == 3
     assert all(len(text.split()) >= 40 for text in texts)
     assert " ." not in texts[0] and " ," not in texts[0]
-    options = bench_run.BenchOptions(corpus=str(corpus), docs=2)
-    assert bench_run.load_documents(options)[0] == bench_docs.conll_documents(corpus, 2)
+    options = bench_run.BenchOptions(corpus=str(corpus), docs=1)
+    assert bench_run.load_documents(options)[0] == bench_docs.conll_documents(corpus, 1)
+    # more documents than the corpus holds: its texts again, in order (a ~1M-word GPU bench)
+    every = bench_docs.conll_documents(corpus, 100)
+    options = bench_run.BenchOptions(corpus=str(corpus), docs=len(every) + 2)
+    texts, origin = bench_run.load_documents(options)
+    assert texts == (every * 3)[: len(every) + 2]
+    assert f"({len(every)} texts, repeated to {len(every) + 2})" in origin
     fallback, origin = bench_run.load_documents(
         bench_run.BenchOptions(corpus=None, docs=2, inputs=())
     )
@@ -137,3 +148,22 @@ def test_compare_entities_tolerates_only_tiny_score_differences():
     assert not report.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.8], reference[1]])[0]
     assert not report.compare_entities(reference, [[0, 0, 0, 4, "ORG", 0.9], reference[1]])[0]
     assert not report.compare_entities(reference, reference[:1])[0]
+
+
+def test_copies_of_documents_count_once_and_bad_gpu_options_are_refused(tmp_path):
+    rows = {
+        "doc_id": ["0-3", "1-3", "7"],
+        "sentence": [0, 0, 1],
+        "start": [0, 0, 5],
+        "end": [4, 4, 9],
+        "label": ["PER", "PER", "LOC"],
+        "score": [0.5, 0.5, 0.25],
+    }
+    pq.write_table(pa.table(rows), tmp_path / "part.parquet")
+    assert bench_rows._parquet_entities([tmp_path / "part.parquet"]) == [
+        [3, 0, 0, 4, "PER", 0.5],
+        [7, 1, 5, 9, "LOC", 0.25],
+    ]
+    for bad in ({"annotate_workers": 0}, {"workers_copies": 0}, {"flair_docs": 0}):
+        with pytest.raises(AnnotatorError, match="must be at least 1"):
+            bench_run.run_bench(bench_run.BenchOptions(**bad), echo=lambda line: None)
