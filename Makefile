@@ -27,12 +27,12 @@ tools:
 
 # One code dialect (pyproject.toml's [tool.ruff]): lint and formatting are checked by `make test`.
 lint: install
-	$(VENV)/bin/ruff check annotator tests examples
-	$(VENV)/bin/ruff format --check annotator tests examples
+	$(VENV)/bin/ruff check annotator tests examples scripts
+	$(VENV)/bin/ruff format --check annotator tests examples scripts
 
 format: install
-	$(VENV)/bin/ruff check --fix annotator tests examples
-	$(VENV)/bin/ruff format annotator tests examples
+	$(VENV)/bin/ruff check --fix annotator tests examples scripts
+	$(VENV)/bin/ruff format annotator tests examples scripts
 
 test: install tools lint
 	$(PY) -m pytest -q tests
@@ -120,3 +120,18 @@ bench: install
 		$(if $(wildcard $(CONLLPP)),--corpus $(CONLLPP)) $(if $(SPACY_NER),--spacy-ner $(SPACY_NER)) \
 		--memory --stand-in tutorial --json $(BENCH_DIR)/bench.json $(BENCH_ARGS) > $(BENCH_DIR)/bench.txt
 	@cat $(BENCH_DIR)/bench.txt
+
+# The GPU check (issue #17): what a lent GPU machine lacks travels with the working tree.
+# gpu-wheels: flair, spaCy and their import closure minus the device's packages as wheels in
+# .whl/ (compiled ones stripped, unused network features stubbed), checked against the 64 MiB
+# the device tool carries; GPU_WHEELS_ARGS=--dry-run checks the budget offline from recorded
+# sizes. gpu-carry: the same, plus CoNLL++ packed into .gpu-data/. Then, on the device:
+# `bash scripts/gpu-check.sh` (see the README's "GPU check").
+GPU_PYTHON := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_WHEELS_ARGS ?=
+.PHONY: gpu-wheels gpu-carry
+gpu-wheels:
+	$(GPU_PYTHON) scripts/gpu_wheels.py $(GPU_WHEELS_ARGS)
+
+gpu-carry:
+	$(GPU_PYTHON) scripts/gpu_wheels.py --corpus $(CONLLPP) $(GPU_WHEELS_ARGS)

@@ -699,6 +699,25 @@ def info() -> None:
     type=click.Path(file_okay=False),
     help="Keep the documents, stand-in model and worker logs here (default: a temp dir).",
 )
+@click.option(
+    "--flair-docs",
+    type=int,
+    help="Run Flair's rows (1, 2) on the first N documents only (Flair's predict on a GPU is "
+    "slow); the other rows' spans are compared on those.",
+)
+@click.option(
+    "--annotate-workers",
+    default=1,
+    show_default=True,
+    help="Also time annotate in N worker processes on --device, each splitting sentences in its "
+    "own process (row 3w).",
+)
+@click.option(
+    "--workers-copies",
+    default=1,
+    show_default=True,
+    help="Row 3w reads the documents this many times over (more work per worker).",
+)
 def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
     """Words/s of Flair, spaCy and annotator side by side on the same documents (INPUTS: files
     or folders like annotate's; none: generated news-like documents)."""

@@ -73,6 +73,9 @@ class Summary:
     entities: Counter = field(default_factory=Counter)
     skipped: int = 0
     seconds: float = 0.0
+    # worker processes: from the first one starting on its documents to the last one done
+    # (their starts and model loading left out, as `seconds` of a one-process run leaves them)
+    work_seconds: float | None = None
 
     @property
     def words_per_second(self) -> float:

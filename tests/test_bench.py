@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from annotator.bench import docs as bench_docs
 from annotator.bench import report
+from annotator.bench import rows as bench_rows
 from annotator.bench import run as bench_run
 from annotator.cli import cli
+from annotator.errors import AnnotatorError
 from tests.synthetic import sentences
 
 ROW_LABELS = [
@@ -119,8 +124,14 @@ def test_generated_documents_are_deterministic_news_like_texts(tmp_path):
     assert texts == bench_docs.conll_documents(corpus, 3, words=50) and len(texts) == 3
     assert all(len(text.split()) >= 40 for text in texts)
     assert " ." not in texts[0] and " ," not in texts[0]
-    options = bench_run.BenchOptions(corpus=str(corpus), docs=2)
-    assert bench_run.load_documents(options)[0] == bench_docs.conll_documents(corpus, 2)
+    options = bench_run.BenchOptions(corpus=str(corpus), docs=1)
+    assert bench_run.load_documents(options)[0] == bench_docs.conll_documents(corpus, 1)
+    # more documents than the corpus holds: its texts again, in order (a ~1M-word GPU bench)
+    every = bench_docs.conll_documents(corpus, 100)
+    options = bench_run.BenchOptions(corpus=str(corpus), docs=len(every) + 2)
+    texts, origin = bench_run.load_documents(options)
+    assert texts == (every * 3)[: len(every) + 2]
+    assert f"({len(every)} texts, repeated to {len(every) + 2})" in origin
     fallback, origin = bench_run.load_documents(
         bench_run.BenchOptions(corpus=None, docs=2, inputs=())
     )
@@ -137,3 +148,60 @@ def test_compare_entities_tolerates_only_tiny_score_differences():
     assert not report.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.8], reference[1]])[0]
     assert not report.compare_entities(reference, [[0, 0, 0, 4, "ORG", 0.9], reference[1]])[0]
     assert not report.compare_entities(reference, reference[:1])[0]
+
+
+def test_copies_of_documents_count_once_and_bad_gpu_options_are_refused(tmp_path):
+    rows = {
+        "doc_id": ["0-3", "1-3", "7"],
+        "sentence": [0, 0, 1],
+        "start": [0, 0, 5],
+        "end": [4, 4, 9],
+        "label": ["PER", "PER", "LOC"],
+        "score": [0.5, 0.5, 0.25],
+    }
+    pq.write_table(pa.table(rows), tmp_path / "part.parquet")
+    assert bench_rows._parquet_entities([tmp_path / "part.parquet"]) == [
+        [3, 0, 0, 4, "PER", 0.5],
+        [7, 1, 5, 9, "LOC", 0.25],
+    ]
+    for bad in ({"annotate_workers": 0}, {"workers_copies": 0}, {"flair_docs": 0}):
+        with pytest.raises(AnnotatorError, match="must be at least 1"):
+            bench_run.run_bench(bench_run.BenchOptions(**bad), echo=lambda line: None)
+
+
+def test_rows_count_their_own_words_and_flairs_rows_compare_on_their_documents(tmp_path):
+    """No processes: a stand-in runner answers each row. Flair's rows saw the first document
+    (100 words), row 3w the documents twice; spans are compared on Flair's documents only."""
+    spans = [[0, 0, 0, 2, "PER", 0.5]]
+    later = [[1, 0, 3, 4, "LOC", 0.25]]  # in a document Flair's rows did not see
+
+    def run(spec, what):
+        result = {"seconds": 1.0, "cpu_seconds": 1.0, "peak_rss_mb": 10.0, "gpu_peak_mb": None}
+        if spec["kind"] in ("tagger", "flair-docs") and spec.get("engine") != "auto":
+            return {**result, "entities": spans}
+        if spec["kind"] == "forward":
+            return result
+        gpu = 5.0 if spec["kind"] == "annotate-workers" else None
+        return {**result, "gpu_peak_mb": gpu, "entities": spans + later}
+
+    options = bench_run.BenchOptions(batch_sizes=(32,), annotate_workers=2, workers_copies=3)
+    docs, flair = tmp_path / "docs.jsonl", tmp_path / "flair.jsonl"
+    section = bench_run.run_section(
+        "model", "m.pt", docs, tmp_path / "split.pkl", 300, options, run, tmp_path,
+        with_spacy=False, memory_docs=None, flair_input=(flair, tmp_path / "f.pkl", 100, 1),
+    )  # fmt: skip
+    rows = {row["key"]: row for row in section["rows"]}
+    assert [rows[key]["words"] for key in ("1", "2@32", "3", "3w", "3p", "4")] == [
+        100, 100, 300, 900, 300, 300,
+    ]  # fmt: skip
+    assert rows["3w"]["words_per_second"] == 900 and rows["3w"]["gpu_peak_mb"] == 5.0
+    assert all(rows[key]["identical"] for key in ("1", "3", "3w", "3p"))
+    assert [row["key"] for row in section["rows"]].index("3w") == 3  # right after (3)
+    # without --flair-docs every row but 3w sees the documents once
+    section = bench_run.run_section(
+        "model", "m.pt", docs, tmp_path / "split.pkl", 300, options, run, tmp_path,
+        with_spacy=False, memory_docs=None,
+    )  # fmt: skip
+    assert {row["key"]: row["words"] for row in section["rows"] if not row["skipped"]} == {
+        "1": 300, "2@32": 300, "3": 300, "3w": 900, "3p": 300, "4": 300,
+    }  # fmt: skip

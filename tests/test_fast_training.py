@@ -23,7 +23,7 @@ from flair.models.sequence_tagger_utils.viterbi import ViterbiLoss  # noqa: E402
 from flair.training_utils import AnnealOnPlateau  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 
-from annotator.bench.training import time_epoch
+from annotator.bench.training import epoch_times, time_epoch
 from annotator.cli import cli  # noqa: E402
 from annotator.corpus import load_corpus
 from annotator.embeddings import SharedVectorEmbeddings  # noqa: E402
@@ -129,12 +129,17 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_batch_loss_and_gradients_equal_flairs_forward_loss(corpus, variant):
     torch.manual_seed(0)
-    tagger = VARIANTS[variant](corpus)
+    sentences = list(corpus.train)[:24] + _quirk_sentences()
+    assert_flairs_loss_and_gradients(VARIANTS[variant](corpus), sentences)
+
+
+def assert_flairs_loss_and_gradients(tagger, sentences, rtol: float = 1e-5) -> None:
+    """The fast trainer's loss and gradients on a batch are Flair's forward_loss ones (also run
+    on a GPU by tests/test_gpu.py)."""
     if tagger.rnn.num_layers > 1:
         tagger.rnn.dropout = (
             0.0  # Flair sets 0.5 between layers; the comparison needs no randomness
         )
-    sentences = list(corpus.train)[:24] + _quirk_sentences()
     tagger.train()
     loss, count = tagger.forward_loss(sentences)
     loss.backward()
@@ -148,14 +153,14 @@ def test_batch_loss_and_gradients_equal_flairs_forward_loss(corpus, variant):
     ours, our_count = trainer.batch_loss(np.arange(len(sentences)))
     ours.backward()
     assert our_count == count
-    assert ours.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert ours.item() == pytest.approx(loss.item(), rel=rtol)
     for name, parameter in tagger.named_parameters():
         theirs = expected.get(name)
         mine = parameter.grad
         if theirs is None or mine is None:  # unused weights: no gradient, or an all-zero one
             assert (theirs is None or not theirs.any()) and (mine is None or not mine.any()), name
             continue
-        assert torch.allclose(mine, theirs, atol=1e-4, rtol=1e-5), (
+        assert torch.allclose(mine, theirs, atol=1e-4, rtol=rtol), (
             f"{name}: max difference {(mine - theirs).abs().max():.2e}"
         )
 
@@ -452,5 +457,8 @@ def test_time_epoch_times_both_trainers(corpus_dir):
     config = resolve_config("offline", overrides={**TINY, "batch_size": 8})
     for trainer in ("fast", "flair"):
         assert 0 < time_epoch(corpus_dir, config, trainer, max_sentences=24) < 60
+        train, dev = epoch_times(corpus_dir, config, trainer, 16, max_dev_sentences=8)
+        assert train > 0 and dev > 0
+        assert epoch_times(corpus_dir, config, trainer, 8, max_dev_sentences=0)[1] < 0.01
     with pytest.raises(ValueError):
         time_epoch(corpus_dir, config, "other", max_sentences=4)

@@ -410,6 +410,24 @@ def test_resume_after_kill_9_at_several_points_equals_an_uninterrupted_run(
 # --- workers ---------------------------------------------------------------------------------
 
 
+def assert_same_part_rows(got: Path, expected: Path) -> None:
+    """Two directory runs hold the same rows (any part layout; scores to 1e-4) and one schema."""
+
+    def rows(folder):
+        tables = [pq.read_table(p) for p in part_files(folder)]
+        assert all(t.schema.equals(tables[0].schema) for t in tables)
+        found = [r for t in tables for r in t.to_pylist()]
+        return sorted(found, key=lambda r: (r["doc_id"], r["start"])), tables[0].schema
+
+    (a, schema_a), (b, schema_b) = rows(got), rows(expected)
+    assert schema_a.equals(schema_b) and len(a) == len(b)
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k != "score"} == {
+            k: v for k, v in y.items() if k != "score"
+        }
+        assert abs(x["score"] - y["score"]) < 1e-4
+
+
 def test_two_workers_write_the_same_rows_as_one(tiny_model, corpus, tmp_path):
     common = [
         str(corpus),
@@ -433,20 +451,7 @@ def test_two_workers_write_the_same_rows_as_one(tiny_model, corpus, tmp_path):
         "shard-0-of-2-manifest.json",
         "shard-1-of-2-manifest.json",
     ]
-
-    def rows(folder):
-        tables = [pq.read_table(p) for p in part_files(folder)]
-        assert all(t.schema.equals(tables[0].schema) for t in tables)
-        found = [r for t in tables for r in t.to_pylist()]
-        return sorted(found, key=lambda r: (r["doc_id"], r["start"])), tables[0].schema
-
-    (a, schema_a), (b, schema_b) = rows(tmp_path / "one"), rows(tmp_path / "two")
-    assert schema_a.equals(schema_b) and len(a) == len(b)
-    for x, y in zip(a, b):
-        assert {k: v for k, v in x.items() if k != "score"} == {
-            k: v for k, v in y.items() if k != "score"
-        }
-        assert abs(x["score"] - y["score"]) < 1e-4
+    assert_same_part_rows(tmp_path / "two", tmp_path / "one")
     again = _run(*common, "-o", f"{tmp_path / 'two'}/", "--workers", "3", "--resume")
     assert again.exit_code == 1 and "split into 2 shard" in again.output
 

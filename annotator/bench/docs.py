@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from annotator.errors import AnnotatorError
+
 DEFAULT_DOCS = 200
 
 
@@ -208,3 +210,22 @@ def write_docs(path: Path, texts: list[str], copies: int = 1) -> None:
             for index, text in enumerate(texts):
                 doc_id = str(index) if copies == 1 else f"{copy}-{index}"
                 handle.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+
+
+def generated_documents(corpus: str | None, count: int | None) -> tuple[list[str], str]:
+    """`count` documents from the CoNLL files in `corpus` (default: CoNLL++ beside the
+    repository; repeated when it runs out) or from templates where there are none, and where
+    they came from."""
+    count = count if count is not None else DEFAULT_DOCS
+    folder = Path(corpus) if corpus else DEFAULT_CORPUS
+    if folder.is_dir() and _conll_files(folder):
+        texts = conll_documents(folder, count)
+        if texts:
+            origin = f"generated from CoNLL documents in {folder}"
+            if len(texts) < count:  # the corpus ran out: a larger bench repeats its texts
+                origin += f" ({len(texts)} texts, repeated to {count})"
+                texts = [texts[i % len(texts)] for i in range(count)]
+            return texts, origin
+    elif corpus:
+        raise AnnotatorError(f"--corpus {corpus}: not a folder of CoNLL files")
+    return synthetic_documents(count), "generated from templates (no CoNLL corpus found)"

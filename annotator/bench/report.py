@@ -3,11 +3,15 @@ judged, the table printed."""
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
+
+from annotator import __version__
 
 SCORE_TOLERANCE = 1e-4
 
@@ -47,6 +51,7 @@ class Row:
     cpu_ratio: float | None = None  # words per CPU second, to (2) at batch 32
     peak_rss_mb: float | None = None
     loaded_rss_mb: float | None = None
+    gpu_peak_mb: float | None = None  # the peak of GPU memory torch allocated (on a GPU)
     device: str = ""
     engine: str = ""
     identical: bool | None = None
@@ -67,12 +72,14 @@ def _best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     best = dict(min(timed, key=lambda r: r["seconds"]))
     best["cpu_seconds"] = min(r["cpu_seconds"] for r in timed)
     best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in timed)
+    gpu = [r["gpu_peak_mb"] for r in timed if r.get("gpu_peak_mb") is not None]
+    best["gpu_peak_mb"] = max(gpu, default=None)
     best["runs"] = [r["seconds"] for r in timed]
     best["cpu_runs"] = [r["cpu_seconds"] for r in timed]
     return best
 
 
-_ORDER = ["1", "2@32", "2@", "3", "3p", "4", "5"]
+_ORDER = ["1", "2@32", "2@", "3", "3w", "3p", "4", "5"]
 
 
 def _ordered(rows: dict[str, Row]) -> list[Row]:
@@ -106,6 +113,60 @@ def _goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
             }
         )
     return goals
+
+
+def environment(device: str, isolate: bool, threads: int | None) -> dict[str, Any]:
+    """Where the bench ran: versions, machine, load, the options that shape every row."""
+    env = {
+        "annotator_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "device_option": device,
+        "isolation": "a fresh process per row" if isolate else "none (one process)",
+        "torch_threads_option": threads,
+        "env": {
+            name: os.environ.get(name)
+            for name in (
+                "OMP_NUM_THREADS",
+                "OMP_WAIT_POLICY",
+                "MKL_NUM_THREADS",
+                "ANNOTATOR_SPACY_NER",
+            )
+        },
+    }
+    try:
+        from importlib.metadata import version
+
+        for package in ("torch", "flair", "spacy", "pyarrow"):
+            env[f"{package}_version"] = version(package)
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        pass
+    return env
+
+
+def section_summary(section: dict[str, Any], repeat: int, flair_docs: int | None) -> str:
+    """The line under a section's title: its input, device and threads."""
+    device = next((r["device"] for r in section["rows"] if r["device"]), "?")
+    threads = sorted(
+        {r["extra"]["torch_threads"] for r in section["rows"] if "torch_threads" in r["extra"]}
+    )
+    wait = os.environ.get("OMP_WAIT_POLICY")
+    summary = (
+        f"{section['documents']:,} documents, {section['sentences']:,} "
+        f"sentences, {section['words']:,} words (spaCy tokens), "
+        f"{section['characters']:,} characters; device {device}, torch "
+        f"threads {'/'.join(map(str, threads)) or '?'}"
+        f"{', OMP_WAIT_POLICY=' + wait if wait else ''}; "
+        f"best of {repeat} run(s) per row"
+    )
+    if section.get("flair_words", section["words"]) != section["words"]:
+        summary += (
+            f"; Flair's rows (1, 2) on the first {flair_docs:,} "
+            f"documents ({section['flair_words']:,} words)"
+        )
+    return summary
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -144,6 +205,7 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
             f"{_fmt(row['cpu_seconds'], '.2f'):>7} {_fmt(row['cpu_ratio'], '.2f', 'x'):>6} "
             f"{_fmt(row['peak_rss_mb'], ',.0f', ' MB' + star):>9}  "
             f"{row['device'].split(' ')[0]:<6} {same}"
+            + (f"; GPU peak {row['gpu_peak_mb']:,.0f} MB" if row.get("gpu_peak_mb") else "")
         )
     goals = []
     for goal in section["goals"]:

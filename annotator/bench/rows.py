@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from annotator import logs
+from annotator.bench.docs import write_docs
 from annotator.tagging.engines import flair_spans
 
 STAND_IN_CHARS = 275
@@ -80,6 +81,17 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _gpu_peak_mb(device, reset: bool = False) -> float | None:
+    """The peak of GPU memory torch allocated since the last reset, in MB (None off a GPU)."""
+    if device is None or device.type != "cuda":
+        return None
+    import torch
+
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 class _Clock:
     """Times a block: wall and process CPU seconds, RSS before it and the peak RSS right after.
 
@@ -95,6 +107,7 @@ class _Clock:
         self.loaded = rss_mb()
         if self.device is not None:
             _sync(self.device)
+        _gpu_peak_mb(self.device, reset=True)
         self.cpu = time.process_time() + sum(map(cpu_seconds, self.helpers))
         self.wall = time.perf_counter()
         return self
@@ -105,6 +118,7 @@ class _Clock:
         self.seconds = time.perf_counter() - self.wall
         self.cpu_seconds = time.process_time() + sum(map(cpu_seconds, self.helpers)) - self.cpu
         self.peak = peak_rss_mb() + sum(peak_rss_mb(pid) for pid in self.helpers)
+        self.gpu_peak = _gpu_peak_mb(self.device)
 
     def result(self, **more: Any) -> dict[str, Any]:
         return {
@@ -112,6 +126,7 @@ class _Clock:
             "cpu_seconds": self.cpu_seconds,
             "peak_rss_mb": self.peak,
             "loaded_rss_mb": self.loaded,
+            "gpu_peak_mb": self.gpu_peak,
             **more,
         }
 
@@ -238,16 +253,70 @@ def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
         max_tokens_per_batch=getattr(annotator.engine, "max_tokens_per_batch", None),
     )
     if spec.get("entities", True):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(
-            output, columns=["doc_id", "sentence", "start", "end", "label", "score"]
-        )
-        columns = [table.column(name).to_pylist() for name in table.column_names]
-        result["entities"] = [
-            [int(d), s, a, b, str(l), float(x)] for d, s, a, b, l, x in zip(*columns)
-        ]
+        result["entities"] = _parquet_entities([output])
     os.unlink(output)
+    return result
+
+
+def _parquet_entities(paths) -> list[list]:
+    """Spans-layout Parquet rows -> [doc, sentence, start, end, label, score] rows; documents
+    written more than once (ids COPY-INDEX, see bench.docs.write_docs) as their first copy only."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in paths:
+        columns = ["doc_id", "sentence", "start", "end", "label", "score"]
+        table = pq.read_table(path, columns=columns)
+        for d, s, a, b, label, x in zip(*(table.column(name).to_pylist() for name in columns)):
+            copy, _, index = d.rpartition("-")
+            if copy in ("", "0"):
+                rows.append([int(index), s, a, b, str(label), float(x)])
+    return rows
+
+
+def _row_annotate_workers(spec: dict[str, Any]) -> dict[str, Any]:
+    """Row 3w: annotate in worker processes on one device, each splitting sentences in its own
+    child process, so that reading and splitting run in parallel beside the tagger."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from annotator.models import choose_device
+    from annotator.pipeline import AnnotateOptions
+    from annotator.runs.directory import part_files
+    from annotator.runs.workers import annotate_with_workers
+
+    device = choose_device(spec["device"])
+    options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
+    docs = spec["docs"]
+    if spec.get("copies", 1) > 1:  # more work per worker: their staggered starts weigh little
+        docs = f"{spec['output']}-docs.jsonl"
+        write_docs(Path(docs), _read_texts(spec["docs"]), copies=spec["copies"])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    devices = [spec["device"]] * spec["workers"]
+    summary = annotate_with_workers([docs], spec["output"], options, devices)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    parts = part_files(spec["output"])
+    metadata = json.loads(pq.read_schema(parts[0]).metadata[b"annotator"]) if parts else {}
+    result = {
+        "seconds": summary.work_seconds,
+        "wall_seconds": wall,
+        "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        "peak_rss_mb": after.ru_maxrss / 1024,
+        "loaded_rss_mb": None,
+        "device": _device_name(device),
+        "engine": metadata.get("engine", "?"),
+        "workers": spec["workers"],
+        "words": summary.words,
+        "documents": summary.documents,
+    }
+    if spec.get("entities", True):
+        result["entities"] = _parquet_entities(parts)
+    shutil.rmtree(spec["output"])
+    if docs != spec["docs"]:
+        os.unlink(docs)
     return result
 
 
@@ -390,6 +459,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "flair-docs": _row_flair_docs,
     "tagger": _row_tagger,
     "annotate": _row_annotate,
+    "annotate-workers": _row_annotate_workers,
     "forward": _row_forward,
     "spacy": _row_spacy,
     "build-stand-in": _row_build_stand_in,

@@ -11,6 +11,10 @@ model is loaded and warmed up on a few unrelated sentences:
   3p the fast engine's `predict` alone over the same pre-split sentences (diagnostic)
   3  `annotator annotate` end to end: read JSONL -> split -> tag -> write Parquet, via
      `annotator.pipeline.annotate`
+  3w with `--annotate-workers N`: the same in N worker processes on the device, each splitting
+     in its own child process (`annotator.runs.workers.annotate_with_workers`), timed from the
+     first worker starting on its documents to the last one done; `--workers-copies K` gives it
+     the documents K times over, so that the workers' staggered starts weigh little
   4  the model's forward pass alone on prepared, batched input (FastSequenceTagger.forward_packed):
      the ceiling for (3)
   5  spaCy's own NER (`nlp.pipe(texts)` with only the components NER needs), when a pipeline
@@ -19,6 +23,9 @@ model is loaded and warmed up on a few unrelated sentences:
 Words are counted once for all rows: the spaCy tokens (whitespace dropped) of the documents.
 Outputs of rows 1, 2, 3p and 3 are compared with (2) at batch 32: identical spans and labels,
 scores within 1e-4. `--memory` also runs (3) on the documents repeated 10x and compares peaks.
+On a GPU, rows also report the peak of GPU memory torch allocated; `--flair-docs N` runs Flair's
+rows (1, 2) on the first N documents only (Flair's predict on a GPU is no faster than on two CPU
+cores), and the spans of the other rows are compared on those documents.
 `--stand-in tutorial` adds a section for a same-shape stand-in of the Flair tutorial's
 GloVe + news-forward/backward tagger (random weights of the real sizes; speed does not depend
 on the weights), built in code and never downloaded.
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,15 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from annotator import __version__
-from annotator.bench.docs import (
-    DEFAULT_CORPUS,
-    DEFAULT_DOCS,
-    _conll_files,
-    conll_documents,
-    synthetic_documents,
-    write_docs,
-)
+from annotator.bench.docs import generated_documents, write_docs
 from annotator.bench.report import (
     GOALS,
     Row,
@@ -56,7 +54,9 @@ from annotator.bench.report import (
     _goals,
     _ordered,
     compare_entities,
+    environment,
     format_section,
+    section_summary,
 )
 from annotator.bench.rows import run_spec, spacy_ner_target
 from annotator.errors import AnnotatorError
@@ -89,6 +89,9 @@ class BenchOptions:
     isolate: bool = True  # each row in a fresh process (per-row peak RSS)
     threads: int | None = None  # torch intra-op threads in every row (default: torch's own)
     workdir: str | None = None  # keep intermediate files here (default: a temp dir)
+    flair_docs: int | None = None  # Flair's rows (1, 2) on the first N documents only
+    annotate_workers: int = 1  # > 1: row 3w, annotate in this many worker processes
+    workers_copies: int = 1  # row 3w reads the documents this many times over
 
 
 def load_documents(options: BenchOptions) -> tuple[list[str], str]:
@@ -108,15 +111,7 @@ def load_documents(options: BenchOptions) -> tuple[list[str], str]:
         if not texts:
             raise AnnotatorError(f"no documents in {', '.join(options.inputs)}")
         return texts, ", ".join(options.inputs)
-    count = options.docs if options.docs is not None else DEFAULT_DOCS
-    corpus = Path(options.corpus) if options.corpus else DEFAULT_CORPUS
-    if corpus.is_dir() and _conll_files(corpus):
-        texts = conll_documents(corpus, count)
-        if texts:
-            return texts, f"generated from CoNLL documents in {corpus}"
-    elif options.corpus:
-        raise AnnotatorError(f"--corpus {options.corpus}: not a folder of CoNLL files")
-    return synthetic_documents(count), "generated from templates (no CoNLL corpus found)"
+    return generated_documents(options.corpus, options.docs)
 
 
 class _Runner:
@@ -174,8 +169,13 @@ def run_section(
     workdir: Path,
     with_spacy: bool,
     memory_docs: Path | None,
+    flair_input: tuple[Path, Path, int, int] | None = None,
 ) -> dict[str, Any]:
-    """All rows for one model on one document set; rows run round-robin `repeat` times."""
+    """All rows for one model on one document set; rows run round-robin `repeat` times.
+
+    `flair_input`: (documents, their split, words, document count) for Flair's rows (1, 2),
+    the first documents of the set; the other rows' spans are compared on those documents.
+    """
     base = {
         "model": model,
         "device": options.device,
@@ -183,6 +183,13 @@ def run_section(
         "split": str(split_path),
         "threads": options.threads,
     }
+    flair_docs, flair_split, flair_words, flair_count = flair_input or (
+        docs_path,
+        split_path,
+        words,
+        None,
+    )
+    flair_base = {**base, "docs": str(flair_docs), "split": str(flair_split)}
     plans: list[tuple[str, str, str, str, dict[str, Any]]] = []  # key, label, timed, batch, spec
     sizes = list(dict.fromkeys([32, *options.batch_sizes]))
     plans.append(
@@ -191,7 +198,7 @@ def run_section(
             "(2) Flair predict, all sentences",
             "predict on pre-split sentences",
             "32",
-            {**base, "kind": "tagger", "engine": "flair", "batch_size": 32},
+            {**flair_base, "kind": "tagger", "engine": "flair", "batch_size": 32},
         )
     )
     plans.append(
@@ -203,6 +210,23 @@ def run_section(
             {**base, "kind": "annotate", "output": str(workdir / f"{name}-out.parquet")},
         )
     )
+    if options.annotate_workers > 1:
+        plans.append(
+            (
+                "3w",
+                f"(3w) annotate, {options.annotate_workers} worker processes",
+                "as (3) in workers, each splitting in its own process; cpu s and peak RSS: "
+                "all workers, model loading included",
+                "",
+                {
+                    **base,
+                    "kind": "annotate-workers",
+                    "workers": options.annotate_workers,
+                    "copies": options.workers_copies,
+                    "output": str(workdir / f"{name}-workers"),
+                },
+            )
+        )
     plans.append(
         (
             "3p",
@@ -227,7 +251,7 @@ def run_section(
             "(1) Flair tutorial, per document",
             "split + predict each document",
             "32",
-            {**base, "kind": "flair-docs"},
+            {**flair_base, "kind": "flair-docs"},
         )
     )
     for size in sizes[1:]:
@@ -237,7 +261,7 @@ def run_section(
                 "(2) Flair predict, all sentences",
                 "predict on pre-split sentences",
                 str(size),
-                {**base, "kind": "tagger", "engine": "flair", "batch_size": size},
+                {**flair_base, "kind": "tagger", "engine": "flair", "batch_size": size},
             )
         )
     target = spacy_ner_target(options.spacy_ner) if with_spacy else None
@@ -262,7 +286,7 @@ def run_section(
             )
 
     rows: dict[str, Row] = {}
-    for key, label, timed, batch, _ in plans:
+    for key, label, timed, batch, spec in plans:
         row = Row(key=key, label=label, timed=timed, batch=batch)
         rows[key] = row
         if not results[key]:
@@ -275,14 +299,18 @@ def run_section(
         if "skipped" in best:
             row.skipped = best["skipped"]
             continue
+        # Flair's rows may see only the first documents; row 3w its documents `copies` times
+        counted = flair_words if spec["docs"] == str(flair_docs) else words
+        counted *= spec.get("copies", 1)
         row.seconds = best["seconds"]
         row.runs = best["runs"]
         row.extra["cpu_runs"] = best["cpu_runs"]
         row.cpu_seconds = best["cpu_seconds"]
-        row.words_per_cpu_second = words / row.cpu_seconds if row.cpu_seconds > 0 else None
-        row.words = words
-        row.words_per_second = words / row.seconds if row.seconds > 0 else None
+        row.words_per_cpu_second = counted / row.cpu_seconds if row.cpu_seconds > 0 else None
+        row.words = counted
+        row.words_per_second = counted / row.seconds if row.seconds > 0 else None
         row.peak_rss_mb = best["peak_rss_mb"]
+        row.gpu_peak_mb = best.get("gpu_peak_mb")
         row.loaded_rss_mb = best.get("loaded_rss_mb")
         row.device = best.get("device", "")
         row.engine = best.get("engine", "")
@@ -290,9 +318,10 @@ def run_section(
             row.extra["torch_threads"] = best["threads"]
         if best.get("max_tokens_per_batch") and not batch:
             row.batch = f"{best['max_tokens_per_batch']} tok"
-        if "words" in best and best["words"] != words:
+        if "words" in best and best["words"] != counted:
             row.extra["own_words"] = best["words"]
-        for extra in ("own_tokens", "entity_count", "batches", "documents"):
+        extras = ("own_tokens", "entity_count", "batches", "documents", "wall_seconds", "workers")
+        for extra in extras:
             if extra in best:
                 row.extra[extra] = best[extra]
         if "entities" in best:
@@ -315,6 +344,8 @@ def run_section(
         elif row is reference:
             row.comparison = "reference"
         elif mine is not None and ref_entities is not None:
+            if flair_count is not None:  # Flair's rows saw only the first documents
+                mine = [entity for entity in mine if entity[0] < flair_count]
             row.identical, row.comparison = compare_entities(ref_entities, mine)
     reference.extra.pop("_entities", None)
     flair_rows = [rows[f"2@{s}"] for s in sizes if rows[f"2@{s}"].words_per_second]
@@ -359,36 +390,6 @@ def run_section(
     }
 
 
-def _environment(options: BenchOptions) -> dict[str, Any]:
-    env = {
-        "annotator_version": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "device_option": options.device,
-        "isolation": "a fresh process per row" if options.isolate else "none (one process)",
-        "torch_threads_option": options.threads,
-        "env": {
-            name: os.environ.get(name)
-            for name in (
-                "OMP_NUM_THREADS",
-                "OMP_WAIT_POLICY",
-                "MKL_NUM_THREADS",
-                "ANNOTATOR_SPACY_NER",
-            )
-        },
-    }
-    try:
-        from importlib.metadata import version
-
-        for package in ("torch", "flair", "spacy", "pyarrow"):
-            env[f"{package}_version"] = version(package)
-    except Exception:  # pragma: no cover - metadata missing in odd installs
-        pass
-    return env
-
-
 def _resolve_model(model: str | None) -> str | None:
     from annotator.models import DEFAULT_MODEL
 
@@ -411,6 +412,11 @@ def run_bench(
         raise AnnotatorError("--repeat and --docs must be at least 1")
     if any(size < 1 for size in options.batch_sizes):
         raise AnnotatorError("--batch-sizes must be positive")
+    flair_docs = 1 if options.flair_docs is None else options.flair_docs
+    if min(options.annotate_workers, options.workers_copies, flair_docs) < 1:
+        raise AnnotatorError(
+            "--annotate-workers, --workers-copies and --flair-docs must be at least 1"
+        )
     model = _resolve_model(options.model)
     if model is None and options.stand_in is None:
         raise AnnotatorError(
@@ -425,7 +431,7 @@ def run_bench(
     workdir.mkdir(parents=True, exist_ok=True)
     run = _Runner(workdir, options.isolate, log)
     report: dict[str, Any] = {
-        "environment": _environment(options),
+        "environment": environment(options.device, options.isolate, options.threads),
         "input": origin,
         "options": {k: v for k, v in asdict(options).items() if k not in ("workdir",)},
         "sections": [],
@@ -444,6 +450,16 @@ def run_bench(
             if options.memory:
                 memory_docs = workdir / "docs-x10.jsonl"
                 write_docs(memory_docs, texts, copies=MEMORY_FACTOR)
+            flair_input = None
+            if options.flair_docs is not None and options.flair_docs < len(texts):
+                flair_docs_path = workdir / "docs-flair.jsonl"
+                write_docs(flair_docs_path, texts[: options.flair_docs])
+                flair_split = workdir / "split-flair.pkl"
+                sub = run(
+                    {"kind": "prepare", "docs": str(flair_docs_path), "split": str(flair_split)},
+                    f"splitting the first {options.flair_docs} documents for Flair's rows",
+                )
+                flair_input = (flair_docs_path, flair_split, sub["words"], sub["documents"])
             section = run_section(
                 "model",
                 model,
@@ -455,6 +471,7 @@ def run_bench(
                 workdir,
                 with_spacy=True,
                 memory_docs=memory_docs,
+                flair_input=flair_input,
             )
             section.update(
                 title=f"model {model}",
@@ -462,6 +479,7 @@ def run_bench(
                 sentences=prepared["sentences"],
                 words=prepared["words"],
                 characters=prepared["characters"],
+                flair_words=flair_input[2] if flair_input else prepared["words"],
             )
             sections.append(section)
         if options.stand_in == "tutorial":
@@ -521,19 +539,7 @@ def run_bench(
             shutil.rmtree(workdir, ignore_errors=True)
     per_row = options.isolate
     for section in report["sections"]:
-        device = next((r["device"] for r in section["rows"] if r["device"]), "?")
-        threads = sorted(
-            {r["extra"]["torch_threads"] for r in section["rows"] if "torch_threads" in r["extra"]}
-        )
-        wait = os.environ.get("OMP_WAIT_POLICY")
-        section["summary"] = (
-            f"{section['documents']:,} documents, {section['sentences']:,} "
-            f"sentences, {section['words']:,} words (spaCy tokens), "
-            f"{section['characters']:,} characters; device {device}, torch "
-            f"threads {'/'.join(map(str, threads)) or '?'}"
-            f"{', OMP_WAIT_POLICY=' + wait if wait else ''}; "
-            f"best of {options.repeat} run(s) per row"
-        )
+        section["summary"] = section_summary(section, options.repeat, options.flair_docs)
         echo("")
         echo(format_section(section, per_row))
     echo("")

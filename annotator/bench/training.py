@@ -28,12 +28,31 @@ def time_epoch(
     """Seconds one epoch takes with `trainer` ("fast" or "flair") on the corpus, from a fresh model.
 
     An epoch is one pass of SGD over the training split (the first `max_sentences` sentences, if
-    given) plus, with `include_dev`, the dev evaluation each epoch ends with.  Flair's side runs
-    the body of ``ModelTrainer.train_custom``'s epoch loop (forward_loss, backward, clipping,
-    ``store_embeddings``, ``evaluate``) without its file writing; the fast side runs
-    :class:`FastTrainer`.  One-time setup (reading the corpus, building the model, turning the
-    splits into index data, frozen-LM caches) is not counted for either.  ``clock``: e.g.
-    ``time.process_time`` for CPU seconds, steadier than wall time on a shared machine.
+    given) plus, with `include_dev`, the dev evaluation each epoch ends with (see `epoch_times`).
+    """
+    parts = epoch_times(
+        corpus_dir, config, trainer, max_sentences, None if include_dev else 0, clock
+    )
+    return sum(parts)
+
+
+def epoch_times(
+    corpus_dir,
+    config: TrainConfig,
+    trainer: str,
+    max_sentences: int | None = None,
+    max_dev_sentences: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float]:
+    """(training pass, dev evaluation) seconds of one epoch with `trainer` ("fast" or "flair").
+
+    Each part is timed apart so that a part-epoch (`max_sentences` training and
+    `max_dev_sentences` dev sentences; 0 dev sentences: no evaluation) projects to a whole one.
+    Flair's side runs the body of ``ModelTrainer.train_custom``'s epoch loop (forward_loss,
+    backward, clipping, ``store_embeddings``, ``evaluate``) without its file writing; the fast
+    side runs :class:`FastTrainer`.  One-time setup (reading the corpus, building the model,
+    turning the splits into index data, frozen-LM caches) is not counted for either.  ``clock``:
+    e.g. ``time.process_time`` for CPU seconds, steadier than wall time on a shared machine.
     """
     import flair
     from flair.data import Corpus
@@ -49,23 +68,23 @@ def time_epoch(
     flair.device = choose_device(config.device)
     seed_everything(config.seed)
     full = load_corpus(corpus_dir, config.column_format)
-    train = list(full.train)
-    if max_sentences is not None:
-        train = train[:max_sentences]
+    train = list(full.train)[:max_sentences]
     corpus = Corpus(train=train, dev=full.dev, test=None, name="bench", sample_missing_splits=False)
     _, label_type = parse_column_format(config.column_format)
     tagger = build_tagger(config, corpus, label_type)
-    dev = list(full.dev) if (include_dev and full.dev is not None) else None
+    dev = list(full.dev)[:max_dev_sentences] if full.dev is not None else []
     if trainer == "fast":
-        fast = FastTrainer.from_config(tagger, train, dev, config)
+        fast = FastTrainer.from_config(tagger, train, dev or None, config)
         optimizer = torch.optim.SGD(tagger.parameters(), lr=config.learning_rate)
         _synchronize()
         started = clock()
         fast.train_epoch(optimizer, 1)
+        _synchronize()
+        trained = clock()
         if dev:
             fast.evaluate()
         _synchronize()
-        return clock() - started
+        return trained - started, clock() - trained
 
     storage = (
         "none"
@@ -86,6 +105,8 @@ def time_epoch(
         torch.nn.utils.clip_grad_norm_(tagger.parameters(), MAX_GRAD_NORM)
         optimizer.step()
     tagger.eval()
+    _synchronize()
+    trained = clock()
     if dev:
         with tempfile.TemporaryDirectory() as folder:
             tagger.evaluate(
@@ -96,7 +117,7 @@ def time_epoch(
                 embedding_storage_mode=storage,
             )
     _synchronize()
-    return clock() - started
+    return trained - started, clock() - trained
 
 
 def _synchronize() -> None:

@@ -362,6 +362,15 @@ class _ResumedErrors(_ErrorReport):
             super().__init__(path)
 
 
+def part_files(directory: str | Path) -> list[Path]:
+    """The committed part files of a directory run, shard by shard (manifest by manifest)."""
+    return [
+        Path(directory) / part["file"]
+        for path in sorted(Path(directory).glob("*manifest.json"))
+        for part in json.loads(path.read_text(encoding="utf-8"))["parts"]
+    ]
+
+
 def is_directory_output(output: str | None) -> bool:
     """`-o DIR/` (a trailing slash) or an existing directory."""
     return (

@@ -67,8 +67,8 @@ def _worker(
         messages.put(("error", number, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def _merge(summaries: list[Summary], seconds: float) -> Summary:
-    total = Summary(seconds=seconds)
+def _merge(summaries: list[Summary], seconds: float, work_seconds: float | None = None) -> Summary:
+    total = Summary(seconds=seconds, work_seconds=work_seconds)
     for item in summaries:
         total.documents += item.documents
         total.sentences += item.sentences
@@ -140,6 +140,7 @@ def annotate_with_workers(
     )
     started = time.perf_counter()
     summaries: dict[int, Summary] = {}
+    ends: dict[int, float] = {}
     try:
         while len(summaries) < len(processes):
             try:
@@ -158,6 +159,7 @@ def annotate_with_workers(
                 bar.update(value)
             elif kind == "done":
                 summaries[number] = value
+                ends[number] = time.perf_counter()
             else:
                 raise AnnotatorError(f"worker {number} ({devices[number]}): {value}")
     finally:
@@ -167,4 +169,9 @@ def annotate_with_workers(
                 process.terminate()
         for process in processes:
             process.join(timeout=30)
-    return _merge([summaries[i] for i in sorted(summaries)], time.perf_counter() - started)
+    # each worker's own seconds leave out its start and model loading: the span from the first
+    # one starting on its documents to the last one done
+    work = max(ends.values(), default=started) - min(
+        (ends[i] - summaries[i].seconds for i in summaries), default=started
+    )
+    return _merge([summaries[i] for i in sorted(summaries)], time.perf_counter() - started, work)
