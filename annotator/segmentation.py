@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 
 from annotator.errors import AnnotatorError
+from annotator.files import die_with_parent
 from annotator.records import Sentence
 
 # spaCy refuses texts above nlp.max_length; longer documents are cut at whitespace into
@@ -88,6 +89,20 @@ class Segmenter:
         for index in range(len(results)):
             yield results[index]
 
+    def split_safely(self, texts: list[str]) -> list[list[Sentence] | str]:
+        """`split`, except that a text spaCy fails on gives the reason (a string) instead of its
+        sentences, and the others are split all the same."""
+        try:
+            return list(self.split(texts))
+        except Exception:  # find the text that failed: one at a time
+            results: list[list[Sentence] | str] = []
+            for text in texts:
+                try:
+                    results.extend(self.split([text]))
+                except Exception as exc:
+                    results.append(f"cannot split into sentences ({type(exc).__name__}: {exc})")
+            return results
+
     def _sentences(self, doc, offset: int) -> Iterator[Sentence]:
         for span in doc.sents:
             words = [t for t in span if not t.is_space]
@@ -115,7 +130,7 @@ class SplitterProcess:
             {"spacy_model": spacy_model, "max_sentence_tokens": max_sentence_tokens}
         )
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "annotator.segmentation", settings],
+            [sys.executable, "-m", "annotator.segmentation", settings, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -150,7 +165,7 @@ class SplitterProcess:
         self._requests.put(texts)
         self._unread += 1
 
-    def result(self) -> list[list[Sentence]]:
+    def result(self) -> list[list[Sentence] | str]:
         try:
             sentences = pickle.load(self._process.stdout)
         except (EOFError, pickle.UnpicklingError, OSError):
@@ -192,10 +207,13 @@ def _stop_process(process: subprocess.Popen, requests: queue.SimpleQueue) -> Non
         process.wait()
 
 
-def _serve(settings: str) -> None:
-    """The child's loop: a list of texts in, their sentences out, until end of input."""
+def _serve(settings: str, parent: int | None = None) -> None:
+    """The child's loop: a list of texts in, their sentences out (or, for a text spaCy fails
+    on, the reason), until end of input."""
     # Ctrl-C reaches the whole process group: the parent handles it and closes our input
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(parent)  # a killed parent leaves no splitter behind
     segmenter = Segmenter(**json.loads(settings))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     try:
@@ -204,7 +222,7 @@ def _serve(settings: str) -> None:
                 texts = pickle.load(source)
             except EOFError:
                 return
-            pickle.dump(list(segmenter.split(texts)), sink, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(segmenter.split_safely(texts), sink, protocol=pickle.HIGHEST_PROTOCOL)
             sink.flush()
     except BrokenPipeError:  # the parent has stopped reading: it is ending
         os._exit(0)
@@ -227,4 +245,4 @@ if __name__ == "__main__":
     if json.loads(sys.argv[1]).get("spacy_model") is None:
         # thinc imports torch when it can: memory the rule-based splitter never uses
         sys.modules["torch"] = None  # type: ignore[assignment]
-    _serve(sys.argv[1])
+    _serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
