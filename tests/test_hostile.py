@@ -255,7 +255,7 @@ def _start(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def test_sigint_and_sigterm_exit_130_and_143_with_one_line_and_no_temp(tiny_model, tmp_path):
-    source = _docs(tmp_path / "in.jsonl", 3000)
+    source = _docs(tmp_path / "in.jsonl", 1000)
     runs = {}
     for name, sig in (("int", signal.SIGINT), ("term", signal.SIGTERM)):
         folder = tmp_path / name
@@ -303,15 +303,16 @@ def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(tiny_model
 
 
 def test_two_runs_started_together_on_one_folder_exactly_one_proceeds(tiny_model, tmp_path):
-    source = _docs(tmp_path / "in.jsonl", 1500)
+    source = _docs(tmp_path / "in.jsonl", 300)
     out = tmp_path / "out"
-    args = [str(source), "-m", str(tiny_model), "-o", f"{out}/", "--resume", "--part-size", "100"]
+    args = [str(source), "-m", str(tiny_model), "-o", f"{out}/", "--resume", "--part-size", "50"]
+    args += ["--format", "jsonl"]
     first, second = _start(args), _start(args)
     codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
     messages = first.stderr.read().decode() + second.stderr.read().decode()
     assert codes == [0, 1], messages
     assert "in use by another annotate run (pid" in messages
-    assert sum(1 for _ in _lines(part_files(out))) == 1500
+    assert len(_lines(part_files(out))) == 300
 
 
 def test_resume_over_changed_input_is_refused(tiny_model, tmp_path):
@@ -339,11 +340,11 @@ def test_kill_9_of_a_workers_run_kills_its_workers_and_resume_equals_a_whole_run
 ):
     import psutil
 
-    source = _docs(tmp_path / "in.jsonl", 400, bad_every=97)
+    source = _docs(tmp_path / "in.jsonl", 240, bad_every=97)
     common = [str(source), "-m", str(tiny_model), "--format", "jsonl", "--on-error", "skip"]
     assert _run(*common, "-o", str(tmp_path / "whole.jsonl")).exit_code == 3
     out = tmp_path / "out"
-    args = [*common, "-o", f"{out}/", "--workers", "2", "--part-size", "20", "--device", "cpu"]
+    args = [*common, "-o", f"{out}/", "--workers", "2", "--part-size", "10", "--device", "cpu"]
     process = _start(args)
     rng = random.Random(os.getpid())
     wanted, deadline = rng.randint(1, 4), time.monotonic() + 240
@@ -367,3 +368,94 @@ def test_kill_9_of_a_workers_run_kills_its_workers_and_resume_equals_a_whole_run
     assert_same_documents(
         _lines(part_files(out)), _lines([tmp_path / "whole.jsonl"]), ordered=False
     )
+
+
+# --- pages: nothing from the input becomes markup -------------------------------------------
+
+EVIL = "EVIL"
+HOSTILE = [
+    f'<meta http-equiv="refresh" content="0;url=https://{EVIL}.example/">',
+    f'<form action="https://{EVIL}.example/"><input name="{EVIL}"></form>',
+    f'"><script>alert("{EVIL}")</script>',
+    f"<base href=https://{EVIL}.example/>",
+    f"javascript:{EVIL}()",
+    f"' onmouseover='{EVIL}()",
+    f"\x1b]8;;https://{EVIL}.example\x07{EVIL}",
+]
+
+
+class _Elements:
+    """Every element, attribute and attribute value an HTML parser finds in a page."""
+
+    def __init__(self, page: str) -> None:
+        from html.parser import HTMLParser
+
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str]] = []
+        found = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                found.tags.append(tag)
+                found.attributes.extend((name, value or "") for name, value in attrs)
+
+            handle_startendtag = handle_starttag
+
+        Parser(convert_charrefs=True).feed(page)
+
+
+def _assert_inert(page: str) -> None:
+    found = _Elements(page)
+    assert EVIL not in " ".join(found.tags)
+    assert not any(EVIL in name or EVIL in value for name, value in found.attributes)
+    assert not {"script", "form", "input", "base", "a", "iframe", "img", "link"} & set(found.tags)
+    metas = [dict(a for a in found.attributes if a) for _ in range(found.tags.count("meta"))]
+    assert found.tags.count("meta") == 2  # charset and the policy: nothing else
+    assert "form-action 'none'; base-uri 'none'" in page and "default-src 'none'" in page
+    assert not any("url(" in v or "http" in v for _, v in found.attributes), metas
+    assert EVIL in page  # it is there, as text
+
+
+def test_view_of_hostile_ids_text_labels_and_entity_fields_is_inert(tmp_path):
+    records = []
+    for number, hostile in enumerate(HOSTILE):
+        text = f"{hostile} Paris {hostile}"
+        start = len(hostile) + 1
+        entity = {
+            "start": start,
+            "end": start + 5,
+            "text": "Paris",
+            "label": hostile if number % 2 else "LOC",
+            "score": hostile if number % 3 == 0 else 0.5,
+            "params": {"bg": hostile, "text": hostile, "label": hostile},
+            "kb_id": hostile,
+            "kb_url": f"https://{EVIL}.example/",
+        }
+        records.append({"id": hostile, "text": text, "entities": [entity]})
+    records.append(
+        {"id": "offsets", "text": "abc", "entities": [{"start": "0", "end": [3], "label": EVIL}]}
+    )
+    source = tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = tmp_path / "view.html"
+    result = CliRunner().invoke(cli, ["view", str(source), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output
+    _assert_inert(page.read_text())
+    assert page.read_text().count('class="entity"') == len(HOSTILE)
+
+
+def test_annotate_html_page_of_hostile_documents_is_inert(tiny_model, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"id": h, "text": f"{h} John Smith works in Paris . {h}"}) + "\n"
+            for h in HOSTILE
+        )
+    )
+    page = tmp_path / "page.html"
+    result = _run(
+        str(source), "-m", str(tiny_model), "-o", str(tmp_path / "o.jsonl"), "--html", str(page)
+    )
+    assert result.exit_code == 0, result.output
+    _assert_inert(page.read_text())
