@@ -399,9 +399,14 @@ def annotate(
     )
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
-        threading.Thread(
-            target=lambda: setattr(bar, "total", hooks.total(files, reader_options)), daemon=True
-        ).start()
+
+        def count() -> None:  # an unreadable input is the reader's to report, not this thread's
+            try:
+                bar.total = hooks.total(files, reader_options)
+            except Exception:
+                pass
+
+        threading.Thread(target=count, daemon=True).start()
     started = time.perf_counter()
     duplicates = _DuplicateIds()
     failing = (options.on_error, report, summary)
