@@ -65,11 +65,13 @@ class AtomicFile:
     def __init__(self, path: str | Path, durable: bool = False) -> None:
         self.path = Path(path)
         self.durable = durable
+        self.descriptor: int | None = None
         if self.path.is_dir():
             raise AnnotatorError(f"{path}: is a directory")
-        self.streamed = self.path.exists() and not self.path.is_file()
+        self.streamed = self.path.exists() and (not self.path.is_file() or _is_special(self.path))
         if self.streamed:  # a device, a FIFO, a socket or a link to one: written in place
             self.tmp = self.path
+            self.descriptor = _descriptor(self.path)
             return
         if self.path.is_symlink():
             if not self.path.exists():
@@ -106,6 +108,34 @@ class AtomicFile:
                 raise
         else:
             self.abort()
+
+
+_SPECIAL = ("/dev/", "/proc/")
+
+
+def _descriptor(path: Path) -> int | None:
+    """N when `path` (or a link it leads through) is /dev/stdout, /dev/fd/N, /proc/self/fd/N:
+    then the writer writes to this process's descriptor N itself, sharing its position."""
+    import re
+
+    for _ in range(16):
+        name = os.path.normpath(str(path.absolute()))
+        named = {"/dev/stdout": 1, "/dev/stderr": 2}.get(name)
+        match = re.fullmatch(rf"/(?:proc/self|proc/{os.getpid()}|dev)/fd/(\d+)", name)
+        if named is not None or match:
+            return named if named is not None else int(match[1])
+        if not path.is_symlink():
+            return None
+        path = Path(os.path.join(path.parent, os.readlink(path)))
+    return None
+
+
+def _is_special(path: Path) -> bool:
+    """/dev/stdout, /proc/self/fd/1 or a link to one: a file descriptor's file, written in
+    place even when it is a regular file (a shell's `> log`), never replaced."""
+    if str(path.absolute()).startswith(_SPECIAL):
+        return True
+    return path.is_symlink() and os.path.join(path.parent, os.readlink(path)).startswith(_SPECIAL)
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

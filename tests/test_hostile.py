@@ -9,6 +9,7 @@ import os
 import random
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -212,6 +213,27 @@ def test_output_to_a_fifo_or_through_a_symlink_never_replaces_it(tiny_model, tmp
     assert _run(str(source), "-m", str(tiny_model), "-o", str(link)).exit_code == 0
     assert link.is_symlink() and json.loads(target.read_text())["id"] == "a"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_link_to_a_descriptor_or_a_device_is_written_in_place(tiny_model, tmp_path):
+    source = _write(tmp_path / "in.jsonl", ['{"id": "a", "text": "John Smith lives in Paris ."}'])
+    read, write = os.pipe()
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(f"/proc/self/fd/{write}")  # as -o /dev/stdout is
+    try:
+        result = _run(str(source), "-m", str(tiny_model), "-o", str(link))
+    finally:
+        os.close(write)
+    with os.fdopen(read) as pipe:
+        assert json.loads(pipe.read())["id"] == "a"
+    assert result.exit_code == 0 and link.is_symlink()
+    if os.geteuid() != 0:
+        return
+    full = tmp_path / "full"
+    os.mknod(full, 0o600 | stat.S_IFCHR, os.makedev(1, 7))  # /dev/full: every write fails
+    result = _run(str(source), "-m", str(tiny_model), "-o", str(full), "--format", "jsonl")
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert full.is_char_device() and "Traceback" not in result.output
 
 
 def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path):

@@ -8,6 +8,7 @@ chunk, so results flow through a pipeline while the input is still arriving.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -145,10 +146,15 @@ class JsonlWriter:
         self.drop_fields = drop_fields
         self.output = output
         self.atomic = None if output in (None, STDOUT) else AtomicFile(output)
+        # written in place (a device, FIFO, /dev/stdout): appended to, never truncated
+        self._mode = "a" if self.atomic is not None and self.atomic.streamed else "w"
         try:
-            self.handle: IO[str] = (
-                sys.stdout if self.atomic is None else open(self.atomic.tmp, "w", encoding="utf-8")
-            )
+            if self.atomic is None:
+                self.handle: IO[str] = sys.stdout
+            elif self.atomic.descriptor is not None:  # /dev/stdout and the like: that very fd
+                self.handle = os.fdopen(os.dup(self.atomic.descriptor), "w", encoding="utf-8")
+            else:
+                self.handle = open(self.atomic.tmp, self._mode, encoding="utf-8")
         except OSError as exc:
             raise write_failed(output, exc) from None
         # a device or FIFO is streamed: flushed document by document, like stdout
@@ -173,7 +179,12 @@ class JsonlWriter:
     def flush(self) -> None:
         """Stdout is flushed document by document so pipelines see results as they come."""
         if self.streamed:
-            self.handle.flush()
+            try:
+                self.handle.flush()
+            except OSError as exc:
+                if self.atomic is None:
+                    raise  # stdout: a closed pipe is the CLI's to handle
+                raise write_failed(self.output, exc) from None
 
     def close(self) -> None:
         if self.atomic is None:
