@@ -169,18 +169,19 @@ def write_json_atomically(path: str | Path, data: Any, durable: bool = False) ->
 # --- processes and locks ------------------------------------------------------------------
 
 
-def die_with_parent(parent: int | None = None) -> None:
+def die_with_parent(parent: int | None = None, death_signal: bool = True) -> None:
     """End this (child) process when its parent dies, even by kill -9.
 
-    On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere, and as a fallback,
-    a thread checks once a second whether the parent is still this process's parent.
+    On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG; only for a child started by
+    its parent's main thread: the signal comes when the starting *thread* ends); elsewhere,
+    and as a fallback, a thread checks once a second whether the parent is still there.
     """
     import signal
     import threading
     import time
 
     parent = parent or os.getppid()
-    if sys.platform.startswith("linux"):
+    if death_signal and sys.platform.startswith("linux"):
         try:
             import ctypes
 

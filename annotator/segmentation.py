@@ -129,8 +129,12 @@ class SplitterProcess:
         settings = json.dumps(
             {"spacy_model": spacy_model, "max_sentence_tokens": max_sentence_tokens}
         )
+        # the kernel's death signal follows the starting thread: only the main thread's lives
+        # as long as this process
+        main = threading.current_thread() is threading.main_thread()
+        how = "death-signal" if main else "watch"
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "annotator.segmentation", settings, str(os.getpid())],
+            [sys.executable, "-m", "annotator.segmentation", settings, str(os.getpid()), how],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -207,13 +211,13 @@ def _stop_process(process: subprocess.Popen, requests: queue.SimpleQueue) -> Non
         process.wait()
 
 
-def _serve(settings: str, parent: int | None = None) -> None:
+def _serve(settings: str, parent: int | None = None, death_signal: bool = True) -> None:
     """The child's loop: a list of texts in, their sentences out (or, for a text spaCy fails
     on, the reason), until end of input."""
     # Ctrl-C reaches the whole process group: the parent handles it and closes our input
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    die_with_parent(parent)  # a killed parent leaves no splitter behind
+    die_with_parent(parent, death_signal)  # a killed parent leaves no splitter behind
     segmenter = Segmenter(**json.loads(settings))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     try:
@@ -245,4 +249,8 @@ if __name__ == "__main__":
     if json.loads(sys.argv[1]).get("spacy_model") is None:
         # thinc imports torch when it can: memory the rule-based splitter never uses
         sys.modules["torch"] = None  # type: ignore[assignment]
-    _serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    _serve(
+        sys.argv[1],
+        int(sys.argv[2]) if len(sys.argv) > 2 else None,
+        len(sys.argv) <= 3 or sys.argv[3] == "death-signal",
+    )
