@@ -23,7 +23,14 @@ from annotator.files import AtomicFile
 from annotator.io.readers import expand_inputs, read_documents
 from annotator.pipeline import AnnotateOptions, Annotator, annotate
 from annotator.records import RecordError
-from tests.test_runs import SENTENCES, _docs, _lines, assert_same_documents, part_files
+from tests.test_runs import (
+    SENTENCES,
+    _docs,
+    _lines,
+    assert_same_documents,
+    part_files,
+    read_manifests,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -362,7 +369,7 @@ def test_kill_9_of_a_workers_run_kills_its_workers_and_resume_equals_a_whole_run
 ):
     import psutil
 
-    source = _docs(tmp_path / "in.jsonl", 240, bad_every=97)
+    source = _docs(tmp_path / "in.jsonl", 600, bad_every=97)
     common = [str(source), "-m", str(tiny_model), "--format", "jsonl", "--on-error", "skip"]
     assert _run(*common, "-o", str(tmp_path / "whole.jsonl")).exit_code == 3
     out = tmp_path / "out"
@@ -385,8 +392,9 @@ def test_kill_9_of_a_workers_run_kills_its_workers_and_resume_equals_a_whole_run
         if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]
     assert alive == []
+    assert not all(m["complete"] for m in read_manifests(out)), "the run ended before the kill"
     resumed = _start([*args, "--resume"])
-    assert resumed.wait(timeout=300) == 3, resumed.stderr.read().decode()
+    assert resumed.wait(timeout=300) in (0, 3), resumed.stderr.read().decode()
     assert_same_documents(
         _lines(part_files(out)), _lines([tmp_path / "whole.jsonl"]), ordered=False
     )
