@@ -19,8 +19,14 @@ from annotator.files import write_atomically
 EXIT_SKIPPED = 3
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program stands, so that temporary files are removed on the way
+    out (as Ctrl-C's KeyboardInterrupt is)."""
+
+
 class _Group(click.Group):
-    """Turns user errors into one line on stderr and a non-zero exit, never a traceback."""
+    """Turns user errors into one line on stderr and a non-zero exit, never a traceback;
+    Ctrl-C exits 130 and SIGTERM 143, each with one line, temporary files removed."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -28,6 +34,19 @@ class _Group(click.Group):
         except AnnotatorError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted (Ctrl-C): stopped; no partial output kept", err=True)
+            ctx.exit(130)
+        except _Terminated:
+            click.echo("Terminated (SIGTERM): stopped; no partial output kept", err=True)
+            ctx.exit(143)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: the way out is under way
+    raise _Terminated()
 
 
 @click.group(cls=_Group)
@@ -39,6 +58,9 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="annotator")
 
 

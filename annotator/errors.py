@@ -14,3 +14,8 @@ class CorpusError(AnnotatorError):
 
 class ModelError(AnnotatorError):
     """A model cannot be found, fetched or loaded."""
+
+
+class RecordFailed(Exception):
+    """One record cannot be written (or split, or tagged): the pipeline reports it as a bad
+    record, with this reason, and the run goes on."""

@@ -6,9 +6,11 @@ renamed onto it only once complete, so a reader (or a crash) never sees half a f
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +41,50 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
 class AtomicFile:
     """A temporary file beside `path`, renamed onto it by `commit`, removed by `abort`.
 
     As a context manager it commits when the block ends normally and aborts otherwise.
+
+    `path` itself is never replaced unless it is a regular file (or absent): a device, a FIFO
+    or /dev/stdout is written in place, streamed (`tmp` is then `path`, and `streamed` is
+    true); a symbolic link is followed, and its target replaced, the link kept. Temporary files
+    that dead runs left beside the target are removed.
     """
 
     def __init__(self, path: str | Path, durable: bool = False) -> None:
         self.path = Path(path)
+        self.durable = durable
+        self.descriptor: int | None = None
         if self.path.is_dir():
             raise AnnotatorError(f"{path}: is a directory")
+        self.streamed = self.path.exists() and (not self.path.is_file() or _is_special(self.path))
+        if self.streamed:  # a device, a FIFO, a socket or a link to one: written in place
+            self.tmp = self.path
+            self.descriptor = _descriptor(self.path)
+            return
+        if self.path.is_symlink():
+            if not self.path.exists():
+                raise AnnotatorError(f"{path}: a symbolic link to a missing file; not replaced")
+            self.path = self.path.resolve()  # the link stays; its target is replaced
         if not self.path.parent.exists():
             raise AnnotatorError(f"{self.path.parent}: no such directory for {self.path.name}")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.durable = durable
+        remove_stale_temporaries(self.path)
 
     def commit(self) -> None:
+        if self.streamed:
+            return
         if self.durable:
             with open(self.tmp, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -63,7 +93,8 @@ class AtomicFile:
             fsync_dir(self.path.parent)
 
     def abort(self) -> None:
-        self.tmp.unlink(missing_ok=True)
+        if not self.streamed:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -79,6 +110,52 @@ class AtomicFile:
             self.abort()
 
 
+_SPECIAL = ("/dev/", "/proc/")
+
+
+def _descriptor(path: Path) -> int | None:
+    """N when `path` (or a link it leads through) is /dev/stdout, /dev/fd/N, /proc/self/fd/N:
+    then the writer writes to this process's descriptor N itself, sharing its position."""
+    import re
+
+    for _ in range(16):
+        name = os.path.normpath(str(path.absolute()))
+        named = {"/dev/stdout": 1, "/dev/stderr": 2}.get(name)
+        match = re.fullmatch(rf"/(?:proc/self|proc/{os.getpid()}|dev)/fd/(\d+)", name)
+        if named is not None or match:
+            return named if named is not None else int(match[1])
+        if not path.is_symlink():
+            return None
+        path = Path(os.path.join(path.parent, os.readlink(path)))
+    return None
+
+
+def _is_special(path: Path) -> bool:
+    """/dev/stdout, /proc/self/fd/1 or a link to one: a file descriptor's file, written in
+    place even when it is a regular file (a shell's `> log`), never replaced."""
+    if str(path.absolute()).startswith(_SPECIAL):
+        return True
+    return path.is_symlink() and os.path.join(path.parent, os.readlink(path)).startswith(_SPECIAL)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """`.NAME.PID.tmp` files beside `path` whose process is gone (a killed run's): removed."""
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        pid = candidate.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                candidate.unlink()
+                removed.append(candidate)
+            except OSError:
+                pass
+    return removed
+
+
 def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path:
     with AtomicFile(path, durable) as target:
         target.tmp.write_text(text, encoding="utf-8")
@@ -87,3 +164,108 @@ def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path
 
 def write_json_atomically(path: str | Path, data: Any, durable: bool = False) -> Path:
     return write_atomically(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n", durable)
+
+
+# --- processes and locks ------------------------------------------------------------------
+
+
+def die_with_parent(parent: int | None = None, death_signal: bool = True) -> None:
+    """End this (child) process when its parent dies, even by kill -9.
+
+    On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG; only for a child started by
+    its parent's main thread: the signal comes when the starting *thread* ends); elsewhere,
+    and as a fallback, a thread checks once a second whether the parent is still there.
+    """
+    import signal
+    import threading
+    import time
+
+    parent = parent or os.getppid()
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1)
+
+    if os.getppid() != parent:  # it died before the death signal was set
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="annotator-parent-watch").start()
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+class DirectoryLock:
+    """An exclusive OS lock (flock) on `path`, held until `release` or the process ends; the
+    kernel releases it on any death, kill -9 included. The file names the holder."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        self.path, self.what = Path(path), what
+        self.fd: int | None = None
+
+    def acquire(self, wait: float = 0.0) -> DirectoryLock:
+        import fcntl
+        import socket
+        import time
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AnnotatorError(f"cannot lock {self.what}: {exc.strerror or exc}") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise AnnotatorError(
+                        f"{self.what} is in use by another annotate run "
+                        f"({_holder(self.path)}; lock file {self.path}): wait for it to end, "
+                        "or use another output directory"
+                    ) from None
+                time.sleep(0.1)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor releases the flock
+            self.fd = None
+
+
+def fingerprint(path: str | Path) -> dict[str, Any] | None:
+    """Size, modification time and a sha256 of the first and last 64 KiB: enough to notice an
+    input that changed between a run and its resume. None for what is not a local file."""
+    try:
+        stat = os.stat(path)
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read(CHUNK))
+            if stat.st_size > 2 * CHUNK:
+                handle.seek(-CHUNK, os.SEEK_END)
+            digest.update(handle.read())
+    except (OSError, ValueError):
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_ends": digest.hexdigest()}

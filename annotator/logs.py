@@ -43,3 +43,18 @@ def flair_quieted() -> Iterator[None]:
         yield
     finally:
         flair_log.setLevel(level)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (escape sequences too) as \\xNN, lone
+    surrogates as \\udXXX."""
+    text = text.translate(_CONTROL)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -23,9 +23,10 @@ from typing import Any
 from tqdm import tqdm
 
 from annotator import __version__
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, RecordFailed
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs, read_documents
 from annotator.io.writers import default_layout, open_writer, output_format
+from annotator.logs import printable
 from annotator.records import Document, Entity, Record, RecordError, Sentence
 from annotator.segmentation import Segmenter, SplitterProcess, segmenter_settings
 from annotator.tagging.engines import entities_of, make_engine
@@ -92,10 +93,13 @@ class Summary:
 
 @dataclass
 class Annotated:
+    """A document with its entities; `error` says why it could not be split or tagged."""
+
     document: Document
     entities: list[Entity]
     sentences: int
     tokens: int
+    error: str | None = None
 
 
 class Annotator:
@@ -171,6 +175,8 @@ class Annotator:
         """Entities of each text, in order."""
         documents = (Document(id=str(i), text=t, source="", row=i) for i, t in enumerate(texts))
         for result in self.annotate_documents(documents):
+            if result.error:
+                raise AnnotatorError(f"text {result.document.row}: {result.error}")
             yield result.entities
 
     def annotate_documents(self, documents: Iterable[Document]) -> Iterator[Annotated]:
@@ -183,7 +189,7 @@ class Annotator:
         if splitter is None:
             for chunk, _ in _chunks(documents, CHUNK_CHARS):
                 yield from self._tag_chunk(
-                    chunk, list(self.segmenter.split(doc.text for doc in chunk))
+                    chunk, self.segmenter.split_safely([doc.text for doc in chunk])
                 )
             return
         splitter.discard_unread()
@@ -195,20 +201,31 @@ class Annotator:
                 yield from self._tag_chunk(ahead.popleft(), splitter.result())
 
     def _tag_chunk(
-        self, chunk: list[Document], per_doc: list[list[Sentence]]
+        self, chunk: list[Document], per_doc: list[list[Sentence] | str]
     ) -> Iterator[Annotated]:
-        flat = [sentence.tokens for sentences in per_doc for sentence in sentences]
-        spans = self.engine.predict(flat)
+        """Tags a chunk in one go; should that fail, each document alone, so that a document
+        the tagger fails on becomes a bad record (`Annotated.error`), not a failed run."""
+        split = [sentences for sentences in per_doc if not isinstance(sentences, str)]
+        try:
+            spans = self.engine.predict([s.tokens for sentences in split for s in sentences])
+        except Exception:
+            spans = None
         position = 0
         for doc, sentences in zip(chunk, per_doc):
-            found = spans[position : position + len(sentences)]
-            position += len(sentences)
-            yield Annotated(
-                doc,
-                entities_of(doc.text, sentences, found),
-                len(sentences),
-                sum(len(sentence) for sentence in sentences),
-            )
+            if isinstance(sentences, str):  # the splitter's reason
+                yield Annotated(doc, [], 0, 0, error=sentences)
+                continue
+            try:
+                if spans is None:
+                    found = self.engine.predict([s.tokens for s in sentences])
+                else:
+                    found = spans[position : position + len(sentences)]
+                    position += len(sentences)
+                entities = entities_of(doc.text, sentences, found)
+            except Exception as exc:
+                yield Annotated(doc, [], 0, 0, error=f"cannot tag ({type(exc).__name__}: {exc})")
+                continue
+            yield Annotated(doc, entities, len(sentences), sum(len(s) for s in sentences))
 
 
 def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[tuple[list[Any], bool]]:
@@ -263,10 +280,13 @@ class _ErrorReport:
 
     def add(self, error: RecordError) -> None:
         if self.handle:
-            self.handle.write(json.dumps(error.to_dict(), ensure_ascii=False) + "\n")
+            line = json.dumps(error.to_dict(), ensure_ascii=False)
+            if not line.isascii():  # a lone surrogate in a reason must not stop the report
+                line = json.dumps(error.to_dict())
+            self.handle.write(line + "\n")
             self.handle.flush()
         else:
-            log.warning("skipped %s", error)
+            log.warning("skipped %s", printable(str(error)))
 
     def close(self) -> None:
         if self.handle:
@@ -290,17 +310,56 @@ class Hooks:
     total: Callable[[list[str], ReaderOptions], int | None] = count_documents  # progress bar
 
 
+def _bad_record(record: RecordError, on_error: str, report: _ErrorReport, summary: Summary) -> None:
+    """--on-error fail: one clear message; skip: counted and reported."""
+    if on_error == "fail":
+        raise AnnotatorError(f"{printable(str(record))} (use --on-error skip to skip bad records)")
+    summary.skipped += 1
+    report.add(record)
+
+
 def _split_records(
     records: Iterable[Record], on_error: str, report: _ErrorReport, summary: Summary
 ) -> Iterator[Document]:
     for record in records:
         if isinstance(record, RecordError):
-            if on_error == "fail":
-                raise AnnotatorError(f"{record} (use --on-error skip to skip bad records)")
-            summary.skipped += 1
-            report.add(record)
+            _bad_record(record, on_error, report, summary)
         else:
             yield record
+
+
+class _DuplicateIds:
+    """Ids seen more than once in a run: one warning at the end, with the count and a few."""
+
+    SHOW = 5
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()  # hashes, not ids: memory stays small for long runs
+        self.repeated: Counter = Counter()
+
+    def add(self, doc_id: str) -> None:
+        key = hash(doc_id)
+        if key in self.seen:
+            self.repeated[doc_id] += 1
+        else:
+            self.seen.add(key)
+
+    def warn(self) -> None:
+        if self.repeated:
+            sample = ", ".join(printable(repr(i)) for i in list(self.repeated)[: self.SHOW])
+            log.warning(
+                "%d document id(s) occur more than once in this run (%d repeats): %s%s",
+                len(self.repeated),
+                sum(self.repeated.values()),
+                sample,
+                ", ..." if len(self.repeated) > self.SHOW else "",
+            )
+
+
+def _filtered(entities: list[Entity], labels: set[str], min_score: float) -> list[Entity]:
+    if not labels and min_score <= 0:
+        return entities
+    return [e for e in entities if (not labels or e.label in labels) and e.score >= min_score]
 
 
 def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
@@ -353,23 +412,35 @@ def annotate(
     )
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
-        threading.Thread(
-            target=lambda: setattr(bar, "total", hooks.total(files, reader_options)), daemon=True
-        ).start()
+
+        def count() -> None:  # an unreadable input is the reader's to report, not this thread's
+            try:
+                bar.total = hooks.total(files, reader_options)
+            except Exception:
+                pass
+
+        threading.Thread(target=count, daemon=True).start()
     started = time.perf_counter()
+    duplicates = _DuplicateIds()
+    failing = (options.on_error, report, summary)
     try:
         documents = _split_records(
             hooks.records(files, reader_options), options.on_error, report, summary
         )
         for result in hooks.tag(annotator, documents):
-            entities = result.entities
-            if labels or options.min_score > 0:
-                entities = [
-                    e
-                    for e in entities
-                    if (not labels or e.label in labels) and e.score >= options.min_score
-                ]
-            writer.write(result.document, entities)
+            if result.error is None:
+                try:
+                    entities = _filtered(result.entities, labels, options.min_score)
+                    writer.write(result.document, entities)
+                except RecordFailed as exc:
+                    result.error = str(exc)
+            if result.error is not None:  # split, tag or write failed: a bad record
+                doc = result.document
+                if hasattr(writer, "skip"):
+                    writer.skip(doc)  # a directory run's bookkeeping moves past it
+                _bad_record(RecordError(doc.source, doc.row, result.error), *failing)
+                continue
+            duplicates.add(result.document.id)
             writer.flush()
             if on_document is not None:
                 on_document(result.document, entities)
@@ -389,6 +460,8 @@ def annotate(
     except BaseException:
         writer.abort()
         raise
+    else:
+        duplicates.warn()
     finally:
         bar.close()
         report.close()

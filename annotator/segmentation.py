@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from annotator.errors import AnnotatorError
+from annotator.files import die_with_parent
 from annotator.records import Sentence
 
 # spaCy refuses texts above nlp.max_length; longer documents are cut at whitespace into
@@ -108,6 +109,20 @@ class Segmenter:
         for index in range(len(results)):
             yield results[index]
 
+    def split_safely(self, texts: list[str]) -> list[list[Sentence] | str]:
+        """`split`, except that a text spaCy fails on gives the reason (a string) instead of its
+        sentences, and the others are split all the same."""
+        try:
+            return list(self.split(texts))
+        except Exception:  # find the text that failed: one at a time
+            results: list[list[Sentence] | str] = []
+            for text in texts:
+                try:
+                    results.extend(self.split([text]))
+                except Exception as exc:
+                    results.append(f"cannot split into sentences ({type(exc).__name__}: {exc})")
+            return results
+
     def _sentences(self, doc, offset: int) -> Iterator[Sentence]:
         for span in doc.sents:
             words = [t for t in span if not t.is_space]
@@ -143,8 +158,12 @@ class SplitterProcess:
                 "list_markers": list_markers,
             }
         )
+        # the kernel's death signal follows the starting thread: only the main thread's lives
+        # as long as this process
+        main = threading.current_thread() is threading.main_thread()
+        how = "death-signal" if main else "watch"
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "annotator.segmentation", settings],
+            [sys.executable, "-m", "annotator.segmentation", settings, str(os.getpid()), how],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -179,7 +198,7 @@ class SplitterProcess:
         self._requests.put(texts)
         self._unread += 1
 
-    def result(self) -> list[list[Sentence]]:
+    def result(self) -> list[list[Sentence] | str]:
         try:
             sentences = pickle.load(self._process.stdout)
         except (EOFError, pickle.UnpicklingError, OSError):
@@ -277,10 +296,13 @@ def _stop_process(process: subprocess.Popen, requests: queue.SimpleQueue) -> Non
         process.wait()
 
 
-def _serve(settings: str) -> None:
-    """The child's loop: a list of texts in, their sentences out, until end of input."""
+def _serve(settings: str, parent: int | None = None, death_signal: bool = True) -> None:
+    """The child's loop: a list of texts in, their sentences out (or, for a text spaCy fails
+    on, the reason), until end of input."""
     # Ctrl-C reaches the whole process group: the parent handles it and closes our input
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(parent, death_signal)  # a killed parent leaves no splitter behind
     segmenter = Segmenter(**json.loads(settings))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     try:
@@ -289,7 +311,7 @@ def _serve(settings: str) -> None:
                 texts = pickle.load(source)
             except EOFError:
                 return
-            pickle.dump(list(segmenter.split(texts)), sink, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(segmenter.split_safely(texts), sink, protocol=pickle.HIGHEST_PROTOCOL)
             sink.flush()
     except BrokenPipeError:  # the parent has stopped reading: it is ending
         os._exit(0)
@@ -312,4 +334,8 @@ if __name__ == "__main__":
     if json.loads(sys.argv[1]).get("spacy_model") is None:
         # thinc imports torch when it can: memory the rule-based splitter never uses
         sys.modules["torch"] = None  # type: ignore[assignment]
-    _serve(sys.argv[1])
+    _serve(
+        sys.argv[1],
+        int(sys.argv[2]) if len(sys.argv) > 2 else None,
+        len(sys.argv) <= 3 or sys.argv[3] == "death-signal",
+    )

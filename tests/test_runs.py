@@ -174,7 +174,7 @@ def test_directory_run_writes_parts_and_a_manifest_and_refuses_mismatches(
     [manifest] = read_manifests(out)
     assert manifest["complete"] and [p["documents"] for p in manifest["parts"]] == [250, 250, 100]
     assert manifest["settings"]["model_sha256"] and manifest["skipped"] == 6
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if p.name != ".annotator.lock") == [
         "manifest.json",
         "part-00000.jsonl",
         "part-00001.jsonl",
@@ -300,7 +300,10 @@ def test_disk_full_is_a_clear_error_and_keeps_committed_parts(
     assert result.exit_code == 1
     assert "No space left on device" in result.output and "1 part(s)" in result.output
     assert "--resume" in result.output and "Traceback" not in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".annotator.lock") == [
+        "manifest.json",
+        "part-00000.parquet",
+    ]
     monkeypatch.setattr(runs, "open_writer", real_open)
     assert _run(*args, "--resume").exit_code == 3
     rows = [r for path in part_files(out) for r in pq.read_table(path).to_pylist()]
@@ -400,9 +403,9 @@ def test_resume_after_kill_9_at_several_points_equals_an_uninterrupted_run(
     assert final.wait(timeout=120) == 3, final.stderr.read().decode()
     [manifest] = read_manifests(out)
     assert manifest["complete"] and manifest["skipped"] == 6
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == [
-        "manifest.json"
-    ]
+    assert sorted(
+        p.name for p in out.iterdir() if not p.name.startswith(("part-", ".annotator.lock"))
+    ) == ["manifest.json"]
     assert_same_documents(_lines(part_files(out)), reference)
     assert _lines([errors]) == _lines([corpus.parent / "reference-errors.jsonl"])
 

@@ -10,7 +10,9 @@ import gzip
 import io
 import json
 import os
+import re
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +64,7 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
                 if p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(item).parts)
             )
-            files.extend(found)
+            files.extend(sorted(found + _unreadable_folders(item)))
         elif os.path.exists(item):
             files.append(item)
         elif glob.has_magic(item):
@@ -73,6 +75,16 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
         else:
             raise AnnotatorError(f"{item}: no such file or directory")
     return files
+
+
+def _unreadable_folders(root: str) -> list[str]:
+    """Folders under `root` that cannot be listed: the reader reports each as a bad record."""
+    failed: list[str] = []
+    for _ in os.walk(root, onerror=lambda exc: failed.append(exc.filename)):
+        pass
+    return [f for f in failed if f and os.path.abspath(f) != os.path.abspath(root)] + (
+        [root] if root in failed else []
+    )
 
 
 def detect_format(path: str, explicit: str | None) -> tuple[str, str | None]:
@@ -107,10 +119,20 @@ def read_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) 
         if fmt not in FORMATS:
             raise AnnotatorError(f"unknown input format {fmt!r}; use one of {', '.join(FORMATS)}")
         reader = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet}[fmt]
+        if path != STDIN and os.path.isdir(path):  # a folder that could not be listed
+            yield RecordError(path, 0, "cannot read this folder (permission denied?)")
+            continue
+        last = None
         try:
-            yield from reader(path, compression, options)
-        except (OSError, EOFError) as exc:  # truncated/corrupt compressed streams, vanished files
-            yield RecordError(path, 0, f"cannot read the rest of this file: {exc}")
+            for record in reader(path, compression, options):
+                last = record.row
+                yield record
+        except (OSError, EOFError, zlib.error) as exc:  # truncated/corrupt streams, no permission
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            if last is None:
+                yield RecordError(path, 0, f"cannot read this file: {reason}")
+            else:  # where it broke: the record after the last one read
+                yield RecordError(path, last + 1, f"cannot read the rest of this file: {reason}")
 
 
 def _stable_id(source: str, row: int) -> str:
@@ -151,14 +173,42 @@ def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> I
                 )
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                yield RecordError(path, number, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                message = exc.msg.removesuffix(" at")  # "Unterminated string starting at"
+                yield RecordError(path, number, f"invalid JSON ({message} at column {exc.colno})")
                 continue
+            except RecursionError:
+                yield RecordError(path, number, "JSON nested too deeply")
+                continue
+            except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                yield RecordError(path, number, f"invalid JSON value ({exc})")
+                continue
+            if _SURROGATE_ESCAPE.search(raw):
+                problem = _not_unicode(record)
+                if problem:
+                    yield RecordError(path, number, problem)
+                    continue
             if not isinstance(record, dict):
                 yield RecordError(path, number, f"a JSON {type(record).__name__}, not an object")
                 continue
             yield _document(record, path, number, options)
+
+
+#: A JSON escape of a UTF-16 surrogate: only then can a decoded string hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _not_unicode(record: Any) -> str | None:
+    """Why `record` cannot be written as text (a lone surrogate such as \\ud800), or None."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        return f"a lone surrogate ({bad}) in the JSON: not valid Unicode text"
+    except (RecursionError, ValueError) as exc:
+        return f"cannot be written back as JSON ({type(exc).__name__})"
+    return None
 
 
 def _read_text(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:

@@ -8,13 +8,14 @@ chunk, so results flow through a pipeline while the input is still arriving.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, RecordFailed
 from annotator.files import AtomicFile
 from annotator.records import Document, Entity
 
@@ -108,43 +109,100 @@ def span_row(doc: Document, entity: Entity) -> dict[str, Any]:
     }
 
 
+def _dumps(record: dict[str, Any]) -> str:
+    """One JSON line; a record that cannot be one (lone surrogates, nesting too deep for this
+    stack) is a bad record, not a failed run."""
+    try:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise RecordFailed(f"cannot write: a lone surrogate ({bad}), not valid Unicode") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise RecordFailed(f"cannot write as JSON ({type(exc).__name__}: {exc})") from None
+    return line
+
+
+class WriteFailed(AnnotatorError):
+    """A write failed (disk full, file too large, read-only folder); `strerror` says why."""
+
+    def __init__(self, message: str, strerror: str) -> None:
+        super().__init__(message)
+        self.strerror = strerror
+
+
+def write_failed(path: Any, exc: OSError) -> WriteFailed:
+    """One line for a failed write; the temporary file is removed by the caller's abort."""
+    reason = exc.strerror or str(exc)
+    kept = "; the previous file of that name is kept" if Path(str(path)).is_file() else ""
+    return WriteFailed(f"cannot write {path}: {reason}{kept}", reason)
+
+
 class JsonlWriter:
     """One JSON object a line; `documents` keeps the input's fields, `spans` is a row an entity."""
 
     def __init__(self, output: str | None, layout: str, drop_fields: bool = False) -> None:
         self.layout = layout
         self.drop_fields = drop_fields
+        self.output = output
         self.atomic = None if output in (None, STDOUT) else AtomicFile(output)
-        self.handle: IO[str] = (
-            sys.stdout if self.atomic is None else open(self.atomic.tmp, "w", encoding="utf-8")
-        )
+        # written in place (a device, FIFO, /dev/stdout): appended to, never truncated
+        self._mode = "a" if self.atomic is not None and self.atomic.streamed else "w"
+        try:
+            if self.atomic is None:
+                self.handle: IO[str] = sys.stdout
+            elif self.atomic.descriptor is not None:  # /dev/stdout and the like: that very fd
+                self.handle = os.fdopen(os.dup(self.atomic.descriptor), "w", encoding="utf-8")
+            else:
+                self.handle = open(self.atomic.tmp, self._mode, encoding="utf-8")
+        except OSError as exc:
+            raise write_failed(output, exc) from None
+        # a device or FIFO is streamed: flushed document by document, like stdout
+        self.streamed = self.atomic is None or self.atomic.streamed
 
     def write(self, doc: Document, entities: list[Entity]) -> None:
         if self.layout == "spans":
-            for entity in entities:
-                self.handle.write(json.dumps(span_row(doc, entity), ensure_ascii=False) + "\n")
-            return
-        record: dict[str, Any] = {"id": doc.id}
-        if not self.drop_fields:
-            record.update(doc.fields)
-        record["entities"] = [{**e.to_dict(), "score": round(e.score, 6)} for e in entities]
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            text = "".join(_dumps(span_row(doc, entity)) for entity in entities)
+        else:
+            record: dict[str, Any] = {"id": doc.id}
+            if not self.drop_fields:
+                record.update(doc.fields)
+            record["entities"] = [{**e.to_dict(), "score": round(e.score, 6)} for e in entities]
+            text = _dumps(record)
+        try:
+            self.handle.write(text)
+        except OSError as exc:
+            if self.atomic is None:
+                raise  # stdout: a closed pipe is the CLI's to handle
+            raise write_failed(self.output, exc) from None
 
     def flush(self) -> None:
         """Stdout is flushed document by document so pipelines see results as they come."""
-        if self.atomic is None:
-            self.handle.flush()
+        if self.streamed:
+            try:
+                self.handle.flush()
+            except OSError as exc:
+                if self.atomic is None:
+                    raise  # stdout: a closed pipe is the CLI's to handle
+                raise write_failed(self.output, exc) from None
 
     def close(self) -> None:
         if self.atomic is None:
             self.handle.flush()
             return
-        self.handle.close()
-        self.atomic.commit()
+        try:
+            self.handle.close()
+            self.atomic.commit()
+        except OSError as exc:
+            self.abort()
+            raise write_failed(self.output, exc) from None
 
     def abort(self) -> None:
         if self.atomic is not None:
-            self.handle.close()
+            try:
+                self.handle.close()
+            except OSError:  # the write that failed may fail again on close: the temp goes anyway
+                pass
             self.atomic.abort()
 
 
@@ -159,8 +217,13 @@ class ParquetWriter:
         self.layout = layout
         schema = SPANS_SCHEMA if layout == "spans" else DOCUMENTS_SCHEMA
         self.schema = schema.with_metadata({"annotator": json.dumps(metadata)})
+        self.output = output
         self.atomic = AtomicFile(output)
-        self.writer = pq.ParquetWriter(self.atomic.tmp, self.schema, compression="zstd")
+        try:
+            self.writer = pq.ParquetWriter(self.atomic.tmp, self.schema, compression="zstd")
+        except OSError as exc:
+            self.atomic.abort()
+            raise write_failed(output, exc) from None
         self.rows: list[dict[str, Any]] = []
         self.chars = 0
 
@@ -183,9 +246,11 @@ class ParquetWriter:
 
     def _write_row_group(self) -> None:
         if self.rows:
-            self.writer.write_table(
-                pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=ROW_GROUP_ROWS
-            )
+            table = pa.Table.from_pylist(self.rows, schema=self.schema)
+            try:
+                self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            except OSError as exc:
+                raise write_failed(self.output, exc) from None
             self.rows, self.chars = [], 0
 
     def flush(self) -> None:
@@ -193,11 +258,18 @@ class ParquetWriter:
 
     def close(self) -> None:
         self._write_row_group()
-        self.writer.close()
-        self.atomic.commit()
+        try:
+            self.writer.close()
+            self.atomic.commit()
+        except OSError as exc:
+            self.atomic.abort()
+            raise write_failed(self.output, exc) from None
 
     def abort(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError:
+            pass
         self.atomic.abort()
 
 

@@ -29,9 +29,9 @@ from typing import Any
 
 from annotator import __version__
 from annotator.errors import AnnotatorError
-from annotator.files import fsync_dir, write_json_atomically
+from annotator.files import DirectoryLock, fingerprint, fsync_dir, write_json_atomically
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
-from annotator.io.writers import STDOUT, open_writer
+from annotator.io.writers import STDOUT, WriteFailed, open_writer
 from annotator.pipeline import AnnotateOptions, Annotator, Hooks, Summary, _ErrorReport, annotate
 from annotator.records import Document, Record, RecordError
 from annotator.runs.shards import Shard, Source, local_source
@@ -71,6 +71,7 @@ class _Tracker:
     def __init__(self, source: Source, cursor: tuple[int, int], shard: Shard, errors: int) -> None:
         self.source, self.cursor, self.shard = source, cursor, shard
         self.errors = errors  # bad records seen so far (in shard), committed ones included
+        self.late = 0  # documents read well that failed later (split, tag, write)
         self.pending: deque = deque()
 
     def records(self, files: list[str], options: ReaderOptions) -> Iterator[Record]:
@@ -85,12 +86,16 @@ class _Tracker:
                 self.pending.append((record, index, number, self.errors))
             yield record
 
-    def position_of(self, doc: Document) -> tuple[int, int, int]:
-        """(file, record number, bad records before it) of the next document written."""
+    def position_of(self, doc: Document, failed: bool = False) -> tuple[int, int, int]:
+        """(file, record number, bad records through it) of the next document written, or
+        (`failed`) reported as a bad record after all."""
         record, index, number, errors = self.pending.popleft()
         if record is not doc:
             raise RuntimeError("documents written out of input order")
-        return index, number, errors
+        if failed:
+            self.late += 1
+            self.errors += 1
+        return index, number, errors + self.late
 
 
 def _manifest_name(shard: Shard) -> str:
@@ -121,6 +126,38 @@ def _settings(files: list[str], options: AnnotateOptions, shard: Shard) -> dict[
         **{name: getattr(options, name) for name in SETTING_FIELDS},
     }
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
+
+
+def lock_directory(directory: Path, shard: Shard, wait: float = 0.0) -> DirectoryLock:
+    """The lock that keeps a second run (of this shard) out of `directory` while this one
+    lives; refused with the holder's pid, host and start time."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AnnotatorError(
+            f"{directory}: cannot create the output directory ({exc.strerror or exc})"
+        ) from None
+    what = f"{directory}" + (f" (shard {shard})" if shard.count > 1 else "")
+    return DirectoryLock(directory / f".{shard.prefix}annotator.lock", what).acquire(wait)
+
+
+def _fingerprints(files: list[str]) -> list[dict[str, Any] | None]:
+    return [fingerprint(path) for path in files]
+
+
+def _changed_inputs(old: list[Any], files: list[str]) -> list[str]:
+    """Inputs that differ from what the run started on (size, time or content)."""
+    changed = []
+    for path, before in zip(files, old):
+        now = fingerprint(path)
+        if before is not None and now != before:
+            if now is None:
+                changed.append(f"{path} (now unreadable)")
+            elif now["size"] != before["size"]:
+                changed.append(f"{path} ({before['size']:,} bytes, now {now['size']:,})")
+            else:
+                changed.append(f"{path} (modified since)")
+    return changed
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -206,6 +243,15 @@ class Manifest:
                     + ". Resume with the same options and model, "
                     "or use another output directory"
                 )
+            changed = _changed_inputs(data.get("fingerprints") or [], settings["inputs"])
+            if changed:
+                raise AnnotatorError(
+                    f"cannot resume {directory}: input changed since the run started — "
+                    + "; ".join(changed[:5])
+                    + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+                    + ". A resume over changed input would lose or repeat documents: restore "
+                    "the input, or start a new run in another output directory"
+                )
             manifest = cls(directory, shard, data)
             manifest._remove_uncommitted()
             return manifest
@@ -223,6 +269,7 @@ class Manifest:
                 "settings": settings,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "cursor": {"file": 0, "records": 0},
+                "fingerprints": _fingerprints(settings["inputs"]),
                 "skipped": 0,
                 "parts": [],
                 "complete": False,
@@ -245,7 +292,7 @@ class Manifest:
                 path.unlink()
 
 
-def _write_error(path: Path, exc: OSError, manifest: Manifest) -> AnnotatorError:
+def _write_error(path: Path, exc: OSError | WriteFailed, manifest: Manifest) -> AnnotatorError:
     return AnnotatorError(
         f"cannot write {path}: {exc.strerror or exc}. The {len(manifest.parts)} part(s) "
         f"recorded in {manifest.path} are intact; fix the cause (disk space, permissions) and "
@@ -282,7 +329,7 @@ class PartWriter:
             self.current = open_writer(
                 str(self.path), self.fmt, self.layout, self.metadata, self.drop_fields
             )
-        except OSError as exc:
+        except (OSError, WriteFailed) as exc:
             raise _write_error(self.path, exc, self.manifest) from None
         self.documents = self.rows = 0
 
@@ -291,13 +338,17 @@ class PartWriter:
             self._open()
         try:
             self.current.write(doc, entities)
-        except OSError as exc:
+        except (OSError, WriteFailed) as exc:
             raise _write_error(self.path, exc, self.manifest) from None
         self.last = self.tracker.position_of(doc)
         self.documents += 1
         self.rows += len(entities) if self.layout == "spans" else 1
         if self.documents >= self.part_size:
             self._commit()
+
+    def skip(self, doc: Document) -> None:
+        """`doc` failed after it was read (split, tag, write): reported, not written."""
+        self.last = self.tracker.position_of(doc, failed=True)
 
     def flush(self) -> None:
         """Parts are committed whole; nothing is promised before that."""
@@ -310,7 +361,7 @@ class PartWriter:
                 with open(self.path, "rb") as handle:
                     os.fsync(handle.fileno())
                 fsync_dir(self.manifest.directory)
-            except OSError as exc:
+            except (OSError, WriteFailed) as exc:
                 self.abort()
                 raise _write_error(self.path, exc, self.manifest) from None
             self.current = None
@@ -331,7 +382,7 @@ class PartWriter:
             data["complete"] = True
         try:
             self.manifest.save()
-        except OSError as exc:
+        except (OSError, WriteFailed) as exc:
             raise _write_error(self.manifest.path, exc, self.manifest) from None
 
     def close(self) -> None:
@@ -392,13 +443,48 @@ def annotate_directory(
     source: Source = local_source,
     tag: Callable | None = None,
     expand: Callable[[list[str]], list[str]] = expand_inputs,
+    lock: bool = True,
 ) -> Summary:
-    """Annotate `inputs` into numbered part files in `directory`, resuming where it stopped."""
+    """Annotate `inputs` into numbered part files in `directory`, resuming where it stopped.
+
+    The run holds the directory's lock (of its shard) while it lives; `lock=False` when the
+    caller holds it."""
     directory = Path(directory)
     options = options.for_output(None, directory=True)
     if part_size < 1:
         raise AnnotatorError("--part-size must be at least 1")
     files = expand(list(inputs))
+    lock = lock_directory(directory, shard) if lock else None
+    try:
+        return _annotate_directory(
+            files,
+            directory,
+            options,
+            shard,
+            resume,
+            part_size,
+            annotator,
+            on_document,
+            source,
+            tag,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _annotate_directory(
+    files: list[str],
+    directory: Path,
+    options: AnnotateOptions,
+    shard: Shard,
+    resume: bool,
+    part_size: int,
+    annotator: Annotator | None,
+    on_document: Callable[[Document, list], None] | None,
+    source: Source,
+    tag: Callable | None,
+) -> Summary:
     manifest = Manifest.open(directory, shard, _settings(files, options, shard), resume)
     if manifest.complete:
         log.info(

@@ -238,6 +238,8 @@ class _Tagger:
                 result = next(results)
                 row["entities"] = json.dumps([e.to_dict() for e in result.entities])
                 row["sentences"], row["tokens"] = result.sentences, result.tokens
+                if result.error:  # could not be split or tagged: a bad record on the driver
+                    row["kind"], row["reason"], row["entities"] = "error", result.error, None
             else:
                 row["entities"], row["sentences"], row["tokens"] = None, 0, 0
             if not self.keep_text:

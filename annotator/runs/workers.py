@@ -14,10 +14,17 @@ from typing import Any
 
 from annotator import logs
 from annotator.errors import AnnotatorError
+from annotator.files import die_with_parent
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
 from annotator.pipeline import AnnotateOptions, Summary
 from annotator.records import Document
-from annotator.runs.directory import PART_SIZE, Manifest, _settings, annotate_directory
+from annotator.runs.directory import (
+    PART_SIZE,
+    Manifest,
+    _settings,
+    annotate_directory,
+    lock_directory,
+)
 from annotator.runs.shards import Shard
 
 
@@ -38,8 +45,10 @@ def _worker(
     part_size: int,
     threads: int,
     messages: Any,
+    parent: int | None = None,
 ) -> None:
     """One worker process: its own shard, its own part files and manifest in the directory."""
+    die_with_parent(parent)  # a killed parent leaves no worker behind to race its resume
     import torch
 
     torch.set_num_threads(threads)
@@ -88,17 +97,39 @@ def annotate_with_workers(
     part_size: int = PART_SIZE,
 ) -> Summary:
     """One process per device (spawned), each over a disjoint sub-shard, one progress bar."""
+    directory = Path(directory)
+    options = options.for_output(None, directory=True)
+    files = expand_inputs(list(inputs))
+    shards = shard.split(len(devices))
+    # every check and every refusal up front, before any process starts; this run holds the
+    # directory's lock for its life, and each worker that of its sub-shard
+    lock = lock_directory(directory, shard)
+    try:
+        return _run_workers(files, directory, options, devices, shard, shards, resume, part_size)
+    finally:
+        lock.release()
+
+
+def _run_workers(
+    files: list[str],
+    directory: Path,
+    options: AnnotateOptions,
+    devices: list[str],
+    shard: Shard,
+    shards: list[Shard],
+    resume: bool,
+    part_size: int,
+) -> Summary:
     import multiprocessing
     import queue
 
     from tqdm import tqdm
 
-    directory = Path(directory)
-    options = options.for_output(None, directory=True)
-    files = expand_inputs(list(inputs))
-    shards = shard.split(len(devices))
-    # every check and every refusal up front, before any process starts
-    manifests = [Manifest.open(directory, s, _settings(files, options, s), resume) for s in shards]
+    manifests = []
+    for part in shards:
+        # a worker of a killed earlier run dies with it: wait a moment for its lock
+        lock_directory(directory, part, wait=10).release()
+        manifests.append(Manifest.open(directory, part, _settings(files, options, part), resume))
     already = sum(m.documents for m in manifests)
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     context = multiprocessing.get_context("spawn")
@@ -121,6 +152,7 @@ def annotate_with_workers(
                 part_size,
                 threads,
                 messages,
+                os.getpid(),
             ),
         )
         process.start()

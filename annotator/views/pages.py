@@ -4,7 +4,8 @@ Entities are drawn by spaCy's displaCy (``manual=True``). Its entity renderer es
 document text (``&``, ``<``, ``>``, ``"``) itself but inserts labels and titles verbatim, so
 the text is handed over raw — escaped exactly once, by displaCy — and labels and titles are
 escaped here. Entities whose offsets do not fit their text are never drawn: they are listed.
-Pages carry a Content-Security-Policy that forbids scripts, as a second line of defence.
+Pages carry a Content-Security-Policy that forbids scripts, forms and <base>, as a second line
+of defence; the viewer draws only validated values (int offsets within the text, a label string).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.io.outputs import _open_output
+from annotator.logs import printable
 from annotator.records import ERROR_KINDS, LabelledSpan, SentenceMatch, sentence_text
 
 log = logging.getLogger("annotator")
@@ -66,7 +68,11 @@ def label_colors(labels: Iterable[str]) -> dict[str, str]:
     return dict(sorted(colors.items()))
 
 
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:"
+#: No scripts, no forms, no <base>: nothing on a page can run, submit or re-point a link.
+_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'none'; base-uri 'none'"
+)
 
 
 _STYLE = """
@@ -190,7 +196,7 @@ class View:
             lines.append(_missing_message(self.missing))
         if self.unreadable:
             lines.append(f"{self.unreadable} records of --docs could not be read and were skipped")
-        return lines
+        return [printable(line) for line in lines]  # ids and labels may hold escape sequences
 
 
 def _missing_message(missing: list[str]) -> str:
@@ -228,6 +234,13 @@ def check_entities(
     return good, problems
 
 
+def _validated(entity: dict[str, Any]) -> dict[str, Any]:
+    """Only what the page needs, as values of the types it expects: offsets (already checked
+    to be ints within the text) and the label as a string. Nothing else an input entity holds
+    (displaCy `params`, `kb_url`, ...) reaches the page."""
+    return {"start": int(entity["start"]), "end": int(entity["end"]), "label": str(entity["label"])}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -257,7 +270,8 @@ def render_view(
     for doc in docs:
         good, bad = check_entities(doc.id, doc.text, doc.entities)
         problems.extend(bad)
-        counts.update(str(e["label"]) for e in good)
+        good = [_validated(e) for e in good]
+        counts.update(e["label"] for e in good)
         drawn.append((doc, good))
     colors = label_colors([*counts, *(totals or ()), *all_labels])
     eligible = len(docs) if eligible is None else eligible
