@@ -403,13 +403,6 @@ def annotate(
     summary = Summary()
     report = hooks.errors(options.errors if options.on_error == "skip" else None)
     metadata = _metadata(annotator, options)
-    writer = (
-        hooks.open_writer(metadata)
-        if hooks.open_writer
-        else open_writer(
-            output, options.output_format, options.layout, metadata, options.drop_fields
-        )
-    )
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
 
@@ -424,44 +417,53 @@ def annotate(
     duplicates = _DuplicateIds()
     failing = (options.on_error, report, summary)
     try:
-        documents = _split_records(
-            hooks.records(files, reader_options), options.on_error, report, summary
+        # opened here, so that any way out of the block below removes its temporary file
+        writer = (
+            hooks.open_writer(metadata)
+            if hooks.open_writer
+            else open_writer(
+                output, options.output_format, options.layout, metadata, options.drop_fields
+            )
         )
-        for result in hooks.tag(annotator, documents):
-            if result.error is None:
-                try:
-                    entities = _filtered(result.entities, labels, options.min_score)
-                    writer.write(result.document, entities)
-                except RecordFailed as exc:
-                    result.error = str(exc)
-            if result.error is not None:  # split, tag or write failed: a bad record
-                doc = result.document
-                if hasattr(writer, "skip"):
-                    writer.skip(doc)  # a directory run's bookkeeping moves past it
-                _bad_record(RecordError(doc.source, doc.row, result.error), *failing)
-                continue
-            duplicates.add(result.document.id)
-            writer.flush()
-            if on_document is not None:
-                on_document(result.document, entities)
-            summary.documents += 1
-            summary.sentences += result.sentences
-            summary.words += result.tokens
-            summary.entities.update(e.label for e in entities)
-            bar.update(1)
-            if show:
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(
-                    entities=sum(summary.entities.values()),
-                    words_s=f"{summary.words / elapsed:,.0f}",
-                    refresh=False,
-                )
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    else:
-        duplicates.warn()
+        try:
+            documents = _split_records(
+                hooks.records(files, reader_options), options.on_error, report, summary
+            )
+            for result in hooks.tag(annotator, documents):
+                if result.error is None:
+                    try:
+                        entities = _filtered(result.entities, labels, options.min_score)
+                        writer.write(result.document, entities)
+                    except RecordFailed as exc:
+                        result.error = str(exc)
+                if result.error is not None:  # split, tag or write failed: a bad record
+                    doc = result.document
+                    if hasattr(writer, "skip"):
+                        writer.skip(doc)  # a directory run's bookkeeping moves past it
+                    _bad_record(RecordError(doc.source, doc.row, result.error), *failing)
+                    continue
+                duplicates.add(result.document.id)
+                writer.flush()
+                if on_document is not None:
+                    on_document(result.document, entities)
+                summary.documents += 1
+                summary.sentences += result.sentences
+                summary.words += result.tokens
+                summary.entities.update(e.label for e in entities)
+                bar.update(1)
+                if show:
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(
+                        entities=sum(summary.entities.values()),
+                        words_s=f"{summary.words / elapsed:,.0f}",
+                        refresh=False,
+                    )
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        else:
+            duplicates.warn()
     finally:
         bar.close()
         report.close()

@@ -191,8 +191,13 @@ def tree_bytes(root: Path = ROOT) -> int:
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=root,
         capture_output=True,
-        check=True,
-    ).stdout
+    )
+    if listed.returncode != 0:
+        raise BudgetError(
+            f"{root}: not a git checkout ({listed.stderr.decode().strip()}); the "
+            "device tool sends a checkout's files, so the budget needs one"
+        )
+    listed = listed.stdout
     paths = {root / name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name}
     return sum(path.stat().st_size for path in paths if path.is_file() and not path.is_symlink())
 
