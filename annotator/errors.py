@@ -14,3 +14,9 @@ class CorpusError(AnnotatorError):
 
 class ModelError(AnnotatorError):
     """A model cannot be found, fetched or loaded."""
+
+
+class UsageError(AnnotatorError):
+    """Options that cannot work together or values out of range: exit 2, like Click's own."""
+
+    exit_code = 2

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from annotator import __version__
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, UsageError
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs, read_documents
 from annotator.io.writers import default_layout, open_writer, output_format
 from annotator.records import Document, Entity, Record, RecordError, Sentence
@@ -145,6 +145,19 @@ class Annotator:
             options.engine,
             split_process,
         )
+
+    def close(self) -> None:
+        """End the sentence-splitter process (if any; later calls split in this process).
+        `with Annotator() as annotator:` calls it on leaving the block."""
+        if self.splitter is not None:
+            self.splitter.close()
+            self.splitter = None
+
+    def __enter__(self) -> Annotator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def labels(self) -> list[str]:
@@ -323,7 +336,7 @@ def annotate(
     labels = set(options.labels)
     unknown = labels - set(annotator.labels)
     if unknown:
-        raise AnnotatorError(
+        raise UsageError(
             f"--labels {', '.join(sorted(unknown))}: the model predicts only "
             f"{', '.join(annotator.labels)}"
         )

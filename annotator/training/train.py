@@ -142,6 +142,9 @@ def train(
 
     import annotator.embeddings  # noqa: F401  (registers our embeddings for loading checkpoints)
     from annotator.evaluation import evaluate_tagger
+    from annotator.logs import flair_imported
+
+    flair_imported()
 
     output = Path(output)
     started = time.time()
