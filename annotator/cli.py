@@ -487,9 +487,8 @@ def _check_annotate(inputs: tuple[str, ...], output: str | None, settings: Any, 
         raise
     except AnnotatorError as exc:
         raise UsageError(str(exc)) from None
-    if output not in (None, STDOUT):
-        target = Path(output)
-        _check_parent(target.parent / "x" if directory else target, "-o")
+    if output not in (None, STDOUT) and not directory:  # a directory output is created
+        _check_parent(output, "-o")
     if settings.errors:
         _check_parent(settings.errors, "--errors")
     resolve_model(settings.model)
@@ -660,9 +659,10 @@ def annotate(
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
     import os
+    import uuid
 
     from annotator.io.readers import INCLUDE_ENV
-    from annotator.pipeline import AnnotateOptions
+    from annotator.pipeline import RUN_ID_ENV, AnnotateOptions
     from annotator.runs.dispatch import RunOptions, annotate_run
 
     settings = AnnotateOptions(
@@ -686,6 +686,7 @@ def annotate(
         _check_parent(html_page, "--html")
     if include_suffixes:  # through the environment: worker processes see it too
         os.environ[INCLUDE_ENV] = ",".join(include_suffixes)
+    os.environ[RUN_ID_ENV] = uuid.uuid4().hex  # the same on every row of the run, every worker
     try:
         summary = annotate_run(inputs, output, settings, run)
     except BrokenPipeError:

@@ -303,10 +303,26 @@ def _split_records(
             yield record
 
 
+RUN_ID_ENV = "ANNOTATOR_RUN_ID"  # one run's id, shared with its worker processes
+
+
+def run_id() -> str:
+    """The id every row of this run carries: the CLI's (in the environment, so workers share
+    it), else a new uuid per call of `annotate`."""
+    import os
+    import uuid
+
+    return os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex
+
+
 def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
+    import datetime
+
     import flair
 
     return {
+        "run_id": run_id(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": annotator.model.name,
         "model_sha256": annotator.model.sha256,
         "annotator_version": __version__,

@@ -49,13 +49,15 @@ def _span(
     return {
         "doc_id": doc_id,
         "sentence": 0,
-        "start": start,
-        "end": end,
-        "text": said or text,
+        "start_char": start,
+        "end_char": end,
+        "entity_text": said or text,
         "label": label,
         "score": 0.99,
         "source": "docs.jsonl",
         "source_row": 1,
+        "run_id": "r1",
+        "model_sha": "abababababab",
     }
 
 
@@ -198,8 +200,8 @@ def test_view_parquet_spans_shows_model_and_documents_layout_needs_no_docs(docs_
     documents = _jsonl(
         tmp_path / "documents.jsonl",
         [
-            {"id": "h1", "text": HOSTILE, "entities": [_span("h1", "John Smith", "PER")]},
-            {"id": "h3", "text": DOCS[2]["text"], "entities": []},
+            {"doc_id": "h1", "text": HOSTILE, "entities": [_span("h1", "John Smith", "PER")]},
+            {"doc_id": "h3", "text": DOCS[2]["text"], "entities": []},
         ],
     )
     assert _run(["view", str(documents), "-o", str(out)]).exit_code == 0
