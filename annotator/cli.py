@@ -19,6 +19,7 @@ import click
 from annotator import __version__, logs
 from annotator.errors import AnnotatorError, UsageError
 from annotator.files import write_atomically
+from annotator.records import percent
 
 EXIT_SKIPPED = 3
 
@@ -144,11 +145,6 @@ PROGRESS = click.option(
 
 def _show(progress: bool | None) -> bool:
     return progress if progress is not None else sys.stderr.isatty()
-
-
-def percent(fraction: float) -> str:
-    """Scores are fractions in data (JSON) and `64.0%` in text: one convention everywhere."""
-    return f"{100 * fraction:.2f}%"
 
 
 def _input_options(command):
@@ -313,6 +309,7 @@ def train(
 )
 @COLUMN_FORMAT
 @DEVICE
+@PROGRESS
 def evaluate(
     model: str,
     corpus_dir: Path,
@@ -322,6 +319,7 @@ def evaluate(
     column_format: str,
     device: str,
     report_dir: Path | None,
+    progress: bool | None,
 ) -> None:
     """Span-level precision, recall and F1 of MODEL (a file, a run folder, `default` or a hub
     name) on a split of CORPUS_DIR."""
@@ -338,10 +336,10 @@ def evaluate(
         from annotator.evaluation import evaluation_report
 
         result = evaluation_report(
-            model, corpus_dir, report_dir, split, column_format, batch_size, device
+            model, corpus_dir, report_dir, split, column_format, batch_size, device, _show(progress)
         )
     else:
-        result = run(model, corpus_dir, split, column_format, batch_size, device)
+        result = run(model, corpus_dir, split, column_format, batch_size, device, _show(progress))
     click.echo(format_table(result))
     if report_dir is not None:
         click.echo(

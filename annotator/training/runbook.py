@@ -14,6 +14,7 @@ from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.files import write_json_atomically
+from annotator.records import percent
 from annotator.training.config import CHECKPOINT, METRICS, TRAINING_PNG, TrainConfig
 from annotator.views.figures import plot_training
 
@@ -50,6 +51,7 @@ class RunBook:
     ) -> None:
         self.output, self.state, self.config, self.on_epoch = output, state, config, on_epoch
         self.started = time.time()
+        self.progress = False  # a bar per epoch on stderr (the fast trainer)
 
     @property
     def epoch(self) -> int:
@@ -137,9 +139,9 @@ class RunBook:
         write_json_atomically(self.output / METRICS, state)
         _draw_curves(self.output)
         dev_text = (
-            f"dev P {100 * dev.precision:.2f} R {100 * dev.recall:.2f} F1 {100 * dev.f1:.2f}"
+            f"dev P {percent(dev.precision)} R {percent(dev.recall)} F1 {percent(dev.f1)}"
             if dev is not None and dev.precision is not None and dev.recall is not None
-            else (f"dev F1 {100 * dev.f1:.2f}" if dev is not None else "no dev split")
+            else (f"dev F1 {percent(dev.f1)}" if dev is not None else "no dev split")
         )
         log.info(
             "epoch %d/%d: train loss %.4f, %s%s, lr %g, %.1f s%s",
