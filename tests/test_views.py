@@ -315,3 +315,13 @@ def test_evaluate_report_agrees_with_the_evaluation(tiny_model, tmp_path):
         assert f'<section id="{anchor}">' in errors
     assert errors.count('<div class="pair">') >= sum(report["errors"].values()) // 2
     assert "outline: 3px solid" in errors and "<script" not in errors
+
+
+def test_view_shows_each_score_on_hover_escaped(docs_file, tmp_path):
+    hostile = {**_span("h2", "Berlin", "LOC"), "label": 'LOC" onmouseover="alert(1)'}
+    spans = _jsonl(tmp_path / "spans.jsonl", [_span("h2", "Siemens", "ORG"), hostile])
+    out = tmp_path / "view.html"
+    assert _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out)]).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert 'title="ORG · score 0.990"' in page
+    assert 'onmouseover="' not in page and "LOC&quot; onmouseover=&quot;alert(1) · score" in page

@@ -297,7 +297,7 @@ def render_view(
         articles.append(
             f'<article><div class="doc">{html.escape(where)} · {len(doc.text):,} '
             f"characters · {entity_count}</div>"
-            + _displacy(doc.text, good, colors, title=doc.id)
+            + _displacy(doc.text, _hover(good), colors, title=doc.id, template=_hover_template())
             + "</article>"
         )
     page = _page(f"Entities {source}".strip(), "\n".join(header), "\n".join(articles))
@@ -407,6 +407,25 @@ def build_view(
 
 
 SHOW_SENTENCES = 200  # per error kind in errors.html
+
+
+def _hover_template() -> str:
+    """The viewer's entity: displaCy's, with the label and score shown on hover."""
+    from spacy.displacy.templates import TPL_ENT
+
+    return TPL_ENT.replace('<mark class="entity"', '<mark class="entity" title="{hover}"', 1)
+
+
+def _hover(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each entity with its hover text (escaped here: displaCy inserts params as they are)."""
+    out = []
+    for entity in entities:
+        score = entity.get("score")
+        hover = f"{entity.get('label')}" + (
+            f" · score {score:.3f}" if isinstance(score, (int, float)) else ""
+        )
+        out.append({**entity, "params": {"hover": html.escape(hover, quote=True)}})
+    return out
 
 
 def _error_template() -> str:
