@@ -10,7 +10,9 @@ so a usage error or --help answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -411,9 +413,11 @@ def view(
     id_field: str,
 ) -> None:
     """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
-    from annotator.views.pages import build_view
-
     _check_parent(output, "-o")
+    with _no_torch():  # displaCy needs none of it: the page is drawn in a second, not four
+        import spacy.displacy  # noqa: F401
+
+        from annotator.views.pages import build_view
     labels = tuple(l.strip() for item in label_names for l in item.split(",") if l.strip())
     page = build_view(
         spans,
@@ -436,6 +440,20 @@ def view(
         f"{sum(page.counts.values())} entities ({types or 'none'})",
         err=True,
     )
+
+
+@contextlib.contextmanager
+def _no_torch() -> Iterator[None]:
+    """spaCy imports thinc, which imports torch (2-3 s) when it can: commands that only draw
+    (view) import spaCy with torch hidden, so thinc takes it as absent."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        del sys.modules["torch"]
 
 
 # --- annotate / tag ---------------------------------------------------------------------
