@@ -713,8 +713,8 @@ def annotate(
 
 
 @cli.command(
-    epilog='Example:\n\n\b\n  annotator tag "George Washington went to Washington."\n'
-    "  George Washington <PER> went to Washington <LOC> ."
+    epilog='Example:\n\n\b\n  annotator tag "I live in Singapore, I work for DSO."\n'
+    '  echo "Angela Merkel visited Paris." | annotator tag -m runs/offline'
 )
 @click.argument("text", required=False)
 @MODEL
