@@ -354,7 +354,10 @@ def evaluate(
 # --- see the results --------------------------------------------------------------------
 
 
-@cli.command(epilog="Example:\n\n\b\n  annotator plot runs/offline -o curves.png")
+@cli.command(
+    epilog="Example:\n\n\b\n  annotator plot runs/offline -o curves.png\n"
+    "  annotator plot default -o training.png   # the packaged model's own run"
+)
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option(
     "--output",
@@ -363,15 +366,27 @@ def evaluate(
     help="PNG to write (default: MODEL_DIR/training.png).",
 )
 def plot(model_dir: Path, output: Path | None) -> None:
-    """Redraw a training run's curves (loss, dev F1, learning rate) from its metrics.json."""
+    """Redraw a training run's curves (loss, dev F1, learning rate) from its metrics.json
+    (MODEL_DIR: a run folder, its model, a metrics JSON file, or `default`)."""
+    from annotator.models import DEFAULT_METRICS, DEFAULT_NAME
     from annotator.training.config import TRAINING_PNG
     from annotator.training.runbook import read_metrics, run_folder
     from annotator.views.figures import plot_training
 
-    folder = run_folder(model_dir)
-    click.echo(
-        str(plot_training(read_metrics(folder), output or folder / TRAINING_PNG, folder.name))
-    )
+    packaged = str(model_dir) == DEFAULT_NAME
+    if packaged and output is None:
+        raise UsageError("plot default: give -o FILE.png (the package folder is not for writing)")
+    _check_parent(output, "-o")
+    if packaged and not DEFAULT_METRICS.exists():
+        raise AnnotatorError(
+            f"{DEFAULT_METRICS}: the packaged model's training metrics are not in this "
+            "checkout (`make model` packages them with the model)"
+        )
+    source = DEFAULT_METRICS if packaged else model_dir
+    folder = run_folder(source)
+    metrics = read_metrics(source if str(source).endswith(".json") else folder)
+    name = "packaged default model" if packaged else folder.name
+    click.echo(str(plot_training(metrics, output or folder / TRAINING_PNG, name)))
 
 
 @cli.command(

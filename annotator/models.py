@@ -15,6 +15,7 @@ log = logging.getLogger("annotator")
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL = DATA_DIR / "default-model.pt"
 DEFAULT_MODEL_CARD = DATA_DIR / "MODEL_CARD.md"
+DEFAULT_METRICS = DATA_DIR / "default-model.metrics.json"  # its training run (`plot default`)
 DEFAULT_NAME = "default"  # `--model default` names the packaged model wherever a model is taken
 
 

@@ -325,3 +325,18 @@ def test_view_shows_each_score_on_hover_escaped(docs_file, tmp_path):
     page = out.read_text(encoding="utf-8")
     assert 'title="ORG · score 0.990"' in page
     assert 'onmouseover="' not in page and "LOC&quot; onmouseover=&quot;alert(1) · score" in page
+
+
+def test_plot_takes_a_metrics_file_or_default_and_axes_read_percent(tiny_model, tmp_path):
+    from annotator.models import DEFAULT_METRICS
+    from annotator.records import percent
+    from annotator.views.figures import _percent_ticks
+
+    out = tmp_path / "curves.png"
+    assert _run(["plot", str(tiny_model.parent / "metrics.json"), "-o", str(out)]).exit_code == 0
+    assert _png_size(out) == (1000, 800)
+    assert _run(["plot", "default"]).exit_code == 2  # -o is needed
+    packaged = _run(["plot", "default", "-o", str(out)])
+    assert packaged.exit_code == (0 if DEFAULT_METRICS.exists() else 1), packaged.output
+    assert "Traceback" not in packaged.output
+    assert _percent_ticks().format_pct(0.64, 1) == "64%" and percent(0.6412) == "64.12%"

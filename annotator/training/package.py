@@ -27,6 +27,8 @@ def package_default_model(run_dir: str | Path, command: str) -> Path:
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
     shutil.copyfile(run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    # its training curve stays drawable (`annotator plot default`, docs/training.png)
+    shutil.copyfile(run_dir / "metrics.json", models.DEFAULT_METRICS)
     card = model_card(metrics, (run_dir / "config.toml").read_text(), command, models.DEFAULT_MODEL)
     models.DEFAULT_MODEL_CARD.write_text(card, encoding="utf-8")
     return models.DEFAULT_MODEL

@@ -247,9 +247,12 @@ def run_folder(run: str | Path) -> Path:
 
 
 def read_metrics(run: str | Path) -> dict[str, Any]:
-    """The per-epoch log a training run writes beside its model."""
+    """The per-epoch log a training run writes beside its model (a run folder, its model file,
+    or the metrics JSON file itself, e.g. the packaged model's)."""
     folder = run_folder(run)
-    path = folder / METRICS
+    path = Path(run) if str(run).endswith(".json") else folder / METRICS
+    if str(run).endswith(".json") and not path.exists():
+        raise AnnotatorError(f"{path}: no such metrics file")
     if not folder.exists():
         raise AnnotatorError(f"{folder}: no such model folder")
     if not path.exists():
