@@ -62,7 +62,7 @@ def main() -> None:
     "  annotator corpus stats data/conllpp"
 )
 def corpus() -> None:
-    """Fetch a corpus (e.g. CoNLL++) and count what is inside it."""
+    """Fetch a corpus such as CoNLL++ and count what is inside it."""
 
 
 @corpus.command(
@@ -168,8 +168,9 @@ def _input_options(command):
 
 
 @cli.command(
+    short_help="Train a tagger on a CoNLL corpus.",
     epilog="Example:\n\n\b\n  annotator train data/conllpp --preset offline -o runs/offline\n"
-    "  annotator train data/conllpp -o runs/offline --resume"
+    "  annotator train data/conllpp -o runs/offline --resume",
 )
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -193,17 +194,17 @@ def _input_options(command):
 @click.option(
     "--max-epochs",
     type=click.IntRange(min=1),
-    help="Epochs to train at most [default: 50, or the config file's].",
+    help="Epochs to train at most [default: 50; transformer: 10; or the config file's].",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    help="Sentences per mini-batch [default: 32, or the config file's].",
+    help="Sentences per mini-batch [default: 32; transformer: 4; or the config file's].",
 )
 @click.option(
     "--learning-rate",
     type=click.FloatRange(min=0, min_open=True),
-    help="SGD learning rate at the start [default: 0.1, or the config file's].",
+    help="Learning rate at the start [default: 0.1; transformer: 5e-6; or the config file's].",
 )
 @click.option(
     "--hidden-size",
@@ -282,8 +283,9 @@ def train(
 
 
 @cli.command(
+    short_help="Precision, recall and F1 of a model.",
     epilog="Example:\n\n\b\n  annotator evaluate runs/offline data/conllpp --split test "
-    "--report runs/offline/report\n  annotator evaluate default data/conllpp"
+    "--report runs/offline/report\n  annotator evaluate default data/conllpp",
 )
 @click.argument("model")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -355,8 +357,9 @@ def evaluate(
 
 
 @cli.command(
+    short_help="Redraw a training run's curves.",
     epilog="Example:\n\n\b\n  annotator plot runs/offline -o curves.png\n"
-    "  annotator plot default -o training.png   # the packaged model's own run"
+    "  annotator plot default -o training.png   # the packaged model's own run",
 )
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -390,8 +393,9 @@ def plot(model_dir: Path, output: Path | None) -> None:
 
 
 @cli.command(
+    short_help="An HTML page of annotate output.",
     epilog="Example:\n\n\b\n  annotator view entities.parquet --docs documents.jsonl "
-    "-o view.html --label PER"
+    "-o view.html --label PER",
 )
 @click.argument("spans", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -535,9 +539,10 @@ def _exit_quietly_on_broken_pipe() -> None:
 
 
 @cli.command(
+    short_help="Find the entities in files, folders or stdin.",
     epilog="Example:\n\n\b\n  annotator annotate docs.jsonl -o entities.parquet\n"
     "  annotator annotate archive/ -o entities/ --resume --html first.html\n"
-    "  cat docs.jsonl | annotator annotate --labels PER,ORG --min-score 0.8"
+    "  cat docs.jsonl | annotator annotate --labels PER,ORG --min-score 0.8",
 )
 @click.argument("inputs", nargs=-1)
 @click.option(
@@ -747,7 +752,9 @@ def tag(text: str | None, model: str | None, device: str) -> None:
         click.echo(tagged_string(text, annotator.annotate_text(text)))
 
 
-@cli.command(epilog="Example:\n\n\b\n  annotator info")
+@cli.command(
+    short_help="Versions, device and the default model.", epilog="Example:\n\n\b\n  annotator info"
+)
 def info() -> None:
     """Versions, the device that would be used, and the default model's card."""
     from annotator.models import describe_environment
@@ -755,7 +762,10 @@ def info() -> None:
     click.echo(describe_environment())
 
 
-@cli.command(epilog="Example:\n\n\b\n  annotator bench --docs 50 --repeat 3 --json bench.json")
+@cli.command(
+    short_help="Words/s of Flair, spaCy and annotator.",
+    epilog="Example:\n\n\b\n  annotator bench --docs 50 --repeat 3 --json bench.json",
+)
 @click.argument("inputs", nargs=-1)
 @MODEL
 @DEVICE

@@ -189,3 +189,13 @@ def test_annotator_is_a_context_manager_that_ends_its_splitter(tiny_model):
         process = annotator.splitter._process
         assert [e.label for e in annotator.annotate_text("Anna Berg lives in Oslo .")]
     assert annotator.splitter is None and process.poll() is not None
+
+
+def test_command_lists_are_not_cut_and_train_options_say_their_defaults():
+    for group in ([], ["corpus"]):
+        listing = CliRunner().invoke(cli, [*group, "--help"]).output
+        assert "..." not in listing.split("Commands:")[1]
+    train = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    for text in ("--max-epochs", "[default: 50", "--batch-size", "--learning-rate", "--seed"):
+        assert text in train
+    assert train.count("[default:") >= 5
