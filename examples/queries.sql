@@ -1,7 +1,7 @@
 -- DuckDB over the Parquet output of `annotator annotate ... -o examples/output/entities.parquet`.
--- Run from the repository root (duckdb is a dev dependency, installed by `make install`):
---   .venv/bin/python -c "import duckdb; print(duckdb.sql(open('examples/queries.sql').read()))"
--- runs the last query; the test runs each one. No column name needs quoting.
+-- Run from the repository root with duckdb's Python module (a dev dependency, installed by
+-- make install): duckdb.sql(open('examples/queries.sql').read()) prints the last query, and
+-- the test runs each one. No column name needs quoting.
 
 -- Top entities per type
 SELECT label, entity_text, count(*) AS mentions
