@@ -241,7 +241,7 @@ def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
         import pyarrow.parquet as pq
 
         table = pq.read_table(
-            output, columns=["doc_id", "sentence", "start", "end", "label", "score"]
+            output, columns=["doc_id", "sentence", "start_char", "end_char", "label", "score"]
         )
         columns = [table.column(name).to_pylist() for name in table.column_names]
         result["entities"] = [
