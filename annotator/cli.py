@@ -1,20 +1,27 @@
 """The command line: each command parses its options and calls one library function.
 
-Exit codes: 0 success; 1 failure (one message on stderr); 2 usage error;
-3 finished, but some input records were skipped (see --errors).
+Exit codes: 0 success; 1 failure (one message on stderr); 2 usage error (Click's own and
+annotator's UsageError); 3 finished, but some input records were skipped (see --errors).
+
+Nothing heavy is imported before the arguments are parsed and checked: Flair and torch load
+only inside the commands that tag or train, after every option, input and output was checked,
+so a usage error or --help answers at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from annotator import __version__, logs
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, UsageError
 from annotator.files import write_atomically
+from annotator.records import percent
 
 EXIT_SKIPPED = 3
 
@@ -53,8 +60,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 @click.version_option(__version__, prog_name="annotator")
 @click.option("-v", "--verbose", is_flag=True, help="Show Flair's training and loading log.")
 def cli(verbose: bool) -> None:
-    """Named-entity annotation of large document collections with Flair and spaCy."""
-    logs.configure(verbose)
+    """Named-entity annotation of large document collections with Flair and spaCy.
+
+    \b
+    Example:
+      annotator annotate examples/documents.jsonl -o entities.parquet
+    """
+    logs.configure(verbose)  # imports no Flair: that waits for a command that loads a model
 
 
 def main() -> None:
@@ -67,12 +79,19 @@ def main() -> None:
 # --- corpus -----------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(
+    epilog="Example:\n\n\b\n  annotator corpus fetch conllpp --dest data/conllpp\n"
+    "  annotator corpus stats data/conllpp"
+)
 def corpus() -> None:
-    """Fetch a corpus and look inside it."""
+    """Fetch a corpus such as CoNLL++ and count what is inside it."""
 
 
-@corpus.command("fetch")
+@corpus.command(
+    "fetch",
+    epilog="Example:\n\n\b\n  annotator corpus fetch conllpp --dest data/conllpp\n"
+    "  annotator corpus fetch conllpp --dest data/conllpp --from ../shared/data/conllpp",
+)
 @click.argument("name")
 @click.option(
     "--dest",
@@ -87,7 +106,7 @@ def corpus() -> None:
     help="Copy from a local folder instead of downloading (checked the same way).",
 )
 def corpus_fetch(name: str, dest: Path, source: Path | None) -> None:
-    """Download corpus NAME (e.g. conllpp) and verify each file's sha256."""
+    """Download corpus NAME (conllpp) and verify each file's sha256."""
     from annotator.corpus import fetch_corpus
 
     for path in fetch_corpus(name, dest, source=source, progress=sys.stderr.isatty()):
@@ -103,7 +122,9 @@ COLUMN_FORMAT = click.option(
 )
 
 
-@corpus.command("stats")
+@corpus.command(
+    "stats", epilog="Example:\n\n\b\n  annotator corpus stats data/conllpp --column-format text,ner"
+)
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @COLUMN_FORMAT
 def corpus_stats(corpus_dir: Path, column_format: str) -> None:
@@ -138,6 +159,18 @@ DEVICE = click.option(
 )
 
 
+PROGRESS = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A progress bar on stderr (default: when stderr is a terminal; else one line per "
+    "epoch or file).",
+)
+
+
+def _show(progress: bool | None) -> bool:
+    return progress if progress is not None else sys.stderr.isatty()
+
+
 def _input_options(command):
     """How documents are read: the same flags for `annotate` and `view`."""
     command = click.option(
@@ -156,7 +189,11 @@ def _input_options(command):
     )(command)
 
 
-@cli.command()
+@cli.command(
+    short_help="Train a tagger on a CoNLL corpus.",
+    epilog="Example:\n\n\b\n  annotator train data/conllpp --preset offline -o runs/offline\n"
+    "  annotator train data/conllpp -o runs/offline --resume",
+)
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--output",
@@ -176,11 +213,31 @@ def _input_options(command):
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML file of settings; flags override it.",
 )
-@click.option("--max-epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
-@click.option("--hidden-size", type=int)
-@click.option("--seed", type=int)
+@click.option(
+    "--max-epochs",
+    type=click.IntRange(min=1),
+    help="Epochs to train at most [default: 50; transformer: 10; or the config file's].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Sentences per mini-batch [default: 32; transformer: 4; or the config file's].",
+)
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Learning rate at the start [default: 0.1; transformer: 5e-6; or the config file's].",
+)
+@click.option(
+    "--hidden-size",
+    type=click.IntRange(min=1),
+    help="BiLSTM hidden size [default: 256, or the config file's].",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="Random seed: the same seed, data and machine give the same model [default: 1].",
+)
 @click.option(
     "--word-vectors",
     help="seed preset: word-vector text file, a Flair name (e.g. glove), "
@@ -194,7 +251,11 @@ def _input_options(command):
     help="offline preset: also stack the word vectors of this spaCy "
     "pipeline (installed name or folder), e.g. en_core_web_md.",
 )
-@click.option("--column-format", help="Corpus columns (default text,pos,chunk,ner).")
+@click.option(
+    "--column-format",
+    help="Corpus columns, comma-separated [default: text,pos,chunk,ner]; two-column files: "
+    "text,ner.",
+)
 @click.option(
     "--trainer",
     type=click.Choice(["auto", "fast", "flair"]),
@@ -205,12 +266,14 @@ def _input_options(command):
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --output from its last checkpoint."
 )
+@PROGRESS
 def train(
     corpus_dir: Path,
     output: Path,
     preset: str | None,
     config_file: Path | None,
     resume: bool,
+    progress: bool | None,
     **flags: Any,
 ) -> None:
     """Train a tagger on CORPUS_DIR (column format: train/dev/test files)."""
@@ -223,7 +286,7 @@ def train(
     if flags.get("device") == "auto" and resume:
         flags.pop("device")
     config = resolve_config(preset, config_file, flags)
-    result = run(corpus_dir, output, config, resume=resume)
+    result = run(corpus_dir, output, config, resume=resume, progress=_show(progress))
     if not result.finished:
         click.echo(
             f"stopped after epoch {result.epochs}; continue with: annotator train "
@@ -234,17 +297,20 @@ def train(
     selection = (
         "no dev split: the last epoch's model"
         if config.train_with_dev
-        else f"best dev F1 {100 * result.best_dev_f1:.2f} at epoch {result.best_epoch}"
+        else f"best dev F1 {percent(result.best_dev_f1)} at epoch {result.best_epoch}"
     )
-    click.echo(
-        f"trained {result.epochs} epochs in {result.seconds:.0f} s; {selection}; model: "
-        f"{output / 'best-model.pt'}"
-    )
+    model = output / ("final-model.pt" if config.train_with_dev else "best-model.pt")
+    epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
+    click.echo(f"trained {epochs} in {result.seconds:.0f} s; {selection}; model: {model}")
     if result.test:
-        click.echo(f"test micro-F1 {100 * result.test['micro']['f1']:.2f}")
+        click.echo(f"test micro-F1 {percent(result.test['micro']['f1'])}")
 
 
-@cli.command()
+@cli.command(
+    short_help="Precision, recall and F1 of a model.",
+    epilog="Example:\n\n\b\n  annotator evaluate runs/offline data/conllpp --split test "
+    "--report runs/offline/report\n  annotator evaluate default data/conllpp",
+)
 @click.argument("model")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -256,7 +322,13 @@ def train(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the scores as JSON.",
 )
-@click.option("--batch-size", default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sentences per mini-batch.",
+)
 @click.option(
     "--report",
     "report_dir",
@@ -278,6 +350,7 @@ def train(
 )
 @COLUMN_FORMAT
 @DEVICE
+@PROGRESS
 def evaluate(
     model: str,
     corpus_dir: Path,
@@ -289,10 +362,16 @@ def evaluate(
     report_dir: Path | None,
     raw: bool,
     unit: str,
+    progress: bool | None,
 ) -> None:
-    """Span-level precision, recall and F1 of MODEL on a split of CORPUS_DIR."""
+    """Span-level precision, recall and F1 of MODEL (a file, a run folder, `default` or a hub
+    name) on a split of CORPUS_DIR."""
     import json
 
+    from annotator.models import resolve_model
+
+    resolve_model(model)  # a mistyped path fails here, before anything loads
+    _check_parent(json_file, "--json")
     from annotator.evaluation import evaluate as run
     from annotator.evaluation import format_table
 
@@ -301,10 +380,10 @@ def evaluate(
         from annotator.evaluation import evaluation_report
 
         result = evaluation_report(
-            model, corpus_dir, report_dir, split, column_format, batch_size, device
+            model, corpus_dir, report_dir, split, column_format, batch_size, device, _show(progress)
         )
     elif not raw:
-        result = run(model, corpus_dir, split, column_format, batch_size, device)
+        result = run(model, corpus_dir, split, column_format, batch_size, device, _show(progress))
     if result is not None:
         click.echo(format_table(result))
     if raw:
@@ -329,7 +408,10 @@ def evaluate(
         json_file.write_text(json.dumps(data, indent=2))
 
 
-@cli.command()
+@cli.command(
+    short_help="Make a model's span scores probabilities.",
+    epilog="Example:\n\n\b\n  annotator calibrate runs/offline data/conllpp -o calibrated.pt",
+)
 @click.argument("model")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -366,6 +448,10 @@ def calibrate(
 ) -> None:
     """Fit a calibration map for MODEL's span scores (CRF span marginals) on a held-out split,
     end to end on raw text, so that spans scored s are right about s of the time."""
+    from annotator.models import resolve_model
+
+    resolve_model(model)  # a mistyped path fails here, before anything loads
+    _check_parent(output, "--output")
     from annotator.raw_evaluation import calibrate as fit
 
     outcome = fit(model, corpus_dir, output, split, column_format, unit, device)
@@ -379,7 +465,11 @@ def calibrate(
 # --- see the results --------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(
+    short_help="Redraw a training run's curves.",
+    epilog="Example:\n\n\b\n  annotator plot runs/offline -o curves.png\n"
+    "  annotator plot default -o training.png   # the packaged model's own run",
+)
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option(
     "--output",
@@ -388,18 +478,34 @@ def calibrate(
     help="PNG to write (default: MODEL_DIR/training.png).",
 )
 def plot(model_dir: Path, output: Path | None) -> None:
-    """Redraw a training run's curves (loss, dev F1, learning rate) from its metrics.json."""
+    """Redraw a training run's curves (loss, dev F1, learning rate) from its metrics.json
+    (MODEL_DIR: a run folder, its model, a metrics JSON file, or `default`)."""
+    from annotator.models import DEFAULT_METRICS, DEFAULT_NAME
     from annotator.training.config import TRAINING_PNG
     from annotator.training.runbook import read_metrics, run_folder
     from annotator.views.figures import plot_training
 
-    folder = run_folder(model_dir)
-    click.echo(
-        str(plot_training(read_metrics(folder), output or folder / TRAINING_PNG, folder.name))
-    )
+    packaged = str(model_dir) == DEFAULT_NAME
+    if packaged and output is None:
+        raise UsageError("plot default: give -o FILE.png (the package folder is not for writing)")
+    _check_parent(output, "-o")
+    if packaged and not DEFAULT_METRICS.exists():
+        raise AnnotatorError(
+            f"{DEFAULT_METRICS}: the packaged model's training metrics are not in this "
+            "checkout (`make model` packages them with the model)"
+        )
+    source = DEFAULT_METRICS if packaged else model_dir
+    folder = run_folder(source)
+    metrics = read_metrics(source if str(source).endswith(".json") else folder)
+    name = "packaged default model" if packaged else folder.name
+    click.echo(str(plot_training(metrics, output or folder / TRAINING_PNG, name)))
 
 
-@cli.command()
+@cli.command(
+    short_help="An HTML page of annotate output.",
+    epilog="Example:\n\n\b\n  annotator view entities.parquet --docs documents.jsonl "
+    "-o view.html --label PER",
+)
 @click.argument("spans", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--docs",
@@ -410,7 +516,13 @@ def plot(model_dir: Path, output: Path | None) -> None:
 @click.option(
     "--output", "-o", required=True, type=click.Path(dir_okay=False), help="HTML page to write."
 )
-@click.option("--limit", default=100, show_default=True, help="Show at most this many documents.")
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Show at most this many documents.",
+)
 @click.option(
     "--label",
     "label_names",
@@ -429,8 +541,11 @@ def view(
     id_field: str,
 ) -> None:
     """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
-    from annotator.views.pages import build_view
+    _check_parent(output, "-o")
+    with _no_torch():  # displaCy needs none of it: the page is drawn in a second, not four
+        import spacy.displacy  # noqa: F401
 
+        from annotator.views.pages import build_view
     labels = tuple(l.strip() for item in label_names for l in item.split(",") if l.strip())
     page = build_view(
         spans,
@@ -455,6 +570,20 @@ def view(
     )
 
 
+@contextlib.contextmanager
+def _no_torch() -> Iterator[None]:
+    """spaCy imports thinc, which imports torch (2-3 s) when it can: commands that only draw
+    (view) import spaCy with torch hidden, so thinc takes it as absent."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        del sys.modules["torch"]
+
+
 # --- annotate / tag ---------------------------------------------------------------------
 
 MODEL = click.option(
@@ -462,8 +591,51 @@ MODEL = click.option(
     "-m",
     envvar="ANNOTATOR_MODEL",
     show_envvar=True,
-    help="Flair model file or folder, or a hub name (default: the packaged model).",
+    help="Flair model file or training folder, `default` (the packaged model, also when "
+    "absent), or a hub name. A value that looks like a path (a / or a .pt suffix) must exist.",
 )
+
+
+def _check_parent(path: str | Path | None, flag: str) -> None:
+    """An output whose folder does not exist is a usage error, found before anything loads."""
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: no such directory {parent}")
+
+
+def _check_annotate(inputs: tuple[str, ...], output: str | None, settings: Any, run: Any) -> None:
+    """Every refusal of `annotate`'s inputs, outputs and options, before a model loads."""
+    import glob
+    import os
+
+    from annotator.io.writers import STDOUT, output_format
+    from annotator.models import resolve_model
+    from annotator.runs.directory import is_directory_output
+    from annotator.runs.dispatch import _check, _worker_devices
+    from annotator.runs.shards import Shard
+
+    for item in inputs:
+        if item != "-" and not glob.has_magic(item) and not os.path.exists(item):
+            raise UsageError(f"{item}: no such file or directory")
+    try:
+        Shard.parse(run.shard)
+        _check(list(inputs), output, run, _worker_devices(settings, run))
+        directory = is_directory_output(output)
+        if not directory:
+            fmt = output_format(output, settings.output_format)
+            if fmt == "parquet" and output in (None, STDOUT):
+                raise AnnotatorError("Parquet cannot be streamed to stdout; give -o FILE.parquet")
+    except UsageError:
+        raise
+    except AnnotatorError as exc:
+        raise UsageError(str(exc)) from None
+    if output not in (None, STDOUT) and not directory:  # a directory output is created
+        _check_parent(output, "-o")
+    if settings.errors:
+        _check_parent(settings.errors, "--errors")
+    resolve_model(settings.model)
 
 
 def _exit_quietly_on_broken_pipe() -> None:
@@ -475,7 +647,12 @@ def _exit_quietly_on_broken_pipe() -> None:
     sys.exit(141)
 
 
-@cli.command()
+@cli.command(
+    short_help="Find the entities in files, folders or stdin.",
+    epilog="Example:\n\n\b\n  annotator annotate docs.jsonl -o entities.parquet\n"
+    "  annotator annotate archive/ -o entities/ --resume --html first.html\n"
+    "  cat docs.jsonl | annotator annotate --labels PER,ORG --min-score 0.8",
+)
 @click.argument("inputs", nargs=-1)
 @click.option(
     "--output",
@@ -507,12 +684,14 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--max-sentence-tokens",
     default=250,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Longer sentences are cut into pieces of this many tokens.",
 )
 @click.option(
     "--batch-size",
     default=32,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Sentences per mini-batch of Flair's predict (--engine flair); the fast engine "
     "fills its batches by tokens (8,192 on a CPU, 16,384 on a GPU).",
 )
@@ -527,7 +706,11 @@ def _exit_quietly_on_broken_pipe() -> None:
 )
 @click.option("--labels", help="Keep only these entity types, comma-separated (e.g. PER,ORG).")
 @click.option(
-    "--min-score", default=0.0, show_default=True, help="Keep entities scoring at least this."
+    "--min-score",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Keep entities scoring at least this (0 to 1).",
 )
 @click.option(
     "--on-error",
@@ -542,11 +725,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     type=click.Path(dir_okay=False),
     help="With --on-error skip: write skipped records here as JSONL (else to stderr).",
 )
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
-)
+@PROGRESS
 @click.option(
     "--resume",
     is_flag=True,
@@ -556,6 +735,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--part-size",
     default=10_000,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Directory output: documents per part file (the most a resume redoes).",
 )
 @click.option(
@@ -570,7 +750,7 @@ def _exit_quietly_on_broken_pipe() -> None:
 )
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=1),
     help="Worker processes on --device (local backend) or tagger actors (ray backend).",
 )
 @click.option(
@@ -587,7 +767,21 @@ def _exit_quietly_on_broken_pipe() -> None:
     type=click.Path(dir_okay=False),
     help="Also write an entity viewer page (like `annotator view`) of the first documents.",
 )
-@click.option("--html-limit", default=100, show_default=True, help="Documents in the --html page.")
+@click.option(
+    "--html-limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Documents in the --html page.",
+)
+@click.option(
+    "--include-suffix",
+    "include_suffixes",
+    multiple=True,
+    metavar="SUFFIX",
+    help="Folders give only .txt .text .jsonl .ndjson .json .parquet files (+ .gz/.zst); "
+    "also take files with this suffix, e.g. .md (repeatable).",
+)
 def annotate(
     inputs: tuple[str, ...],
     output: str | None,
@@ -602,13 +796,18 @@ def annotate(
     ray_address: str | None,
     html_page: str | None,
     html_limit: int,
+    include_suffixes: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
-    from annotator.pipeline import AnnotateOptions
+    import os
+    import uuid
+
+    from annotator.io.readers import INCLUDE_ENV
+    from annotator.pipeline import RUN_ID_ENV, AnnotateOptions
     from annotator.runs.dispatch import RunOptions, annotate_run
 
     settings = AnnotateOptions(
@@ -627,6 +826,12 @@ def annotate(
         page=html_page,
         page_limit=html_limit,
     )
+    _check_annotate(inputs, output, settings, run)
+    if html_page:
+        _check_parent(html_page, "--html")
+    if include_suffixes:  # through the environment: worker processes see it too
+        os.environ[INCLUDE_ENV] = ",".join(include_suffixes)
+    os.environ[RUN_ID_ENV] = uuid.uuid4().hex  # the same on every row of the run, every worker
     try:
         summary = annotate_run(inputs, output, settings, run)
     except BrokenPipeError:
@@ -636,22 +841,29 @@ def annotate(
         sys.exit(EXIT_SKIPPED)
 
 
-@cli.command()
+@cli.command(
+    epilog='Example:\n\n\b\n  annotator tag "I live in Singapore, I work for DSO."\n'
+    '  echo "Angela Merkel visited Paris." | annotator tag -m runs/offline'
+)
 @click.argument("text", required=False)
 @MODEL
 @DEVICE
 def tag(text: str | None, model: str | None, device: str) -> None:
     """Tag TEXT (or stdin) and print it with its entities inline."""
+    from annotator.models import resolve_model
     from annotator.pipeline import Annotator
     from annotator.tagging.engines import tagged_string
 
+    resolve_model(model)
     if text is None:
         text = sys.stdin.read()
-    annotator = Annotator(model, device=device)
-    click.echo(tagged_string(text, annotator.annotate_text(text)))
+    with Annotator(model, device=device, split_process=False) as annotator:
+        click.echo(tagged_string(text, annotator.annotate_text(text)))
 
 
-@cli.command()
+@cli.command(
+    short_help="Versions, device and the default model.", epilog="Example:\n\n\b\n  annotator info"
+)
 def info() -> None:
     """Versions, the device that would be used, and the default model's card."""
     from annotator.models import describe_environment
@@ -659,7 +871,10 @@ def info() -> None:
     click.echo(describe_environment())
 
 
-@cli.command()
+@cli.command(
+    short_help="Words/s of Flair, spaCy and annotator.",
+    epilog="Example:\n\n\b\n  annotator bench --docs 50 --repeat 3 --json bench.json",
+)
 @click.argument("inputs", nargs=-1)
 @MODEL
 @DEVICE

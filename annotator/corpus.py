@@ -7,6 +7,7 @@ after its sha256 matched, so a failed or interrupted fetch never leaves a corrup
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -176,6 +177,40 @@ def parse_column_format(spec: str) -> tuple[dict[int, str], str]:
     return {names.index("text"): "text", names.index(tag): tag}, tag
 
 
+_TAG = re.compile(r"O|[IBESLU]-\S+")
+
+
+def check_column_format(path: Path, spec: str, lines: int = 500) -> None:
+    """Refuse a column format that does not fit the file, in one line that names
+    --column-format and the layout found: counts the columns and finds the one holding
+    IOB/BIO/BIOES tags, so a 2-column file read as 4 columns is no silent zero."""
+    columns, tag = parse_column_format(spec)
+    rows: list[list[str]] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields and not fields[0].startswith("-DOCSTART-"):
+                rows.append(fields)
+                if len(rows) >= lines:
+                    break
+    if not rows:
+        raise CorpusError(f"{path}: no token lines")
+    width = min(len(row) for row in rows)
+    tagged = [i for i in range(width) if all(_TAG.fullmatch(row[i]) for row in rows)]
+    position = next(i for i, name in columns.items() if name == tag)
+    if position < width and position in tagged:
+        return
+    if len(tagged) == 1 and tagged[0] > 0:
+        names = ["text"] + ["_"] * (tagged[0] - 1) + ["ner"]
+        found = f"its tags are in column {tagged[0] + 1}: use --column-format {','.join(names)}"
+    else:
+        found = "no column of IOB/BIO/BIOES tags found; give --column-format (e.g. text,ner)"
+    raise CorpusError(
+        f"{path}: has {width} column{'s' if width != 1 else ''}, and column {position + 1} "
+        f"({tag!r} in --column-format {spec}) holds no tags; {found}"
+    )
+
+
 def find_split_files(corpus_dir: str | Path) -> dict[str, Path]:
     """The train/dev/test files of a corpus folder, by the usual naming conventions."""
     corpus_dir = Path(corpus_dir)
@@ -253,8 +288,13 @@ def load_corpus(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORM
     """Read a column-format corpus with Flair (IOB1, BIO and BIOES tags all become spans)."""
     from flair.datasets import ColumnCorpus
 
+    from annotator.logs import flair_imported
+
+    flair_imported()
     columns, _ = parse_column_format(column_format)
     files = find_split_files(corpus_dir)
+    for path in files.values():
+        check_column_format(path, column_format)
     try:
         return ColumnCorpus(
             Path(corpus_dir),

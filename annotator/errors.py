@@ -19,3 +19,9 @@ class ModelError(AnnotatorError):
 class RecordFailed(Exception):
     """One record cannot be written (or split, or tagged): the pipeline reports it as a bad
     record, with this reason, and the run goes on."""
+
+
+class UsageError(AnnotatorError):
+    """Options that cannot work together or values out of range: exit 2, like Click's own."""
+
+    exit_code = 2

@@ -5,8 +5,9 @@ report folder (figures, error page, JSON).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ from typing import Any
 from annotator.corpus import DEFAULT_COLUMN_FORMAT, load_corpus, split_sentences
 from annotator.errors import AnnotatorError
 from annotator.files import write_atomically, write_json_atomically
-from annotator.records import ERROR_KINDS, MISSED, SPURIOUS, LabelledSpan, SentenceMatch
+from annotator.records import (
+    ERROR_KINDS,
+    MISSED,
+    SPURIOUS,
+    LabelledSpan,
+    SentenceMatch,
+    percent,
+)
 from annotator.tagging.engines import flair_spans
 from annotator.views.figures import plot_confusion, plot_scores
 from annotator.views.pages import label_colors, render_errors
@@ -49,15 +57,46 @@ def _scores(row: dict[str, float]) -> Scores:
     )
 
 
-def evaluate_tagger(tagger, sentences, batch_size: int = 64) -> EvalResult:
+@contextlib.contextmanager
+def flair_bars(show: bool = False, label: str = "evaluating") -> Iterator[None]:
+    """Flair's own tqdm bars (label dictionaries, evaluation batches: `0it [00:00, ?it/s]`)
+    off for a block, so they never reach a log; with `show`, its evaluation bar is labelled."""
+    import flair.file_utils
+    import flair.models.sequence_tagger_model
+    import flair.nn.model
+    from tqdm import tqdm
+
+    def bar(*args, **kwargs):
+        kwargs["disable"] = not show
+        kwargs.setdefault("desc", label)
+        kwargs.setdefault("unit", "batch")
+        kwargs.setdefault("leave", False)
+        return tqdm(*args, **kwargs)
+
+    modules = (flair.nn.model, flair.models.sequence_tagger_model)
+    saved = [module.tqdm for module in modules]
+    tqdm_of_flair = flair.file_utils.Tqdm.tqdm
+    try:
+        for module in modules:
+            module.tqdm = bar
+        flair.file_utils.Tqdm.tqdm = staticmethod(bar)
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.tqdm = original
+        flair.file_utils.Tqdm.tqdm = staticmethod(tqdm_of_flair)
+
+
+def evaluate_tagger(tagger, sentences, batch_size: int = 64, progress: bool = False) -> EvalResult:
     """Run Flair's evaluation (exact span match per type) and keep its classification report."""
     sentences = list(sentences)
-    result = tagger.evaluate(
-        sentences,
-        gold_label_type=tagger.label_type,
-        mini_batch_size=batch_size,
-        embedding_storage_mode="none",
-    )
+    with flair_bars(progress):
+        result = tagger.evaluate(
+            sentences,
+            gold_label_type=tagger.label_type,
+            mini_batch_size=batch_size,
+            embedding_storage_mode="none",
+        )
     report = result.classification_report
     if not report:
         raise AnnotatorError(
@@ -84,6 +123,7 @@ def evaluate(
     column_format: str = DEFAULT_COLUMN_FORMAT,
     batch_size: int = 64,
     device: str = "auto",
+    progress: bool = False,
 ) -> EvalResult:
     """Evaluate a saved tagger on one split of a column corpus."""
     from annotator.models import load_tagger
@@ -93,19 +133,19 @@ def evaluate(
     if sentences is None:
         raise AnnotatorError(f"{corpus_dir}: has no {split} split")
     tagger = load_tagger(model, device=device)
-    return evaluate_tagger(tagger, sentences, batch_size)
+    return evaluate_tagger(tagger, sentences, batch_size, progress=progress)
 
 
 def format_table(result: EvalResult) -> str:
-    """The per-type table, with the micro and macro averages below it."""
+    """The per-type table, with the micro and macro averages below it (scores as `88.47%`)."""
     lines = [f"{'type':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     rows = [*result.per_type.items(), ("micro avg", result.micro), ("macro avg", result.macro)]
     for index, (label, s) in enumerate(rows):
         if index == len(result.per_type):
             lines.append("-" * 52)
         lines.append(
-            f"{label:<12}{100 * s.precision:>10.2f}{100 * s.recall:>10.2f}"
-            f"{100 * s.f1:>10.2f}{s.support:>10d}"
+            f"{label:<12}{percent(s.precision):>10}{percent(s.recall):>10}"
+            f"{percent(s.f1):>10}{s.support:>10d}"
         )
     return "\n".join(lines)
 
@@ -169,6 +209,7 @@ def evaluation_report(
     column_format: str | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    progress: bool = False,
 ):
     """Evaluate like `annotator evaluate`, and write scores.png, confusion.png, errors.html and
     report.json into `report_dir`. Returns the evaluation's own result (Flair's numbers)."""
@@ -186,7 +227,7 @@ def evaluation_report(
     tagger = load_tagger(model, device=device)
     info = model_info(model)
     # Flair's evaluate leaves its predictions on the sentences under the label type "predicted"
-    result = evaluate_tagger(tagger, sentences, batch_size)
+    result = evaluate_tagger(tagger, sentences, batch_size, progress)
     matches = [
         match_sentence(i, [t.text for t in s], _spans(s, tagger.label_type), _spans(s, "predicted"))
         for i, s in enumerate(sentences)
@@ -208,8 +249,8 @@ def evaluation_report(
     plot_confusion(rows, columns, counts, report_dir / "confusion.png")
     summary = (
         f"model {info.name} · {split} split of {corpus_dir} · {len(sentences)} sentences · "
-        f"micro P {100 * result.micro.precision:.2f} R {100 * result.micro.recall:.2f} "
-        f"F1 {100 * result.micro.f1:.2f}"
+        f"micro P {percent(result.micro.precision)} R {percent(result.micro.recall)} "
+        f"F1 {percent(result.micro.f1)}"
     )
     wrong = [m for m in matches if m.errors]
     write_atomically(

@@ -201,12 +201,18 @@ def die_with_parent(parent: int | None = None, death_signal: bool = True) -> Non
     threading.Thread(target=watch, daemon=True, name="annotator-parent-watch").start()
 
 
-def _holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+def _holder(path: Path, tries: int = 10) -> str:
+    """Who holds the lock, from the file; a holder that has just taken it may not have written
+    it yet, so an empty file is read again for a moment."""
+    import time
+
+    for _ in range(tries):
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.1)
+    return "holder unknown"
 
 
 class DirectoryLock:

@@ -1,7 +1,8 @@
 """Logging: everything goes to stderr, so stdout carries only data.
 
-Flair adds its own stdout handler when it is first imported, so each helper imports it first
-and then takes its logger over.
+Flair adds its own stdout handler when it is first imported (seconds of torch), so `configure`
+does not import it: it records how Flair should log, and `quiet_flair` (called where Flair is
+imported to load or train a model) takes Flair's logger over then.
 """
 
 from __future__ import annotations
@@ -11,18 +12,34 @@ import logging
 import sys
 from collections.abc import Iterator
 
+_flair_setup: tuple[logging.Handler, int] | None = None  # set by configure(): (handler, level)
+
 
 def quiet_flair() -> None:
-    """Flair's info lines (tag dictionaries, model summaries) off for this process."""
+    """Flair's info lines (tag dictionaries, model summaries) off for this process, and its
+    logger on configure()'s handler when configure() ran."""
     import flair  # noqa: F401
 
-    logging.getLogger("flair").setLevel(logging.WARNING)
+    logger = logging.getLogger("flair")
+    if _flair_setup is None:
+        logger.setLevel(logging.WARNING)
+        return
+    logger.handlers[:] = [_flair_setup[0]]
+    logger.propagate = False
+    logger.setLevel(_flair_setup[1])
+
+
+def flair_imported() -> None:
+    """Where Flair gets imported to do work: its logger joins configure()'s, if that ran (a
+    library user's logging stays theirs)."""
+    if _flair_setup is not None:
+        quiet_flair()
 
 
 def configure(verbose: bool = False, label: str = "%(name)s") -> None:
     """annotator's and Flair's loggers to stderr in one format; Flair's info lines with
-    `verbose`."""
-    quiet_flair()
+    `verbose`. Flair is not imported here (see quiet_flair)."""
+    global _flair_setup
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {label}: %(message)s", "%H:%M:%S"))
     for name in ("annotator", "flair"):
@@ -30,6 +47,9 @@ def configure(verbose: bool = False, label: str = "%(name)s") -> None:
         logger.handlers[:] = [handler]
         logger.propagate = False
         logger.setLevel(logging.INFO if verbose or name == "annotator" else logging.WARNING)
+    _flair_setup = (handler, logging.INFO if verbose else logging.WARNING)
+    if "flair" in sys.modules:
+        quiet_flair()
 
 
 @contextlib.contextmanager

@@ -8,13 +8,15 @@ from pathlib import Path
 
 from annotator.corpus import sha256_file
 from annotator.errors import AnnotatorError, ModelError
-from annotator.logs import flair_quieted
+from annotator.logs import flair_imported, flair_quieted
 
 log = logging.getLogger("annotator")
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL = DATA_DIR / "default-model.pt"
 DEFAULT_MODEL_CARD = DATA_DIR / "MODEL_CARD.md"
+DEFAULT_METRICS = DATA_DIR / "default-model.metrics.json"  # its training run (`plot default`)
+DEFAULT_NAME = "default"  # `--model default` names the packaged model wherever a model is taken
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,25 @@ class ModelInfo:
     sha256: str | None
 
 
+MODEL_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def looks_like_path(model: str) -> bool:
+    """A path, not a hub name: it starts with / . ~, has a model suffix, has more than one
+    separator or a backslash, or its parent folder exists (`runs/smal` beside `runs/`). Hub
+    names are `name` or `org/name`."""
+    if model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1:
+        return True
+    if Path(model).suffix.lower() in MODEL_SUFFIXES:
+        return True
+    return "/" in model and Path(model).expanduser().parent.is_dir()
+
+
 def resolve_model(model: str | Path | None) -> str | Path:
-    """None means the packaged default; an existing path is a file; anything else a hub name."""
-    if model is None:
+    """None or `default` means the packaged default; an existing path is a file or a run
+    folder; a missing one that looks like a path fails at once (no hub lookup); anything else
+    is a hub name."""
+    if model is None or str(model) == DEFAULT_NAME:
         if not DEFAULT_MODEL.exists():
             raise ModelError(
                 "no --model given and no default model is packaged; "
@@ -42,8 +60,11 @@ def resolve_model(model: str | Path | None) -> str | Path:
         raise ModelError(f"{path}: a folder without best-model.pt or final-model.pt")
     if path.exists():
         return path
-    if path.suffix in (".pt", ".pth", ".bin") or str(model).startswith(("/", ".", "~")):
-        raise ModelError(f"{path}: no such model file")
+    if isinstance(model, Path) or looks_like_path(str(model)):
+        raise ModelError(
+            f"{model}: no such model file or folder (give a path that exists, `default` for "
+            "the packaged model, or a hub name)"
+        )
     return str(model)
 
 
@@ -51,7 +72,7 @@ def model_info(model: str | Path | None) -> ModelInfo:
     resolved = resolve_model(model)
     if isinstance(resolved, Path):
         return ModelInfo(
-            name=str(model) if model is not None else "default", sha256=sha256_file(resolved)
+            name=str(model) if model is not None else DEFAULT_NAME, sha256=sha256_file(resolved)
         )
     return ModelInfo(name=resolved, sha256=None)
 
@@ -63,6 +84,7 @@ def load_tagger(model: str | Path | None = None, device: str = "auto"):
 
     import annotator.embeddings  # noqa: F401  (registers our embeddings with Flair's loader)
 
+    flair_imported()
     resolved = resolve_model(model)
     flair.device = choose_device(device)
     try:

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from annotator import __version__
-from annotator.errors import AnnotatorError, RecordFailed
+from annotator.errors import AnnotatorError, RecordFailed, UsageError
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs, read_documents
 from annotator.io.writers import default_layout, open_writer, output_format
 from annotator.logs import printable
@@ -162,6 +162,19 @@ class Annotator:
             options.engine,
             split_process,
         )
+
+    def close(self) -> None:
+        """End the sentence-splitter process (if any; later calls split in this process).
+        `with Annotator() as annotator:` calls it on leaving the block."""
+        if self.splitter is not None:
+            self.splitter.close()
+            self.splitter = None
+
+    def __enter__(self) -> Annotator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def labels(self) -> list[str]:
@@ -362,10 +375,26 @@ def _filtered(entities: list[Entity], labels: set[str], min_score: float) -> lis
     return [e for e in entities if (not labels or e.label in labels) and e.score >= min_score]
 
 
+RUN_ID_ENV = "ANNOTATOR_RUN_ID"  # one run's id, shared with its worker processes
+
+
+def run_id() -> str:
+    """The id every row of this run carries: the CLI's (in the environment, so workers share
+    it), else a new uuid per call of `annotate`."""
+    import os
+    import uuid
+
+    return os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex
+
+
 def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
+    import datetime
+
     import flair
 
     return {
+        "run_id": run_id(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": annotator.model.name,
         "model_sha256": annotator.model.sha256,
         "annotator_version": __version__,
@@ -395,7 +424,7 @@ def annotate(
     labels = set(options.labels)
     unknown = labels - set(annotator.labels)
     if unknown:
-        raise AnnotatorError(
+        raise UsageError(
             f"--labels {', '.join(sorted(unknown))}: the model predicts only "
             f"{', '.join(annotator.labels)}"
         )

@@ -94,3 +94,9 @@ def sentence_text(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
         offsets.append((position, position + len(token)))
         position += len(token) + 1
     return " ".join(tokens), offsets
+
+
+def percent(fraction: float, digits: int = 2) -> str:
+    """One convention for scores: fractions (0-1) in data files (metrics.json, report.json,
+    --json), `64.00%` in text, figures and logs."""
+    return f"{100 * fraction:.{digits}f}%"

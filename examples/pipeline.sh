@@ -5,7 +5,7 @@ set -euo pipefail
 
 echo "# people named in each document"
 annotator annotate examples/documents.jsonl --drop-fields \
-  | jq -c '{id, people: [.entities[] | select(.label == "PER") | .text]}'
+  | jq -c '{doc_id, people: [.entities[] | select(.label == "PER") | .entity_text]}'
 
 echo "# entities by type"
 annotator annotate examples/documents.jsonl --layout spans \
@@ -13,4 +13,4 @@ annotator annotate examples/documents.jsonl --layout spans \
 
 echo "# stdin works too: the first three organisations"
 cat examples/documents.jsonl | annotator annotate - --labels ORG --layout spans \
-  | jq -rn '[inputs | .text][:3][]'
+  | jq -rn '[inputs | .entity_text][:3][]'

@@ -13,6 +13,16 @@ path, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3
 with open(path, encoding="utf-8") as handle:
     for line, _ in zip(handle, range(count)):
         record = json.loads(line)
-        entities = [Entity(**entity) for entity in record["entities"]]
+        entities = [
+            Entity(
+                e["start_char"],
+                e["end_char"],
+                e["entity_text"],
+                e["label"],
+                e["score"],
+                e["sentence"],
+            )
+            for e in record["entities"]
+        ]
         text = tagged_string(record["text"], entities)
-        print(f"[{record['id']}] {' '.join(text.split())[:400]}\n")
+        print(f"[{record['doc_id']}] {' '.join(text.split())[:400]}\n")

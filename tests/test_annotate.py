@@ -49,14 +49,27 @@ def test_jsonl_documents_layout_keeps_order_fields_and_exact_offsets(tiny_model,
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [l["id"] for l in lines] == ["d1", "d2", "3", f"{source}:4"]
+    assert [l["doc_id"] for l in lines] == ["d1", "d2", "3", f"{source}:4"]
     assert lines[0]["lang"] == "en" and lines[0]["text"] == DOCS[0]["text"]
     assert lines[1]["entities"] == [] and lines[3]["entities"] == []
-    found = {(e["text"], e["label"]) for e in lines[0]["entities"]}
+    assert [(l["source"], l["source_row"]) for l in lines] == [
+        (str(source), n) for n in (1, 2, 3, 4)
+    ]
+    assert len({l["run_id"] for l in lines}) == 1 and len(lines[0]["run_id"]) == 32
+    assert len(lines[0]["model_sha"]) == 12
+    found = {(e["entity_text"], e["label"]) for e in lines[0]["entities"]}
     assert {("John Smith", "PER"), ("Siemens", "ORG"), ("Berlin", "LOC")} <= found
     for line in lines:
         for entity in line["entities"]:
-            assert line["text"][entity["start"] : entity["end"]] == entity["text"]
+            assert set(entity) == {
+                "start_char",
+                "end_char",
+                "entity_text",
+                "label",
+                "score",
+                "sentence",
+            }
+            assert line["text"][entity["start_char"] : entity["end_char"]] == entity["entity_text"]
     assert {e["sentence"] for e in lines[2]["entities"]} == {0, 1}
     assert "4 documents" in result.output and "0 skipped" in result.output
 
@@ -69,18 +82,23 @@ def test_parquet_spans_schema_metadata_and_duckdb(tiny_model, tmp_path):
     result = _run(["annotate", str(source), "-m", str(tiny_model), "-o", str(out)])
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
-    assert [(f.name, str(f.type)) for f in table.schema] == [
-        ("doc_id", "string"),
-        ("sentence", "int32"),
-        ("start", "int64"),
-        ("end", "int64"),
-        ("text", "string"),
-        ("label", "dictionary<values=string, indices=int32, ordered=0>"),
-        ("score", "float"),
-        ("source", "string"),
-        ("source_row", "int64"),
+    assert [(f.name, str(f.type), f.nullable) for f in table.schema] == [
+        ("doc_id", "string", False),
+        ("sentence", "int32", False),
+        ("start_char", "int64", False),
+        ("end_char", "int64", False),
+        ("entity_text", "string", False),
+        ("label", "dictionary<values=string, indices=int32, ordered=0>", False),
+        ("score", "float", False),
+        ("source", "string", False),
+        ("source_row", "int64", False),
+        ("run_id", "string", False),
+        ("model_sha", "string", True),
     ]
     meta = json.loads(pq.read_schema(out).metadata[b"annotator"])
+    assert meta["schema_version"] == 2 and meta["started"]
+    assert set(table.column("run_id").to_pylist()) == {meta["run_id"]}
+    assert set(table.column("model_sha").to_pylist()) == {meta["model_sha256"][:12]}
     assert meta["model_sha256"] and meta["annotator_version"] and "sentencizer" in meta["splitter"]
     assert meta["options"]["batch_size"] == 32
     assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
@@ -92,7 +110,7 @@ def test_parquet_spans_schema_metadata_and_duckdb(tiny_model, tmp_path):
     assert "d2" not in per_doc and per_doc["d1"] >= 3
     texts = {d.get("id", None): d["text"] for d in DOCS}
     for doc_id, start, end, text in duckdb.sql(
-        f"SELECT doc_id, start, \"end\", text FROM '{out}'"
+        f"SELECT doc_id, start_char, end_char, entity_text FROM '{out}'"  # no quoting needed
     ).fetchall():
         key = int(doc_id) if doc_id == "3" else doc_id
         assert texts[key][start:end] == text
@@ -119,6 +137,7 @@ def test_parquet_documents_layout_keeps_documents_without_entities(tiny_model, t
     table = pq.read_table(out).to_pylist()
     assert [r["doc_id"] for r in table] == ["d1", "d2", "3", f"{source}:4"]
     assert table[1]["entities"] == []
+    assert not any(f.nullable for f in pq.read_schema(out) if f.name != "model_sha")
 
 
 def test_text_folders_globs_and_compressed_inputs(tiny_model, tmp_path):
@@ -151,14 +170,10 @@ def test_text_folders_globs_and_compressed_inputs(tiny_model, tmp_path):
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert [l["id"] for l in lines] == [
-        str(folder / "a.txt"),
-        str(folder / "sub" / "b.txt"),
-        "gz",
-        "zst",
-    ]
-    assert all(set(l) == {"id", "entities"} for l in lines)
-    assert ("Peter Brown", "PER") in {(e["text"], e["label"]) for e in lines[1]["entities"]}
+    assert [l["doc_id"] for l in lines] == ["a.txt", "sub/b.txt", "gz", "zst"]  # in the folder
+    fixed = {"doc_id", "entities", "source", "source_row", "run_id", "model_sha"}
+    assert all(set(l) == fixed for l in lines)
+    assert ("Peter Brown", "PER") in {(e["entity_text"], e["label"]) for e in lines[1]["entities"]}
 
 
 def test_parquet_input_is_read_by_column_names(tiny_model, tmp_path):
@@ -230,7 +245,7 @@ def test_skipped_records_are_reported_and_nothing_is_lost(tiny_model, tmp_path):
         ]
     )
     assert result.exit_code == 3
-    written = [json.loads(l)["id"] for l in (tmp_path / "o.jsonl").read_text().splitlines()]
+    written = [json.loads(l)["doc_id"] for l in (tmp_path / "o.jsonl").read_text().splitlines()]
     reported = [json.loads(l) for l in errors.read_text().splitlines()]
     assert written == ["ok1", "ok2"]
     assert [r["row"] for r in reported] == [2, 3, 4, 5, 6]
@@ -245,7 +260,7 @@ def test_undecodable_text_file_and_missing_input(tiny_model, tmp_path):
     result = _run(["annotate", str(tmp_path / "latin1.txt"), "-m", str(tiny_model)])
     assert result.exit_code == 1 and "not valid UTF-8" in result.output
     result = _run(["annotate", str(tmp_path / "nope.jsonl"), "-m", str(tiny_model)])
-    assert result.exit_code == 1 and "nope.jsonl: no such file" in result.output
+    assert result.exit_code == 2 and "nope.jsonl: no such file" in result.output
 
 
 def test_model_errors_are_one_clear_message(tmp_path):
@@ -270,9 +285,9 @@ def test_labels_and_min_score_filter(tiny_model, tmp_path):
     strict = _run(
         ["annotate", str(source), "-m", str(tiny_model), "--min-score", "1.01", "--layout", "spans"]
     )
-    assert strict.exit_code == 0 and strict.stdout == ""
+    assert strict.exit_code == 2 and "1.01 is not in the range" in strict.output
     unknown = _run(["annotate", str(source), "-m", str(tiny_model), "--labels", "FOO"])
-    assert unknown.exit_code == 1 and "FOO" in unknown.output
+    assert unknown.exit_code == 2 and "FOO" in unknown.output  # a usage error
 
 
 def test_huge_document_and_long_sentences_are_cut(annotator):
@@ -362,11 +377,11 @@ def test_stdin_to_stdout_pipeline_streams_before_input_ends(tiny_model):
         process.stdin.write(b'{"id": "first", "text": "Anna Berg lives in Oslo ."}\n')
         process.stdin.flush()
         line = process.stdout.readline()  # arrives while stdin is still open
-        assert json.loads(line)["id"] == "first"
+        assert json.loads(line)["doc_id"] == "first"
         process.stdin.write(b'{"id": "second", "text": "Prices rose ."}\n')
         process.stdin.close()
         rest = process.stdout.read()
-        assert [json.loads(l)["id"] for l in rest.splitlines()] == ["second"]
+        assert [json.loads(l)["doc_id"] for l in rest.splitlines()] == ["second"]
         assert process.wait(timeout=60) == 0
         assert b"2 documents" in process.stderr.read()
     finally:

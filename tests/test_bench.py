@@ -154,8 +154,8 @@ def test_copies_of_documents_count_once_and_bad_gpu_options_are_refused(tmp_path
     rows = {
         "doc_id": ["0-3", "1-3", "7"],
         "sentence": [0, 0, 1],
-        "start": [0, 0, 5],
-        "end": [4, 4, 9],
+        "start_char": [0, 0, 5],
+        "end_char": [4, 4, 9],
         "label": ["PER", "PER", "LOC"],
         "score": [0.5, 0.5, 0.25],
     }

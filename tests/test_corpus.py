@@ -111,3 +111,27 @@ def test_column_format_needs_text_and_tag():
         parse_column_format("pos,ner")
     with pytest.raises(CorpusError):
         parse_column_format("text,_")
+
+
+@pytest.mark.parametrize(
+    "lines, advice",
+    [
+        ("John B-PER\nSmith I-PER\nmet O\nParis B-LOC\n\n", "--column-format text,ner"),
+        ("B-PER John\nI-PER Smith\nO met\n\n", "no column of IOB/BIO/BIOES tags"),
+    ],
+)
+def test_a_column_format_that_does_not_fit_is_one_line(tmp_path, lines, advice):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for split in ("train", "dev", "test"):
+        (corpus / f"{split}.txt").write_text(lines)
+    for args in (
+        ["corpus", "stats", str(corpus)],
+        ["train", str(corpus), "-o", str(tmp_path / "run"), "--max-epochs", "1"],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output
+        assert advice in result.output and "--column-format" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "best-model.pt").exists()

@@ -45,7 +45,7 @@ def test_unix_pipeline_with_jq(workdir):
         json.loads(line)["id"]
         for line in (cwd / "examples/documents.jsonl").read_text().splitlines()
     ]
-    assert [p["id"] for p in people] == ids
+    assert [p["doc_id"] for p in people] == ids
     counts = out[
         out.index("# entities by type") + 1 : out.index(
             "# stdin works too: the first three organisations"
@@ -77,9 +77,10 @@ def test_duckdb_queries_over_the_parquet_output(workdir):
         statements = [
             s for s in (cwd / "examples/queries.sql").read_text().split(";") if "SELECT" in s
         ]
-        top, per_doc = (duckdb.sql(s).fetchall() for s in statements)
+        top, where, per_doc = (duckdb.sql(s).fetchall() for s in statements)
     finally:
         os.chdir(ROOT)
+    assert len(where) == 5 and len({row[5] for row in where}) == 1 and len(where[0][6]) == 12
     assert top and all(label in {"PER", "ORG", "LOC", "MISC"} and n >= 1 for label, _, n in top)
     assert (
         sum(n for _, n, _ in per_doc)

@@ -16,6 +16,7 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monke
     monkeypatch.setattr(models, "DATA_DIR", tmp_path / "data")
     monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "data" / "default-model.pt")
     monkeypatch.setattr(models, "DEFAULT_MODEL_CARD", tmp_path / "data" / "MODEL_CARD.md")
+    monkeypatch.setattr(models, "DEFAULT_METRICS", tmp_path / "data" / "default-model.metrics.json")
     run = tmp_path / "run"
     shutil.copytree(tiny_model.parent, run)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -24,6 +25,8 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monke
     assert (tmp_path / "data" / "default-model.pt").read_bytes() == (
         run / "best-model.pt"
     ).read_bytes()
+    packaged = json.loads((tmp_path / "data" / "default-model.metrics.json").read_text())
+    assert packaged == metrics  # `annotator plot default` draws the packaged model's run
     card = (tmp_path / "data" / "MODEL_CARD.md").read_text()
     assert f"CoNLL++ test micro-F1: {100 * metrics['test']['micro']['f1']:.2f}" in card
     assert (

@@ -52,20 +52,21 @@ def _lines(paths) -> list[dict]:
 
 
 def _key(entity: dict) -> tuple:
-    return tuple(entity[k] for k in ("start", "end", "text", "label", "sentence"))
+    return tuple(entity[k] for k in ("start_char", "end_char", "entity_text", "label", "sentence"))
 
 
 def assert_same_documents(got: list[dict], expected: list[dict], ordered: bool = True) -> None:
     """Same documents with the same entities; scores may differ in the last digits, because
     the documents were batched differently (another process, shard or resume point)."""
     if not ordered:
-        got, expected = sorted(got, key=lambda d: d["id"]), sorted(expected, key=lambda d: d["id"])
-    assert [d["id"] for d in got] == [d["id"] for d in expected]
-    for a, b in zip(got, expected):
-        assert {k: v for k, v in a.items() if k != "entities"} == {
-            k: v for k, v in b.items() if k != "entities"
+        got = sorted(got, key=lambda d: d["doc_id"])
+        expected = sorted(expected, key=lambda d: d["doc_id"])
+    assert [d["doc_id"] for d in got] == [d["doc_id"] for d in expected]
+    for a, b in zip(got, expected):  # run_id: each run has its own
+        assert {k: v for k, v in a.items() if k not in ("entities", "run_id")} == {
+            k: v for k, v in b.items() if k not in ("entities", "run_id")
         }
-        assert [_key(e) for e in a["entities"]] == [_key(e) for e in b["entities"]], a["id"]
+        assert [_key(e) for e in a["entities"]] == [_key(e) for e in b["entities"]], a["doc_id"]
         assert all(
             abs(x["score"] - y["score"]) < 1e-4 for x, y in zip(a["entities"], b["entities"])
         )
@@ -144,7 +145,7 @@ def test_shard_outputs_together_equal_the_whole_run(tiny_model, corpus, referenc
     result = _run(
         str(corpus), "-m", str(tiny_model), "-o", str(tmp_path / "x.jsonl"), "--shard", "2/2"
     )
-    assert result.exit_code == 1 and "0 <= K < N" in result.output
+    assert result.exit_code == 2 and "0 <= K < N" in result.output  # a usage error
 
 
 # --- directory runs ---------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def test_directory_run_writes_parts_and_a_manifest_and_refuses_mismatches(
     )
     sharded = _run(*args, "--shard", "0/2")
     assert sharded.exit_code == 1 and "split into 1 shard" in sharded.output
-    assert _run(str(corpus), "-o", str(tmp_path / "f.jsonl"), "--resume").exit_code == 1
+    assert _run(str(corpus), "-o", str(tmp_path / "f.jsonl"), "--resume").exit_code == 2
     assert (
         "directory output"
         in _run(str(corpus), "-o", str(tmp_path / "f.jsonl"), "--workers", "2").output
@@ -307,7 +308,7 @@ def test_disk_full_is_a_clear_error_and_keeps_committed_parts(
     monkeypatch.setattr(runs, "open_writer", real_open)
     assert _run(*args, "--resume").exit_code == 3
     rows = [r for path in part_files(out) for r in pq.read_table(path).to_pylist()]
-    assert [r["doc_id"] for r in rows] == [d["id"] for d in reference]
+    assert [r["doc_id"] for r in rows] == [d["doc_id"] for d in reference]
 
 
 def test_unwritable_output_directory_is_a_clear_error(tiny_model, corpus, tmp_path):
@@ -420,13 +421,13 @@ def assert_same_part_rows(got: Path, expected: Path) -> None:
         tables = [pq.read_table(p) for p in part_files(folder)]
         assert all(t.schema.equals(tables[0].schema) for t in tables)
         found = [r for t in tables for r in t.to_pylist()]
-        return sorted(found, key=lambda r: (r["doc_id"], r["start"])), tables[0].schema
+        return sorted(found, key=lambda r: (r["doc_id"], r["start_char"])), tables[0].schema
 
     (a, schema_a), (b, schema_b) = rows(got), rows(expected)
     assert schema_a.equals(schema_b) and len(a) == len(b)
-    for x, y in zip(a, b):
-        assert {k: v for k, v in x.items() if k != "score"} == {
-            k: v for k, v in y.items() if k != "score"
+    for x, y in zip(a, b):  # each run has its own run_id
+        assert {k: v for k, v in x.items() if k not in ("score", "run_id")} == {
+            k: v for k, v in y.items() if k not in ("score", "run_id")
         }
         assert abs(x["score"] - y["score"]) < 1e-4
 

@@ -202,7 +202,8 @@ def test_evaluate_equals_flairs_own_evaluation(tiny_model, synthetic_corpus, tmp
     assert scores["micro"]["f1"] == pytest.approx(report["micro avg"]["f1-score"])
     for label in ("PER", "ORG", "LOC"):
         assert scores["per_type"][label]["f1"] == pytest.approx(report[label]["f1-score"])
-        assert f"{100 * report[label]['f1-score']:.2f}" in result.output
+        assert f"{100 * report[label]['f1-score']:.2f}%" in result.output  # text: 64.00%
+    assert 0 < scores["micro"]["f1"] <= 1  # data: fractions
 
 
 def test_iob1_two_column_corpus_scores_right(tiny_model, tmp_path):
@@ -392,3 +393,28 @@ def test_transformer_preset_fine_tunes_a_local_encoder(tmp_path):
     assert type(tagger.embeddings).__name__ == "TransformerWordEmbeddings"
     assert tagger.embeddings.fine_tune and not tagger.use_rnn
     assert _predict(tagger) is not None
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_train_progress_is_a_labelled_bar_or_one_line_per_epoch(
+    synthetic_corpus, tmp_path, progress
+):
+    """No Flair bars (`0it [00:00, ?it/s]`) either way; the F1 convention in text and data."""
+    (tmp_path / "tiny.toml").write_text(
+        'hidden_size = 16\nword_embedding_dim = 16\nbatch_size = 64\ndevice = "cpu"\n'
+    )
+    args = ["train", str(synthetic_corpus), "-o", str(tmp_path / "run"), "--max-epochs", "2"]
+    args += ["--config", str(tmp_path / "tiny.toml")]
+    result = CliRunner().invoke(cli, [*args, "--progress" if progress else "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "0it [" not in result.stderr and "?it/s" not in result.stderr
+    epoch_lines = [l for l in result.stderr.splitlines() if ": epoch " in l]
+    assert len(epoch_lines) == 2 and "epoch 1/2: train loss" in epoch_lines[0]
+    assert "%" in epoch_lines[0]  # dev P 12.34% ...
+    assert ("epoch 1/2:" in result.stderr.replace("\r", "\n")) and (
+        ("batch/s" in result.stderr or "s/batch" in result.stderr) == progress
+    )
+    assert "trained 2 epochs" in result.stdout and "%" in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(0 <= e["dev_f1"] <= 1 for e in metrics["epochs"])
+    assert 0 <= metrics["test"]["micro"]["f1"] <= 1

@@ -49,13 +49,15 @@ def _span(
     return {
         "doc_id": doc_id,
         "sentence": 0,
-        "start": start,
-        "end": end,
-        "text": said or text,
+        "start_char": start,
+        "end_char": end,
+        "entity_text": said or text,
         "label": label,
         "score": 0.99,
         "source": "docs.jsonl",
         "source_row": 1,
+        "run_id": "r1",
+        "model_sha": "abababababab",
     }
 
 
@@ -198,8 +200,8 @@ def test_view_parquet_spans_shows_model_and_documents_layout_needs_no_docs(docs_
     documents = _jsonl(
         tmp_path / "documents.jsonl",
         [
-            {"id": "h1", "text": HOSTILE, "entities": [_span("h1", "John Smith", "PER")]},
-            {"id": "h3", "text": DOCS[2]["text"], "entities": []},
+            {"doc_id": "h1", "text": HOSTILE, "entities": [_span("h1", "John Smith", "PER")]},
+            {"doc_id": "h3", "text": DOCS[2]["text"], "entities": []},
         ],
     )
     assert _run(["view", str(documents), "-o", str(out)]).exit_code == 0
@@ -313,3 +315,28 @@ def test_evaluate_report_agrees_with_the_evaluation(tiny_model, tmp_path):
         assert f'<section id="{anchor}">' in errors
     assert errors.count('<div class="pair">') >= sum(report["errors"].values()) // 2
     assert "outline: 3px solid" in errors and "<script" not in errors
+
+
+def test_view_shows_each_score_on_hover_escaped(docs_file, tmp_path):
+    hostile = {**_span("h2", "Berlin", "LOC"), "label": 'LOC" onmouseover="alert(1)'}
+    spans = _jsonl(tmp_path / "spans.jsonl", [_span("h2", "Siemens", "ORG"), hostile])
+    out = tmp_path / "view.html"
+    assert _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out)]).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert 'title="score 0.990"' in page  # the score on hover; the label is drawn beside it
+    assert 'onmouseover="' not in page and "LOC&quot; onmouseover=&quot;alert(1)" in page
+
+
+def test_plot_takes_a_metrics_file_or_default_and_axes_read_percent(tiny_model, tmp_path):
+    from annotator.models import DEFAULT_METRICS
+    from annotator.records import percent
+    from annotator.views.figures import _percent_ticks
+
+    out = tmp_path / "curves.png"
+    assert _run(["plot", str(tiny_model.parent / "metrics.json"), "-o", str(out)]).exit_code == 0
+    assert _png_size(out) == (1000, 800)
+    assert _run(["plot", "default"]).exit_code == 2  # -o is needed
+    packaged = _run(["plot", "default", "-o", str(out)])
+    assert packaged.exit_code == (0 if DEFAULT_METRICS.exists() else 1), packaged.output
+    assert "Traceback" not in packaged.output
+    assert _percent_ticks().format_pct(0.64, 1) == "64%" and percent(0.6412) == "64.12%"

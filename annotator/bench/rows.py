@@ -265,7 +265,7 @@ def _parquet_entities(paths) -> list[list]:
 
     rows = []
     for path in paths:
-        columns = ["doc_id", "sentence", "start", "end", "label", "score"]
+        columns = ["doc_id", "sentence", "start_char", "end_char", "label", "score"]
         table = pq.read_table(path, columns=columns)
         for d, s, a, b, label, x in zip(*(table.column(name).to_pylist() for name in columns)):
             copy, _, index = d.rpartition("-")

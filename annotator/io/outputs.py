@@ -21,6 +21,23 @@ class _Output:
 
 _ENTITY_KEYS = ("start", "end", "text", "label", "score", "sentence")
 
+#: Output column/key names (schema 2, and schema 1's for older files) -> the names the views use.
+_RENAMED = {"start_char": "start", "end_char": "end", "entity_text": "text"}
+
+
+def _entity(record: dict[str, Any]) -> dict[str, Any]:
+    """An entity dict of either schema version with the views' keys."""
+    return {_RENAMED.get(k, k): v for k, v in record.items() if k in _RENAMED or k in _ENTITY_KEYS}
+
+
+def _is_spans(names: set[str]) -> bool:
+    return {"doc_id", "start_char", "end_char", "label"} <= names or {
+        "doc_id",
+        "start",
+        "end",
+        "label",
+    } <= names
+
 
 def _open_output(path: str, text_field: str) -> _Output:
     """annotate's output, either layout, Parquet or JSONL, as (id, text or None, entities)."""
@@ -55,16 +72,18 @@ def _open_parquet(path: str) -> _Output:
         def documents():
             for batch in parquet.iter_batches(batch_size=1024, columns=columns):
                 for row in batch.to_pylist():
-                    yield str(row["doc_id"]), row.get("text"), list(row["entities"] or [])
+                    entities = [_entity(e) for e in row["entities"] or []]
+                    yield str(row["doc_id"]), row.get("text"), entities
 
         return _Output("documents", metadata, documents())
-    if {"doc_id", "start", "end", "label"} <= names:
-        columns = ["doc_id", *(k for k in _ENTITY_KEYS if k in names)]
+    if _is_spans(names):
+        order = parquet.schema_arrow.names
+        columns = ["doc_id"] + [n for n in order if n in _RENAMED or n in _ENTITY_KEYS]
 
         def spans():
             for batch in parquet.iter_batches(batch_size=8192, columns=columns):
                 for row in batch.to_pylist():
-                    yield str(row.pop("doc_id")), None, [row]
+                    yield str(row.pop("doc_id")), None, [_entity(row)]
 
         return _Output("spans", metadata, spans())
     raise AnnotatorError(
@@ -93,37 +112,34 @@ def _open_jsonl(path: str, compression: str | None, text_field: str) -> _Output:
     if first is None:
         return _Output("spans", None, iter(()))
     layout = (
-        "documents"
-        if "entities" in first[1]
-        else "spans"
-        if {"doc_id", "start", "end", "label"} <= set(first[1])
-        else None
+        "documents" if "entities" in first[1] else "spans" if _is_spans(set(first[1])) else None
     )
     if layout is None:
         raise AnnotatorError(
             f"{path}:{first[0]}: not an `annotator annotate` output record "
-            "(no 'entities', and no doc_id/start/end/label)"
+            "(no 'entities', and no doc_id/start_char/end_char/label)"
         )
 
     def records():
         for number, record in _chain(first, stream):
             if layout == "documents":
                 entities = record.get("entities")
-                if "id" not in record or not isinstance(entities, list):
+                key = "doc_id" if "doc_id" in record else "id"  # schema 1 wrote `id`
+                if key not in record or not isinstance(entities, list):
                     raise AnnotatorError(
                         f"{path}:{number}: a documents-layout record needs "
-                        "'id' and an 'entities' list"
+                        "'doc_id' and an 'entities' list"
                     )
                 text = record.get(text_field)
                 yield (
-                    str(record["id"]),
+                    str(record[key]),
                     text if isinstance(text, str) else None,
-                    [e for e in entities if isinstance(e, dict)],
+                    [_entity(e) for e in entities if isinstance(e, dict)],
                 )
             else:
                 if "doc_id" not in record:
                     raise AnnotatorError(f"{path}:{number}: a spans-layout record needs 'doc_id'")
-                yield str(record["doc_id"]), None, [{k: record.get(k) for k in _ENTITY_KEYS}]
+                yield str(record["doc_id"]), None, [_entity(record)]
 
     return _Output(layout, None, records())
 

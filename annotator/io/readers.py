@@ -9,10 +9,12 @@ import glob
 import gzip
 import io
 import json
+import logging
 import os
 import re
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,29 +51,92 @@ class ReaderOptions:
     id_field: str = "id"
 
 
-def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
-    """Files, folders (recursively, sorted) and globs → a list of files; no input means stdin."""
+#: What a folder gives: files with these suffixes (before .gz/.zst), others are skipped and
+#: counted. `--include-suffix` (ANNOTATOR_INCLUDE_SUFFIXES, comma-separated) widens it.
+FOLDER_SUFFIXES = (".txt", ".text", ".jsonl", ".ndjson", ".json", ".parquet")
+INCLUDE_ENV = "ANNOTATOR_INCLUDE_SUFFIXES"
+
+
+class InputPath(str):
+    """A path as given or found, plus the id a text file gets: its path relative to the input
+    root given (a folder: the path inside it; a single file or a glob match: the path
+    relative to the folder the argument names), so ids do not depend on how the path was
+    typed."""
+
+    name_in_root: str
+
+    def __new__(cls, path: str, name_in_root: str | None = None) -> InputPath:
+        value = super().__new__(cls, path)
+        value.name_in_root = name_in_root if name_in_root is not None else Path(path).name
+        return value
+
+    def __reduce__(self):  # keeps the id across processes (workers)
+        return (InputPath, (str(self), self.name_in_root))
+
+
+def _suffix_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _wanted_suffixes(include: tuple[str, ...] | None) -> set[str]:
+    if include is None:
+        include = tuple(os.environ.get(INCLUDE_ENV, "").split(","))
+    extra = {s.strip().lower() for s in include if s.strip()}
+    return set(FOLDER_SUFFIXES) | {s if s.startswith(".") else f".{s}" for s in extra}
+
+
+def expand_inputs(
+    inputs: list[str] | tuple[str, ...], include: tuple[str, ...] | None = None
+) -> list[str]:
+    """Files, folders (recursively, sorted; known suffixes only, what is skipped is logged)
+    and globs → a list of files; no input means stdin."""
     if not inputs:
         return [STDIN]
+    wanted = _wanted_suffixes(include)
     files: list[str] = []
     for item in inputs:
         if item == STDIN:
             files.append(STDIN)
         elif os.path.isdir(item):
+            root = Path(item)
             found = sorted(
-                str(p)
-                for p in Path(item).rglob("*")
+                p
+                for p in root.rglob("*")
                 if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
-            files.extend(sorted(found + _unreadable_folders(item)))
+            skipped = Counter(
+                _suffix_of(p) or "(none)" for p in found if _suffix_of(p) not in wanted
+            )
+            if skipped:
+                counts = ", ".join(f"{s} {n}" for s, n in sorted(skipped.items()))
+                logging.getLogger("annotator").info(
+                    "%s: skipped %d file%s by suffix (%s); --include-suffix takes them",
+                    item,
+                    sum(skipped.values()),
+                    "" if sum(skipped.values()) == 1 else "s",
+                    counts,
+                )
+            chosen = [
+                InputPath(str(p), p.relative_to(root).as_posix())
+                for p in found
+                if _suffix_of(p) in wanted
+            ]
+            # a folder that cannot be listed is reported in its place (the reader says why)
+            files.extend(sorted(chosen + [InputPath(f) for f in _unreadable_folders(item)]))
         elif os.path.exists(item):
-            files.append(item)
+            files.append(InputPath(item))
         elif glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise AnnotatorError(f"{item}: no file matches this pattern")
-            files.extend(m for m in matches if os.path.isfile(m))
+            parts = Path(item).parts
+            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            base = Path(*parts[:fixed]) if fixed else Path(".")
+            files.extend(_in_root(m, base) for m in matches if os.path.isfile(m))
         else:
             raise AnnotatorError(f"{item}: no such file or directory")
     return files
@@ -85,6 +150,13 @@ def _unreadable_folders(root: str) -> list[str]:
     return [f for f in failed if f and os.path.abspath(f) != os.path.abspath(root)] + (
         [root] if root in failed else []
     )
+
+
+def _in_root(path: str, root: Path) -> InputPath:
+    try:
+        return InputPath(path, Path(path).relative_to(root).as_posix())
+    except ValueError:
+        return InputPath(path)
 
 
 def detect_format(path: str, explicit: str | None) -> tuple[str, str | None]:
@@ -219,7 +291,8 @@ def _read_text(path: str, compression: str | None, options: ReaderOptions) -> It
     except UnicodeDecodeError as exc:
         yield RecordError(path, 0, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
         return
-    yield Document(id=path, text=text, source=path, row=0, fields={options.text_field: text})
+    doc_id = path.name_in_root if isinstance(path, InputPath) else Path(path).name
+    yield Document(id=doc_id, text=text, source=path, row=0, fields={options.text_field: text})
 
 
 def _read_parquet(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:

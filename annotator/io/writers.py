@@ -34,30 +34,41 @@ ROW_GROUP_ROWS = 65_536
 ROW_GROUP_CHARS = 64 << 20  # documents layout: bound a row group by the text it holds, too
 
 
+#: The output schema's version, in every Parquet file's metadata (`annotator.schema_version`).
+#: 2: start/end -> start_char/end_char (spaCy's names; `end` is reserved in SQL), the spans
+#: layout's `text` -> `entity_text`, run_id and model_sha columns, required columns not null.
+SCHEMA_VERSION = 2
+
+
+#: An entity, nested in the documents layout (Parquet struct, JSONL object).
 ENTITY_TYPE = pa.struct(
     [
-        ("start", pa.int64()),
-        ("end", pa.int64()),
-        ("text", pa.string()),
-        ("label", pa.string()),
-        ("score", pa.float32()),
-        ("sentence", pa.int32()),
+        pa.field("start_char", pa.int64(), nullable=False),
+        pa.field("end_char", pa.int64(), nullable=False),
+        pa.field("entity_text", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("sentence", pa.int32(), nullable=False),
     ]
 )
 
 
-#: One row per entity. Stable and documented in the README: add columns, never change these.
+#: One row per entity. Documented in the README: add columns, never change these. Names need
+#: no quoting in SQL and mean one thing in both layouts; run_id and model_sha keep each row's
+#: provenance after an INSERT into a warehouse.
 SPANS_SCHEMA = pa.schema(
     [
-        ("doc_id", pa.string()),
-        ("sentence", pa.int32()),
-        ("start", pa.int64()),
-        ("end", pa.int64()),
-        ("text", pa.string()),
-        ("label", pa.dictionary(pa.int32(), pa.string())),
-        ("score", pa.float32()),
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("sentence", pa.int32(), nullable=False),
+        pa.field("start_char", pa.int64(), nullable=False),
+        pa.field("end_char", pa.int64(), nullable=False),
+        pa.field("entity_text", pa.string(), nullable=False),
+        pa.field("label", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("model_sha", pa.string()),
     ]
 )
 
@@ -65,13 +76,34 @@ SPANS_SCHEMA = pa.schema(
 #: One row per document, its entities nested; documents without entities have an empty list.
 DOCUMENTS_SCHEMA = pa.schema(
     [
-        ("doc_id", pa.string()),
-        ("text", pa.string()),
-        ("entities", pa.list_(ENTITY_TYPE)),
-        ("source", pa.string()),
-        ("source_row", pa.int64()),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("entities", pa.list_(ENTITY_TYPE), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("model_sha", pa.string()),
     ]
 )
+
+
+def provenance(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns every row carries: the run's id and the model's short hash."""
+    metadata = metadata or {}
+    sha = metadata.get("model_sha256")
+    return {"run_id": metadata.get("run_id") or "", "model_sha": sha[:12] if sha else None}
+
+
+def entity_record(entity: Entity) -> dict[str, Any]:
+    """An entity as the documents layout writes it (the same names as the spans layout)."""
+    return {
+        "start_char": entity.start,
+        "end_char": entity.end,
+        "entity_text": entity.text,
+        "label": entity.label,
+        "score": round(entity.score, 6),
+        "sentence": entity.sentence,
+    }
 
 
 def output_format(output: str | None, explicit: str | None) -> str:
@@ -95,17 +127,18 @@ def default_layout(fmt: str) -> str:
     return "spans" if fmt == "parquet" else "documents"
 
 
-def span_row(doc: Document, entity: Entity) -> dict[str, Any]:
+def span_row(doc: Document, entity: Entity, provenance: dict[str, Any]) -> dict[str, Any]:
     return {
         "doc_id": doc.id,
         "sentence": entity.sentence,
-        "start": entity.start,
-        "end": entity.end,
-        "text": entity.text,
+        "start_char": entity.start,
+        "end_char": entity.end,
+        "entity_text": entity.text,
         "label": entity.label,
         "score": round(entity.score, 6),
         "source": doc.source,
         "source_row": doc.row,
+        **provenance,
     }
 
 
@@ -141,8 +174,15 @@ def write_failed(path: Any, exc: OSError) -> WriteFailed:
 class JsonlWriter:
     """One JSON object a line; `documents` keeps the input's fields, `spans` is a row an entity."""
 
-    def __init__(self, output: str | None, layout: str, drop_fields: bool = False) -> None:
+    def __init__(
+        self,
+        output: str | None,
+        layout: str,
+        drop_fields: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.layout = layout
+        self.provenance = provenance(metadata)
         self.drop_fields = drop_fields
         self.output = output
         self.atomic = None if output in (None, STDOUT) else AtomicFile(output)
@@ -162,12 +202,13 @@ class JsonlWriter:
 
     def write(self, doc: Document, entities: list[Entity]) -> None:
         if self.layout == "spans":
-            text = "".join(_dumps(span_row(doc, entity)) for entity in entities)
+            text = "".join(_dumps(span_row(doc, e, self.provenance)) for e in entities)
         else:
-            record: dict[str, Any] = {"id": doc.id}
+            record: dict[str, Any] = {"doc_id": doc.id}
             if not self.drop_fields:
                 record.update(doc.fields)
-            record["entities"] = [{**e.to_dict(), "score": round(e.score, 6)} for e in entities]
+            record["entities"] = [entity_record(e) for e in entities]
+            record.update(source=doc.source, source_row=doc.row, **self.provenance)
             text = _dumps(record)
         try:
             self.handle.write(text)
@@ -216,6 +257,8 @@ class ParquetWriter:
 
         self.layout = layout
         schema = SPANS_SCHEMA if layout == "spans" else DOCUMENTS_SCHEMA
+        self.provenance = provenance(metadata)
+        metadata = {"schema_version": SCHEMA_VERSION, **metadata}
         self.schema = schema.with_metadata({"annotator": json.dumps(metadata)})
         self.output = output
         self.atomic = AtomicFile(output)
@@ -229,15 +272,16 @@ class ParquetWriter:
 
     def write(self, doc: Document, entities: list[Entity]) -> None:
         if self.layout == "spans":
-            self.rows.extend(span_row(doc, entity) for entity in entities)
+            self.rows.extend(span_row(doc, entity, self.provenance) for entity in entities)
         else:
             self.rows.append(
                 {
                     "doc_id": doc.id,
                     "text": doc.text,
-                    "entities": [e.to_dict() for e in entities],
+                    "entities": [entity_record(e) for e in entities],
                     "source": doc.source,
                     "source_row": doc.row,
+                    **self.provenance,
                 }
             )
             self.chars += len(doc.text)
@@ -282,4 +326,4 @@ def open_writer(
         raise AnnotatorError(f"unknown layout {layout!r}; use documents or spans")
     if fmt == "parquet":
         return ParquetWriter(output, layout, metadata)
-    return JsonlWriter(output, layout, drop_fields)
+    return JsonlWriter(output, layout, drop_fields, metadata)

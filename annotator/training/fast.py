@@ -33,6 +33,7 @@ saved with ``tagger.save``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -328,8 +329,13 @@ class FastTrainer:
         optimizer: torch.optim.Optimizer,
         epoch: int,
         max_grad_norm: float | None = MAX_GRAD_NORM,
+        progress: bool = False,
+        epochs: int | None = None,
     ) -> float:
-        """One pass over the training split; returns the loss per token (Flair's train loss)."""
+        """One pass over the training split; returns the loss per token (Flair's train loss).
+        `progress`: a bar on stderr labelled with the epoch: batches, loss, rate, ETA."""
+        from tqdm import tqdm
+
         tagger = self.tagger
         tagger.train()
         parameters = list(tagger.parameters())
@@ -338,6 +344,15 @@ class FastTrainer:
         batches = self.batches(epoch)
         log_every = max(1, len(batches) // 10)
         started = time.time()
+        bar = tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch}" + (f"/{epochs}" if epochs else ""),
+            unit="batch",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for number, ids in enumerate(batches, 1):
             optimizer.zero_grad(set_to_none=True)
             loss, count = self.batch_loss(ids)
@@ -347,6 +362,9 @@ class FastTrainer:
             optimizer.step()
             total += loss.detach()
             tokens += count
+            bar.update(1)
+            if progress and (number % 10 == 0 or number == len(batches)):
+                bar.set_postfix(loss=f"{float(total) / max(tokens, 1):.4f}", refresh=False)
             if number % log_every == 0:
                 log.debug(
                     "epoch %d - batch %d/%d - loss %.8f - %.1f s",
@@ -356,6 +374,7 @@ class FastTrainer:
                     float(total) / max(tokens, 1),
                     time.time() - started,
                 )
+        bar.close()
         tagger.eval()
         return float(total) / max(tokens, 1)
 
@@ -436,7 +455,12 @@ def fit(tagger: SequenceTagger, corpus, config: TrainConfig, book: RunBook) -> N
     try:
         for epoch in range(book.epoch + 1, config.max_epochs + 1):
             book.start_epoch()
-            train_loss = trainer.train_epoch(optimizer, epoch)
+            train_loss = trainer.train_epoch(
+                optimizer,
+                epoch,
+                progress=book.progress,
+                epochs=config.max_epochs,
+            )
             dev = trainer.evaluate()
             if book.end_epoch(tagger, epoch, train_loss, dev, optimizer, scheduler):
                 log.info("learning rate too small - quitting training!")

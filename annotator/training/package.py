@@ -31,6 +31,8 @@ def package_default_model(
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
     shutil.copyfile(run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    # its training curve stays drawable (`annotator plot default`, docs/training.png)
+    shutil.copyfile(run_dir / "metrics.json", models.DEFAULT_METRICS)
     raw = raw_test_scores(corpus_dir) if corpus_dir else None
     config = (run_dir / "config.toml").read_text()
     card = model_card(metrics, config, command, models.DEFAULT_MODEL, raw)

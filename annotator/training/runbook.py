@@ -14,6 +14,7 @@ from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.files import write_json_atomically
+from annotator.records import percent
 from annotator.training.config import CHECKPOINT, METRICS, TRAINING_PNG, TrainConfig
 from annotator.views.figures import plot_training
 
@@ -52,6 +53,7 @@ class RunBook:
         self.started = time.time()
         # merged into every saved model's card (Flair's ModelTrainer replaces the card)
         self.card: dict[str, Any] = {}
+        self.progress = False  # a bar per epoch on stderr (the fast trainer)
 
     @property
     def epoch(self) -> int:
@@ -140,9 +142,9 @@ class RunBook:
         write_json_atomically(self.output / METRICS, state)
         _draw_curves(self.output)
         dev_text = (
-            f"dev P {100 * dev.precision:.2f} R {100 * dev.recall:.2f} F1 {100 * dev.f1:.2f}"
+            f"dev P {percent(dev.precision)} R {percent(dev.recall)} F1 {percent(dev.f1)}"
             if dev is not None and dev.precision is not None and dev.recall is not None
-            else (f"dev F1 {100 * dev.f1:.2f}" if dev is not None else "no dev split")
+            else (f"dev F1 {percent(dev.f1)}" if dev is not None else "no dev split")
         )
         log.info(
             "epoch %d/%d: train loss %.4f, %s%s, lr %g, %.1f s%s",
@@ -248,9 +250,12 @@ def run_folder(run: str | Path) -> Path:
 
 
 def read_metrics(run: str | Path) -> dict[str, Any]:
-    """The per-epoch log a training run writes beside its model."""
+    """The per-epoch log a training run writes beside its model (a run folder, its model file,
+    or the metrics JSON file itself, e.g. the packaged model's)."""
     folder = run_folder(run)
-    path = folder / METRICS
+    path = Path(run) if str(run).endswith(".json") else folder / METRICS
+    if str(run).endswith(".json") and not path.exists():
+        raise AnnotatorError(f"{path}: no such metrics file")
     if not folder.exists():
         raise AnnotatorError(f"{folder}: no such model folder")
     if not path.exists():

@@ -23,6 +23,7 @@ from annotator.corpus import find_split_files, load_corpus, parse_column_format,
 from annotator.errors import AnnotatorError
 from annotator.files import write_json_atomically
 from annotator.models import choose_device
+from annotator.records import percent
 from annotator.segmentation import segmentation_card
 from annotator.training.config import CHECKPOINT, CONFIG, METRICS, TrainConfig, resolve_config
 from annotator.training.recipes import build_tagger, has_trainable_embeddings, seed_everything
@@ -136,13 +137,34 @@ def train(
     config: TrainConfig,
     resume: bool = False,
     on_epoch: Callable[[Path], None] | None = None,
+    progress: bool = False,
 ) -> TrainResult:
-    """Train `config` on a column corpus into `output`; with `resume`, continue its checkpoint."""
+    """Train `config` on a column corpus into `output`; with `resume`, continue its checkpoint.
+
+    `progress`: a labelled bar per epoch on stderr (batches, loss, rate, ETA); the log has one
+    line per epoch either way, and Flair's own bars never show."""
+    from annotator.evaluation import flair_bars
+
+    with flair_bars(False):
+        return _train(corpus_dir, output, config, resume, on_epoch, progress)
+
+
+def _train(
+    corpus_dir: str | Path,
+    output: str | Path,
+    config: TrainConfig,
+    resume: bool,
+    on_epoch: Callable[[Path], None] | None,
+    progress: bool,
+) -> TrainResult:
     import flair
     from flair.models import SequenceTagger
 
     import annotator.embeddings  # noqa: F401  (registers our embeddings for loading checkpoints)
     from annotator.evaluation import evaluate_tagger
+    from annotator.logs import flair_imported
+
+    flair_imported()
 
     output = Path(output)
     started = time.time()
@@ -208,6 +230,7 @@ def train(
     book = RunBook(output, state, config, on_epoch)
     if config.retokenize or config.list_markers:
         book.card = segmentation_card(config.retokenize, config.list_markers)
+    book.progress = progress  # the log keeps one line per epoch either way
     with _training_log(output):
         kind, why = choose_trainer(config, tagger)
         log.info("training with %s", why)
@@ -229,9 +252,9 @@ def train(
         if finished and corpus.test is not None and best.exists():
             test_scores = evaluate_tagger(SequenceTagger.load(best), corpus.test).to_dict()
             log.info(
-                "test micro-F1 of the best model (epoch %d): %.2f",
+                "test micro-F1 of the best model (epoch %d): %s",
                 state["best_epoch"],
-                100 * test_scores["micro"]["f1"],
+                percent(test_scores["micro"]["f1"]),
             )
         state.update(finished=finished, test=test_scores)
         write_json_atomically(output / METRICS, state)

@@ -10,12 +10,19 @@ from typing import Any
 
 from annotator.errors import AnnotatorError
 from annotator.files import AtomicFile
-from annotator.records import MISSED, SPURIOUS
+from annotator.records import MISSED, SPURIOUS, percent
 
 TRAINING_FIGSIZE = (10.0, 8.0)  # inches at DPI: training.png is 1000 x 800 pixels
 
 
 DPI = 100
+
+
+def _percent_ticks():
+    """Scores are fractions (0-1) in the data; their axes read 0%-100%."""
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1, decimals=0)
 
 
 def _figure(size: tuple[float, float]):
@@ -60,8 +67,9 @@ def plot_training(metrics: dict[str, Any], output: str | Path, run_name: str) ->
         f1_ax.plot(x, y, linestyle=style, color="#999999", label=key.replace("dev_", "dev "))
     x, y = series("dev_f1")
     f1_ax.plot(x, y, marker="o", color="#2ca02c", linewidth=2, label="dev micro-F1")
-    f1_ax.set_ylabel("dev score")
+    f1_ax.set_ylabel("dev score (%)")
     f1_ax.set_ylim(0, 1.02)
+    f1_ax.yaxis.set_major_formatter(_percent_ticks())
     f1_ax.legend(loc="lower right", fontsize=9)
     x, y = series("learning_rate")
     lr_ax.step(x, y, where="mid", marker="o", color="#d62728")
@@ -85,7 +93,7 @@ def plot_training(metrics: dict[str, Any], output: str | Path, run_name: str) ->
             last = max(e["epoch"] for e in epochs)
             near_end = best > (last + min(e["epoch"] for e in epochs)) / 2
             f1_ax.annotate(
-                f"best {100 * best_f1:.2f} (epoch {best})",
+                f"best {percent(best_f1)} (epoch {best})",
                 (best, best_f1),
                 textcoords="offset points",
                 xytext=(-12 if near_end else 12, -22 if best_f1 > 0.85 else 12),
@@ -98,7 +106,7 @@ def plot_training(metrics: dict[str, Any], output: str | Path, run_name: str) ->
     figure.suptitle(
         f"{run_name} \u2014 {len(epochs)} epochs ({state})"
         + (
-            f", best dev F1 {100 * best_f1:.2f} at epoch {best}"
+            f", best dev F1 {percent(best_f1)} at epoch {best}"
             if best and isinstance(best_f1, (int, float))
             else ""
         )
@@ -123,7 +131,7 @@ def plot_scores(result, path: Path) -> Path:
         bars = ax.bar(x + (offset - 1) * width, values, width, label=name, color=color)
         for bar, value in zip(bars, values):
             ax.annotate(
-                f"{100 * value:.1f}",
+                percent(value, 1),
                 (bar.get_x() + bar.get_width() / 2, value),
                 textcoords="offset points",
                 xytext=(0, 2),
@@ -133,12 +141,13 @@ def plot_scores(result, path: Path) -> Path:
     ax.set_xticks(x, [f"{label}\n(support {s.support})" for label, s in rows])
     ax.set_ylim(0, 1.2)
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("score")
+    ax.yaxis.set_major_formatter(_percent_ticks())
+    ax.set_ylabel("score (%)")
     ax.legend(loc="upper center", ncols=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(
-        f"Span-level scores per type (micro-F1 {100 * result.micro.f1:.2f}, "
-        f"macro-F1 {100 * result.macro.f1:.2f})"
+        f"Span-level scores per type (micro-F1 {percent(result.micro.f1)}, "
+        f"macro-F1 {percent(result.macro.f1)})"
     )
     figure.tight_layout()
     return _save(figure, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -236,9 +237,16 @@ def check_entities(
 
 def _validated(entity: dict[str, Any]) -> dict[str, Any]:
     """Only what the page needs, as values of the types it expects: offsets (already checked
-    to be ints within the text) and the label as a string. Nothing else an input entity holds
-    (displaCy `params`, `kb_url`, ...) reaches the page."""
-    return {"start": int(entity["start"]), "end": int(entity["end"]), "label": str(entity["label"])}
+    to be ints within the text), the label as a string and the score as a finite number.
+    Nothing else an input entity holds (displaCy `params`, `kb_url`, ...) reaches the page."""
+    score = entity.get("score")
+    valid = isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+    return {
+        "start": int(entity["start"]),
+        "end": int(entity["end"]),
+        "label": str(entity["label"]),
+        **({"score": float(score)} if valid else {}),
+    }
 
 
 def _is_int(value: Any) -> bool:
@@ -311,7 +319,7 @@ def render_view(
         articles.append(
             f'<article><div class="doc">{html.escape(where)} · {len(doc.text):,} '
             f"characters · {entity_count}</div>"
-            + _displacy(doc.text, good, colors, title=doc.id)
+            + _displacy(doc.text, _hover(good), colors, title=doc.id, template=_hover_template())
             + "</article>"
         )
     page = _page(f"Entities {source}".strip(), "\n".join(header), "\n".join(articles))
@@ -421,6 +429,27 @@ def build_view(
 
 
 SHOW_SENTENCES = 200  # per error kind in errors.html
+
+
+def _hover_template() -> str:
+    """The viewer's entity: displaCy's, with its score shown on hover."""
+    from spacy.displacy.templates import TPL_ENT
+
+    return TPL_ENT.replace('<mark class="entity"', '<mark class="entity" title="{hover}"', 1)
+
+
+def _hover(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each (validated) entity with its hover text: its score, a number we format, so no text
+    from the input reaches an attribute (the label is drawn beside the entity already)."""
+    return [
+        {
+            **entity,
+            "params": {
+                "hover": f"score {entity['score']:.3f}" if "score" in entity else "no score"
+            },
+        }
+        for entity in entities
+    ]
 
 
 def _error_template() -> str:
