@@ -22,7 +22,7 @@ STAGES = [
     ["runs.shards", "runs.directory", "runs.workers", "runs.ray", "views.*"],
     ["evaluation", "raw_evaluation", "training.*"],
     ["bench.*"],
-    ["cli", "runs.dispatch", "__main__"],
+    ["cli.*", "runs.dispatch", "__main__"],
 ]
 #: They assemble the rest: allowed to import any stage.
 TOP = set(STAGES[-1])

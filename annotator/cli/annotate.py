@@ -1,0 +1,270 @@
+"""`annotator annotate` and `tag`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from annotator.cli import cli
+from annotator.cli.options import DEVICE, MODEL, PROGRESS, _check_parent, _input_options
+from annotator.errors import AnnotatorError, UsageError
+
+EXIT_SKIPPED = 3
+
+
+def _check_annotate(inputs: tuple[str, ...], output: str | None, settings: Any, run: Any) -> None:
+    """Every refusal of `annotate`'s inputs, outputs and options, before a model loads."""
+    import glob
+    import os
+
+    from annotator.io.writers import STDOUT, output_format
+    from annotator.models import resolve_model
+    from annotator.runs.directory import is_directory_output
+    from annotator.runs.dispatch import _check, _worker_devices
+    from annotator.runs.shards import Shard
+
+    for item in inputs:
+        if item != "-" and not glob.has_magic(item) and not os.path.exists(item):
+            raise UsageError(f"{item}: no such file or directory")
+    try:
+        Shard.parse(run.shard)
+        _check(list(inputs), output, run, _worker_devices(settings, run))
+        directory = is_directory_output(output)
+        if not directory:
+            fmt = output_format(output, settings.output_format)
+            if fmt == "parquet" and output in (None, STDOUT):
+                raise AnnotatorError("Parquet cannot be streamed to stdout; give -o FILE.parquet")
+    except UsageError:
+        raise
+    except AnnotatorError as exc:
+        raise UsageError(str(exc)) from None
+    if output not in (None, STDOUT) and not directory:  # a directory output is created
+        _check_parent(output, "-o")
+    if settings.errors:
+        _check_parent(settings.errors, "--errors")
+    resolve_model(settings.model)
+
+
+def _exit_quietly_on_broken_pipe() -> None:
+    """`annotator annotate | head` ends quietly: stdout closed early is no error to report."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)
+
+
+@cli.command(
+    short_help="Find the entities in files, folders or stdin.",
+    epilog="Example:\n\n\b\n  annotator annotate docs.jsonl -o entities.parquet\n"
+    "  annotator annotate archive/ -o entities/ --resume --html first.html\n"
+    "  cat docs.jsonl | annotator annotate --labels PER,ORG --min-score 0.8",
+)
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "--output",
+    "-o",
+    help="Output file (.jsonl or .parquet), - for stdout (default), or a "
+    "directory (DIR/ or an existing one) for part files and a "
+    "manifest that --resume continues.",
+)
+@MODEL
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["jsonl", "parquet"]),
+    help="Output format (default: from the extension; stdout is JSONL; a directory Parquet).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["documents", "spans"]),
+    help="One record per document (JSONL default) or per entity (Parquet default).",
+)
+@_input_options
+@click.option("--drop-fields", is_flag=True, help="documents layout: write only id and entities.")
+@click.option(
+    "--spacy-model",
+    help="Installed spaCy pipeline whose parser/senter finds sentences "
+    "(default: a blank English pipeline with the sentencizer).",
+)
+@click.option(
+    "--max-sentence-tokens",
+    default=250,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longer sentences are cut into pieces of this many tokens.",
+)
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sentences per mini-batch of Flair's predict (--engine flair); the fast engine "
+    "fills its batches by tokens (8,192 on a CPU, 16,384 on a GPU).",
+)
+@DEVICE
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "fast", "flair"]),
+    default="auto",
+    show_default=True,
+    help="Tagging engine. fast: vectorised, same predictions; flair: "
+    "Flair's predict; auto: fast where the model is supported.",
+)
+@click.option("--labels", help="Keep only these entity types, comma-separated (e.g. PER,ORG).")
+@click.option(
+    "--min-score",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Keep entities scoring at least this (0 to 1).",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="Bad input record: stop with a message, or skip it and report it.",
+)
+@click.option(
+    "--errors",
+    "errors_file",
+    type=click.Path(dir_okay=False),
+    help="With --on-error skip: write skipped records here as JSONL (else to stderr).",
+)
+@PROGRESS
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run in the output directory (starts one if there is none).",
+)
+@click.option(
+    "--part-size",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Directory output: documents per part file (the most a resume redoes).",
+)
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Only the documents of shard K of N (K = 0..N-1, by a stable hash of the document id).",
+)
+@click.option(
+    "--devices",
+    metavar="LIST",
+    help="One worker process per device, e.g. cuda:0,cuda:1 (directory output).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes on --device (local backend) or tagger actors (ray backend).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: tag on a Ray cluster (pip install 'annotator[ray]').",
+)
+@click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option(
+    "--html",
+    "html_page",
+    type=click.Path(dir_okay=False),
+    help="Also write an entity viewer page (like `annotator view`) of the first documents.",
+)
+@click.option(
+    "--html-limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Documents in the --html page.",
+)
+@click.option(
+    "--include-suffix",
+    "include_suffixes",
+    multiple=True,
+    metavar="SUFFIX",
+    help="Folders give only .txt .text .jsonl .ndjson .json .parquet files (+ .gz/.zst); "
+    "also take files with this suffix, e.g. .md (repeatable).",
+)
+def annotate(
+    inputs: tuple[str, ...],
+    output: str | None,
+    labels: str | None,
+    errors_file: str | None,
+    resume: bool,
+    part_size: int,
+    shard: str | None,
+    devices: str | None,
+    workers: int | None,
+    backend: str,
+    ray_address: str | None,
+    html_page: str | None,
+    html_limit: int,
+    include_suffixes: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
+
+    Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
+    """
+    import os
+    import uuid
+
+    from annotator.io.readers import INCLUDE_ENV
+    from annotator.pipeline import RUN_ID_ENV, AnnotateOptions
+    from annotator.runs.dispatch import RunOptions, annotate_run
+
+    settings = AnnotateOptions(
+        labels=tuple(l.strip() for l in labels.split(",") if l.strip()) if labels else (),
+        errors=errors_file,
+        **options,
+    )
+    run = RunOptions(
+        resume=resume,
+        shard=shard,
+        part_size=part_size,
+        workers=workers,
+        devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
+        backend=backend,
+        ray_address=ray_address,
+        page=html_page,
+        page_limit=html_limit,
+    )
+    _check_annotate(inputs, output, settings, run)
+    if html_page:
+        _check_parent(html_page, "--html")
+    if include_suffixes:  # through the environment: worker processes see it too
+        os.environ[INCLUDE_ENV] = ",".join(include_suffixes)
+    os.environ[RUN_ID_ENV] = uuid.uuid4().hex  # the same on every row of the run, every worker
+    try:
+        summary = annotate_run(inputs, output, settings, run)
+    except BrokenPipeError:
+        _exit_quietly_on_broken_pipe()
+    click.echo(summary.line(), err=True)
+    if summary.skipped:
+        sys.exit(EXIT_SKIPPED)
+
+
+@cli.command(
+    epilog='Example:\n\n\b\n  annotator tag "I live in Singapore, I work for DSO."\n'
+    '  echo "Angela Merkel visited Paris." | annotator tag -m runs/offline'
+)
+@click.argument("text", required=False)
+@MODEL
+@DEVICE
+def tag(text: str | None, model: str | None, device: str) -> None:
+    """Tag TEXT (or stdin) and print it with its entities inline."""
+    from annotator.models import resolve_model
+    from annotator.pipeline import Annotator
+    from annotator.tagging.engines import tagged_string
+
+    resolve_model(model)
+    if text is None:
+        text = sys.stdin.read()
+    with Annotator(model, device=device, split_process=False) as annotator:
+        click.echo(tagged_string(text, annotator.annotate_text(text)))

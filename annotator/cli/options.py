@@ -1,0 +1,75 @@
+"""Options that several commands share, and the checks they run before anything loads."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from annotator.errors import UsageError
+
+COLUMN_FORMAT = click.option(
+    "--column-format",
+    default="text,pos,chunk,ner",
+    show_default=True,
+    help="Names of the corpus columns, comma-separated; 'text' is the token, 'ner' the tag "
+    "(IOB1, BIO or BIOES). Two-column files: text,ner.",
+)
+
+
+DEVICE = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (a GPU when there is one), cpu, or cuda[:N].",
+)
+
+
+PROGRESS = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A progress bar on stderr (default: when stderr is a terminal; else one line per "
+    "epoch or file).",
+)
+
+
+def _show(progress: bool | None) -> bool:
+    return progress if progress is not None else sys.stderr.isatty()
+
+
+def _input_options(command):
+    """How documents are read: the same flags for `annotate` and `view`."""
+    command = click.option(
+        "--id-field",
+        default="id",
+        show_default=True,
+        help="JSONL/Parquet id field; without one, ids are SOURCE:ROW.",
+    )(command)
+    command = click.option(
+        "--text-field", default="text", show_default=True, help="JSONL/Parquet text field."
+    )(command)
+    return click.option(
+        "--input-format",
+        type=click.Choice(["jsonl", "text", "parquet"]),
+        help="Input format (default: from each file's extension; stdin is JSONL).",
+    )(command)
+
+
+MODEL = click.option(
+    "--model",
+    "-m",
+    envvar="ANNOTATOR_MODEL",
+    show_envvar=True,
+    help="Flair model file or training folder, `default` (the packaged model, also when "
+    "absent), or a hub name. A value that looks like a path (a / or a .pt suffix) must exist.",
+)
+
+
+def _check_parent(path: str | Path | None, flag: str) -> None:
+    """An output whose folder does not exist is a usage error, found before anything loads."""
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: no such directory {parent}")
