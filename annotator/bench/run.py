@@ -398,6 +398,16 @@ def _resolve_model(model: str | None) -> str | None:
     return str(DEFAULT_MODEL) if DEFAULT_MODEL.exists() else None
 
 
+def _prepared(
+    run: Callable, workdir: Path, suffix: str, texts: list[str], label: str
+) -> tuple[Path, Path, dict[str, Any]]:
+    """`texts` written as documents and split once by a worker: (documents, split, counts)."""
+    docs = workdir / f"docs{suffix}.jsonl"
+    write_docs(docs, texts)
+    split = workdir / f"split{suffix}.pkl"
+    return docs, split, run({"kind": "prepare", "docs": str(docs), "split": str(split)}, label)
+
+
 def run_bench(
     options: BenchOptions,
     echo: Callable[[str], None] = print,
@@ -437,11 +447,11 @@ def run_bench(
         "sections": [],
     }
     try:
-        docs_path = workdir / "docs.jsonl"
-        write_docs(docs_path, texts)
-        split_path = workdir / "split.pkl"
-        prepared = run(
-            {"kind": "prepare", "docs": str(docs_path), "split": str(split_path)},
+        docs_path, split_path, prepared = _prepared(
+            run,
+            workdir,
+            "",
+            texts,
             "splitting the documents once (spaCy tokens = the words counted)",
         )
         sections = []
@@ -452,11 +462,11 @@ def run_bench(
                 write_docs(memory_docs, texts, copies=MEMORY_FACTOR)
             flair_input = None
             if options.flair_docs is not None and options.flair_docs < len(texts):
-                flair_docs_path = workdir / "docs-flair.jsonl"
-                write_docs(flair_docs_path, texts[: options.flair_docs])
-                flair_split = workdir / "split-flair.pkl"
-                sub = run(
-                    {"kind": "prepare", "docs": str(flair_docs_path), "split": str(flair_split)},
+                flair_docs_path, flair_split, sub = _prepared(
+                    run,
+                    workdir,
+                    "-flair",
+                    texts[: options.flair_docs],
                     f"splitting the first {options.flair_docs} documents for Flair's rows",
                 )
                 flair_input = (flair_docs_path, flair_split, sub["words"], sub["documents"])
@@ -483,12 +493,11 @@ def run_bench(
             )
             sections.append(section)
         if options.stand_in == "tutorial":
-            sub_texts = texts[: options.stand_in_docs]
-            sub_docs = workdir / "docs-stand-in.jsonl"
-            write_docs(sub_docs, sub_texts)
-            sub_split = workdir / "split-stand-in.pkl"
-            sub = run(
-                {"kind": "prepare", "docs": str(sub_docs), "split": str(sub_split)},
+            sub_docs, sub_split, sub = _prepared(
+                run,
+                workdir,
+                "-stand-in",
+                texts[: options.stand_in_docs],
                 "splitting the stand-in's documents",
             )
             stand_in_model = workdir / "stand-in-tutorial.pt"
