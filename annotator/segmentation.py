@@ -30,6 +30,9 @@ MAX_PIECE_CHARS = 100_000
 #: the spaCy component of the list-marker rule, and the longest list number it takes
 LIST_MARKERS = "annotator_list_markers"
 MAX_MARKER_DIGITS = 3
+#: the spaCy component of the line-break rule, and the longest line it always ends a sentence after
+LINE_BREAKS = "annotator_line_breaks"
+SHORT_LINE_CHARS = 50
 #: where a model's card records the tokens it was trained on and its sentence rules
 CARD_KEY = "annotator_segmentation"
 
@@ -47,9 +50,11 @@ class Segmenter:
         max_sentence_tokens: int = 250,
         batch_size: int = 64,
         list_markers: bool = False,
+        line_breaks: bool = False,
     ) -> None:
         """`list_markers`: a sentence that is only a list number ("1.") joins the next one
-        (`join_list_markers`)."""
+        (`join_list_markers`); `line_breaks`: a line break after a heading-like line ends a
+        sentence (`break_after_headings`)."""
         import spacy
 
         if max_sentence_tokens < 1:
@@ -79,13 +84,17 @@ class Segmenter:
                 enable=[n for n in nlp.pipe_names if n in keep or n in ("tok2vec", "transformer")]
             )
             self.name = f"{spacy_model} {nlp.meta.get('version', '')} (spaCy {spacy.__version__})"
-        if list_markers:
-            from spacy.language import Language
+        for wanted, component, func, label in (
+            (line_breaks, LINE_BREAKS, break_after_headings, "line breaks"),
+            (list_markers, LIST_MARKERS, join_list_markers, "list markers"),
+        ):
+            if wanted:
+                from spacy.language import Language
 
-            if not Language.has_factory(LIST_MARKERS):
-                Language.component(LIST_MARKERS, func=join_list_markers)
-            self.nlp.add_pipe(LIST_MARKERS, last=True)
-            self.name += " + list markers"
+                if not Language.has_factory(component):
+                    Language.component(component, func=func)
+                self.nlp.add_pipe(component, last=True)
+                self.name += f" + {label}"
         self.nlp.max_length = max(self.nlp.max_length, MAX_PIECE_CHARS + 1)
 
     def split(self, texts: Iterable[str]) -> Iterator[list[Sentence]]:
@@ -150,12 +159,14 @@ class SplitterProcess:
         spacy_model: str | None = None,
         max_sentence_tokens: int = 250,
         list_markers: bool = False,
+        line_breaks: bool = False,
     ) -> None:
         settings = json.dumps(
             {
                 "spacy_model": spacy_model,
                 "max_sentence_tokens": max_sentence_tokens,
                 "list_markers": list_markers,
+                "line_breaks": line_breaks,
             }
         )
         # the kernel's death signal follows the starting thread: only the main thread's lives
@@ -241,7 +252,28 @@ def join_list_markers(doc):
     return doc
 
 
-def segmentation_card(retokenized: bool, list_markers: bool = False) -> dict[str, Any]:
+def break_after_headings(doc):
+    """A spaCy component after the splitter: a line break ends a sentence when the line before
+    it is short (under SHORT_LINE_CHARS) or has no lowercase letter.
+
+    The sentencizer only ends sentences at punctuation, so a headline, a dateline
+    (``AL-AIN , United Arab Emirates 1996-12-06``), a byline or a table row runs into the next
+    line's sentence. The lines of hard-wrapped prose are long and mixed-case: they go on.
+    """
+    text = doc.text
+    for token in doc[1:]:
+        if not (token.is_space and "\n" in token.text) or token.i + 1 == len(doc):
+            continue
+        end = token.idx + token.text.index("\n")
+        line = text[text.rfind("\n", 0, end) + 1 : end].strip()
+        if line and (len(line) < SHORT_LINE_CHARS or not any(c.islower() for c in line)):
+            doc[token.i + 1].is_sent_start = True
+    return doc
+
+
+def segmentation_card(
+    retokenized: bool, list_markers: bool = False, line_breaks: bool = False
+) -> dict[str, Any]:
     """What a model records in its card about the tokens it was trained on and the sentence
     rules it is meant to be used with."""
     import spacy
@@ -252,6 +284,7 @@ def segmentation_card(retokenized: bool, list_markers: bool = False) -> dict[str
             "spacy_version": spacy.__version__,
             "retokenized": retokenized,
             "list_markers": list_markers,
+            "line_breaks": line_breaks,
         }
     }
 
@@ -271,7 +304,7 @@ def segmenter_settings(tagger) -> dict[str, Any]:
             stored.get("spacy_version"),
             spacy.__version__,
         )
-    return {"list_markers": True} if stored.get("list_markers") else {}
+    return {rule: True for rule in ("list_markers", "line_breaks") if stored.get(rule)}
 
 
 def _write_requests(pipe, requests: queue.SimpleQueue) -> None:

@@ -90,3 +90,33 @@ def test_conllpp_round_trip_keeps_every_entity_character_span(tokenize):
         assert projected == gold.spans
         checked += len(gold.spans)
     assert checked == 5942
+
+
+def test_corpus_keeps_train_tokens_where_the_tokenizers_differ(tokenize):
+    from flair.data import Corpus, Sentence
+    from flair.datasets import SentenceDataset
+
+    from annotator.training.retokenize import retokenized_corpus
+
+    same, differs = Sentence(["Rome", "won", "."]), Sentence(["Bre-X", "won", "."])
+    differs[0:1].add_label("ner", "ORG")
+    corpus = Corpus(
+        train=SentenceDataset([same, differs]),
+        dev=SentenceDataset([Sentence(["Bre-X", "lost"])]),
+        test=SentenceDataset([Sentence(["Bre-X", "lost"])]),
+        sample_missing_splits=False,
+    )
+
+    def texts(dataset):
+        return [[t.text for t in dataset[i]] for i in range(len(dataset))]
+
+    both = retokenized_corpus(corpus, "ner", tokenize, keep_train_tokens=True)
+    assert texts(both.train) == [
+        ["Rome", "won", "."],
+        ["Bre", "-", "X", "won", "."],
+        ["Bre-X", "won", "."],  # the corpus's form, once, and only where it differs
+    ]
+    assert [s.text for s in both.train[2].get_spans("ner")] == ["Bre-X"]
+    assert texts(both.dev) == [["Bre", "-", "X", "lost"]]  # dev: annotate's tokens only
+    assert texts(both.test) == [["Bre-X", "lost"]]  # test: the corpus's tokens, comparable
+    assert len(retokenized_corpus(corpus, "ner", tokenize).train) == 2

@@ -30,11 +30,41 @@ def test_list_markers_begin_their_item_at_line_starts_only():
     ]
 
 
-def test_offsets_stay_exact_with_the_rule():
-    (sentences,) = Segmenter(list_markers=True).split([RESULTS])
-    for sentence in sentences:
-        for token, start, end in zip(sentence.tokens, sentence.starts, sentence.ends):
-            assert RESULTS[start:end] == token
+NEWS = (
+    "SOCCER - JAPAN GET LUCKY WIN , CHINA IN SURPRISE DEFEAT .\n"
+    "Nadim Ladki\n"
+    "AL-AIN , United Arab Emirates 1996-12-06\n"
+    "Japan began the defence of their Asian Cup title with a lucky 2-1 win against Syria in a\n"
+    "Group C championship match on Friday .\n"
+    "THE WINNERS OF THE CUP WILL PLAY IN THE WORLD CUP FINALS NEXT SUMMER IN FRANCE\n"
+    "Japan 3 1 2 0 5 3 5"
+)
+
+
+def test_line_breaks_end_headings_datelines_and_rows_but_not_wrapped_prose():
+    assert _sentences(Segmenter(), NEWS)[1].startswith("Nadim Ladki AL - AIN")
+    assert _sentences(Segmenter(line_breaks=True), NEWS) == [
+        "SOCCER - JAPAN GET LUCKY WIN , CHINA IN SURPRISE DEFEAT .",
+        "Nadim Ladki",
+        "AL - AIN , United Arab Emirates 1996 - 12 - 06",
+        "Japan began the defence of their Asian Cup title with a lucky 2 - 1 win against Syria "
+        "in a Group C championship match on Friday .",
+        "THE WINNERS OF THE CUP WILL PLAY IN THE WORLD CUP FINALS NEXT SUMMER IN FRANCE",
+        "Japan 3 1 2 0 5 3 5",
+    ]
+    # a long all-caps line is a heading; blank lines and a trailing line break add nothing
+    assert _sentences(Segmenter(line_breaks=True), "\n\nBy John Smith\n\nHe left.\n") == [
+        "By John Smith",
+        "He left .",
+    ]
+
+
+def test_offsets_stay_exact_with_the_rules():
+    for text in (RESULTS, NEWS):
+        (sentences,) = Segmenter(list_markers=True, line_breaks=True).split([text])
+        for sentence in sentences:
+            for token, start, end in zip(sentence.tokens, sentence.starts, sentence.ends):
+                assert text[start:end] == token
 
 
 class _Tagger:
@@ -47,6 +77,10 @@ def test_models_carry_their_segmenter_settings(caplog):
     assert segmenter_settings(_Tagger(segmentation_card(retokenized=True))) == {}
     assert segmenter_settings(_Tagger(segmentation_card(True, list_markers=True))) == {
         "list_markers": True
+    }
+    assert segmenter_settings(_Tagger(segmentation_card(False, True, line_breaks=True))) == {
+        "list_markers": True,
+        "line_breaks": True,
     }
     old = segmentation_card(True)
     old[CARD_KEY]["spacy_version"] = "3.0.0"
@@ -61,15 +95,17 @@ def test_annotator_splits_as_the_model_says(tiny_model, tmp_path, single_thread)
     from annotator.records import Document
 
     tagger = load_tagger(tiny_model, device="cpu")
-    tagger.model_card = {**(tagger.model_card or {}), **segmentation_card(True, list_markers=True)}
+    rules = segmentation_card(True, list_markers=True, line_breaks=True)
+    tagger.model_card = {**(tagger.model_card or {}), **rules}
     tagger.save(tmp_path / "rules.pt")
-    document = Document("d", RESULTS, "", 0)
-    for model, sentences in ((tmp_path / "rules.pt", 4), (tiny_model, 5)):
+    document = Document("d", NEWS, "", 0)
+    for model, sentences in ((tmp_path / "rules.pt", 6), (tiny_model, 3)):
         for split_process in (False, True):
             annotator = Annotator(str(model), device="cpu", split_process=split_process)
             (result,) = annotator.annotate_documents([document])
             assert result.sentences == sentences
-            assert ("list markers" in annotator.segmenter.name) == (sentences == 4)
+            assert ("list markers" in annotator.segmenter.name) == (sentences == 6)
+            assert ("line breaks" in annotator.segmenter.name) == (sentences == 6)
             if annotator.splitter is not None:
                 annotator.splitter.close()
 

@@ -72,8 +72,13 @@ class TrainConfig:
     )
     # train and dev re-tokenized by annotate's spaCy tokenizer, labels projected onto the pieces
     retokenize: bool = False
+    # with retokenize: train keeps the corpus's own tokens too (a sentence spaCy tokenizes
+    # differently is seen both ways), so the model also reads text tokenized like CoNLL
+    keep_corpus_tokens: bool = False
     # annotate with this model keeps "1. Jesper Ronnback ..." one sentence (recorded in the model)
     list_markers: bool = False
+    # annotate with this model ends a sentence at a line break after a short or all-caps line
+    line_breaks: bool = False
     # transformer preset
     transformer: str = "bert-base-cased"
     transformer_layers: str = "-1"

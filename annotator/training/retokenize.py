@@ -69,20 +69,30 @@ def retokenize_sentences(sentences, label_type: str, tokenize: Tokenize) -> list
     return result
 
 
-def retokenized_corpus(corpus, label_type: str, tokenize: Tokenize):
+def retokenized_corpus(
+    corpus, label_type: str, tokenize: Tokenize, keep_train_tokens: bool = False
+):
     """The corpus with train and dev re-tokenized; test keeps the corpus's tokens, so that
-    Flair's token-level test scores stay comparable between models."""
+    Flair's token-level test scores stay comparable between models. With `keep_train_tokens`
+    train holds both forms of every sentence the tokenizers split differently."""
     from flair.data import Corpus
     from flair.datasets import SentenceDataset
 
-    def split(dataset):
+    def split(dataset, keep: bool = False):
         if dataset is None:
             return None
         sentences = [dataset[index] for index in range(len(dataset))]
-        return SentenceDataset(retokenize_sentences(sentences, label_type, tokenize))
+        rebuilt = retokenize_sentences(sentences, label_type, tokenize)
+        if keep:
+            rebuilt += [
+                original
+                for original, new in zip(sentences, rebuilt, strict=True)
+                if len(original) != len(new)
+            ]
+        return SentenceDataset(rebuilt)
 
     return Corpus(
-        train=split(corpus.train),
+        train=split(corpus.train, keep_train_tokens),
         dev=split(corpus.dev),
         test=corpus.test,
         name=corpus.name,

@@ -220,7 +220,9 @@ def _train(
     if config.retokenize:
         from annotator.training.retokenize import retokenized_corpus, spacy_tokenize
 
-        corpus = retokenized_corpus(corpus, label_type, spacy_tokenize())
+        corpus = retokenized_corpus(
+            corpus, label_type, spacy_tokenize(), keep_train_tokens=config.keep_corpus_tokens
+        )
     if config.train_with_dev:
         corpus = with_dev_in_train(corpus)
     if resume:
@@ -228,8 +230,8 @@ def _train(
     else:
         tagger = build_tagger(config, corpus, label_type)
     book = RunBook(output, state, config, on_epoch)
-    if config.retokenize or config.list_markers:
-        book.card = segmentation_card(config.retokenize, config.list_markers)
+    if config.retokenize or config.list_markers or config.line_breaks:
+        book.card = segmentation_card(config.retokenize, config.list_markers, config.line_breaks)
     book.progress = progress  # the log keeps one line per epoch either way
     with _training_log(output):
         kind, why = choose_trainer(config, tagger)
