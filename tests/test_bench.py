@@ -148,6 +148,37 @@ def test_compare_entities_tolerates_only_tiny_score_differences():
     assert not report.compare_entities(reference, [[0, 0, 0, 4, "PER", 0.8], reference[1]])[0]
     assert not report.compare_entities(reference, [[0, 0, 0, 4, "ORG", 0.9], reference[1]])[0]
     assert not report.compare_entities(reference, reference[:1])[0]
+    # a calibrated model: the same spans and labels are enough, other labels are not
+    calibrated = [[0, 0, 0, 4, "PER", 0.2], reference[1]]
+    assert report.compare_entities(reference, calibrated, None) == (
+        True,
+        "2 spans (calibrated scores, not compared)",
+    )
+    assert not report.compare_entities(reference, [[0, 0, 0, 4, "ORG", 0.9]] * 2, None)[0]
+
+
+def test_bench_splits_as_the_model_says_and_knows_calibrated_models(tiny_model, tmp_path):
+    from annotator.models import load_tagger
+    from annotator.segmentation import segmentation_card
+    from annotator.tagging.calibration import CARD_KEY
+
+    assert bench_rows.run_spec({"kind": "model-rules", "model": str(tiny_model)}) == {
+        "segmenter": {},
+        "calibrated": False,
+    }
+    tagger = load_tagger(tiny_model, device="cpu")
+    card = {**segmentation_card(False, line_breaks=True), CARD_KEY: {"x": [0.0], "y": [0.0]}}
+    tagger.model_card = {**(tagger.model_card or {}), **card}
+    tagger.save(tmp_path / "ruled.pt")
+    assert bench_rows.run_spec({"kind": "model-rules", "model": str(tmp_path / "ruled.pt")}) == {
+        "segmenter": {"line_breaks": True},
+        "calibrated": True,
+    }
+    docs = tmp_path / "docs.jsonl"
+    bench_docs.write_docs(docs, ["HEADLINE\nJapan won .", "Paris\nRome"])
+    for segmenter, count in (({}, 2), ({"line_breaks": True}, 4)):
+        spec = {"kind": "prepare", "docs": str(docs), "split": str(tmp_path / "s.pkl")}
+        assert bench_rows.run_spec({**spec, "segmenter": segmenter})["sentences"] == count
 
 
 def test_copies_of_documents_count_once_and_bad_gpu_options_are_refused(tmp_path):
@@ -205,3 +236,21 @@ def test_rows_count_their_own_words_and_flairs_rows_compare_on_their_documents(t
     assert {row["key"]: row["words"] for row in section["rows"] if not row["skipped"]} == {
         "1": 300, "2@32": 300, "3": 300, "3w": 900, "3p": 300, "4": 300,
     }  # fmt: skip
+    # a calibrated model with sentence rules: every row splits by them; scores are not compared
+    seen = []
+
+    def calibrated(spec, what):
+        seen.append(spec["segmenter"])
+        result = run(spec, what)
+        if spec["kind"] in ("annotate", "annotate-workers"):
+            result["entities"] = [[*e[:5], 0.99] for e in result["entities"]]
+        return result
+
+    section = bench_run.run_section(
+        "model", "m.pt", docs, tmp_path / "split.pkl", 300, options, calibrated, tmp_path,
+        with_spacy=False, memory_docs=None, flair_input=(flair, tmp_path / "f.pkl", 100, 1),
+        rules={"segmenter": {"line_breaks": True}, "calibrated": True},
+    )  # fmt: skip
+    assert seen and all(segmenter == {"line_breaks": True} for segmenter in seen)
+    rows = {row["key"]: row for row in section["rows"]}
+    assert rows["3"]["identical"] and "not compared" in rows["3"]["comparison"]

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 import annotator.models as models
 from annotator.cli import cli
 from annotator.errors import ModelError
+from annotator.files import sha256_file
 from annotator.training.package import package_default_model, raw_test_scores
 
 
@@ -36,6 +37,16 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, monke
     for label, scores in metrics["test"]["per_type"].items():
         assert f"| {label} | {100 * scores['precision']:.2f} |" in card
     assert "    make-it" in card and (run / "config.toml").read_text().strip() in card
+
+    # --model: a file made from the run (e.g. calibrated) is packaged with the run's card
+    other = tmp_path / "calibrated.pt"
+    other.write_bytes(b"stand-in for a calibrated copy")
+    result = CliRunner().invoke(
+        cli, ["package-model", str(run), "--command", "x", "--model", str(other)]
+    )
+    assert result.exit_code == 0, result.output
+    assert models.DEFAULT_MODEL.read_bytes() == other.read_bytes()
+    assert "sha256 " + sha256_file(other) in (tmp_path / "data" / "MODEL_CARD.md").read_text()
 
     # a train + dev model has no dev scores to quote
     config = (run / "config.toml").read_text()

@@ -160,6 +160,20 @@ def _warm_tokens() -> list[list[str]]:
     return [re.findall(r"\w+|[^\w\s]", text) for text in WARMUP_TEXTS]
 
 
+def _row_model_rules(spec: dict[str, Any]) -> dict[str, Any]:
+    """The sentence rules the model was trained for (every row splits as `annotate` does with
+    it), and whether it carries a calibration map (then its span scores are not Flair's)."""
+    from annotator.models import load_tagger
+    from annotator.segmentation import segmenter_settings
+    from annotator.tagging.calibration import CARD_KEY
+
+    tagger = load_tagger(spec["model"], device="cpu")
+    return {
+        "segmenter": segmenter_settings(tagger),
+        "calibrated": CARD_KEY in (tagger.model_card or {}),
+    }
+
+
 def _row_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """Split every document once; the pre-split sentences feed rows 2, 3p and 4."""
     import pickle
@@ -167,7 +181,7 @@ def _row_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     from annotator.segmentation import Segmenter
 
     texts = _read_texts(spec["docs"])
-    per_doc = list(Segmenter().split(texts))
+    per_doc = list(Segmenter(**spec.get("segmenter", {})).split(texts))
     with open(spec["split"], "wb") as handle:
         pickle.dump(per_doc, handle, protocol=pickle.HIGHEST_PROTOCOL)
     return {
@@ -186,7 +200,7 @@ def _row_flair_docs(spec: dict[str, Any]) -> dict[str, Any]:
 
     device = choose_device(spec["device"])
     tagger = load_tagger(spec["model"], device=str(device))
-    segmenter = Segmenter()
+    segmenter = Segmenter(**spec.get("segmenter", {}))
     texts = _read_texts(spec["docs"])
     tagger.predict([FlairSentence(t) for t in _warm_tokens()])
     done = []
@@ -455,6 +469,7 @@ def _row_build_stand_in(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "model-rules": _row_model_rules,
     "prepare": _row_prepare,
     "flair-docs": _row_flair_docs,
     "tagger": _row_tagger,
@@ -477,7 +492,8 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             torch.set_num_threads(previous)
     result = ROWS[spec["kind"]](spec)
-    if spec["kind"] not in ("prepare", "spacy", "build-stand-in") and "skipped" not in result:
+    untimed = ("model-rules", "prepare", "spacy", "build-stand-in")
+    if spec["kind"] not in untimed and "skipped" not in result:
         import torch
 
         result["threads"] = torch.get_num_threads()

@@ -49,6 +49,7 @@ from typing import Any
 from annotator.bench.docs import generated_documents, write_docs
 from annotator.bench.report import (
     GOALS,
+    SCORE_TOLERANCE,
     Row,
     _best_of,
     _goals,
@@ -170,18 +171,23 @@ def run_section(
     with_spacy: bool,
     memory_docs: Path | None,
     flair_input: tuple[Path, Path, int, int] | None = None,
+    rules: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """All rows for one model on one document set; rows run round-robin `repeat` times.
 
     `flair_input`: (documents, their split, words, document count) for Flair's rows (1, 2),
     the first documents of the set; the other rows' spans are compared on those documents.
+    `rules`: the model's (`model-rules`): its sentence rules, and whether it is calibrated
+    (then only spans and labels are compared: its scores are not Flair's).
     """
+    rules = rules or {}
     base = {
         "model": model,
         "device": options.device,
         "docs": str(docs_path),
         "split": str(split_path),
         "threads": options.threads,
+        "segmenter": rules.get("segmenter", {}),
     }
     flair_docs, flair_split, flair_words, flair_count = flair_input or (
         docs_path,
@@ -346,7 +352,8 @@ def run_section(
         elif mine is not None and ref_entities is not None:
             if flair_count is not None:  # Flair's rows saw only the first documents
                 mine = [entity for entity in mine if entity[0] < flair_count]
-            row.identical, row.comparison = compare_entities(ref_entities, mine)
+            tolerance = None if rules.get("calibrated") else SCORE_TOLERANCE
+            row.identical, row.comparison = compare_entities(ref_entities, mine, tolerance)
     reference.extra.pop("_entities", None)
     flair_rows = [rows[f"2@{s}"] for s in sizes if rows[f"2@{s}"].words_per_second]
     if flair_rows:
@@ -399,13 +406,20 @@ def _resolve_model(model: str | None) -> str | None:
 
 
 def _prepared(
-    run: Callable, workdir: Path, suffix: str, texts: list[str], label: str
+    run: Callable,
+    workdir: Path,
+    suffix: str,
+    texts: list[str],
+    label: str,
+    segmenter: dict[str, Any] | None = None,
 ) -> tuple[Path, Path, dict[str, Any]]:
-    """`texts` written as documents and split once by a worker: (documents, split, counts)."""
+    """`texts` written as documents and split once by a worker (with the model's sentence rules,
+    `segmenter`): (documents, split, counts)."""
     docs = workdir / f"docs{suffix}.jsonl"
     write_docs(docs, texts)
     split = workdir / f"split{suffix}.pkl"
-    return docs, split, run({"kind": "prepare", "docs": str(docs), "split": str(split)}, label)
+    spec = {"kind": "prepare", "docs": str(docs), "split": str(split), "segmenter": segmenter}
+    return docs, split, run({k: v for k, v in spec.items() if v}, label)
 
 
 def run_bench(
@@ -447,12 +461,19 @@ def run_bench(
         "sections": [],
     }
     try:
+        rules = (
+            run({"kind": "model-rules", "model": model}, "reading the model's sentence rules")
+            if model is not None
+            else {}
+        )
+        segmenter = rules.get("segmenter")
         docs_path, split_path, prepared = _prepared(
             run,
             workdir,
             "",
             texts,
             "splitting the documents once (spaCy tokens = the words counted)",
+            segmenter,
         )
         sections = []
         if model is not None:
@@ -468,6 +489,7 @@ def run_bench(
                     "-flair",
                     texts[: options.flair_docs],
                     f"splitting the first {options.flair_docs} documents for Flair's rows",
+                    segmenter,
                 )
                 flair_input = (flair_docs_path, flair_split, sub["words"], sub["documents"])
             section = run_section(
@@ -482,6 +504,7 @@ def run_bench(
                 with_spacy=True,
                 memory_docs=memory_docs,
                 flair_input=flair_input,
+                rules=rules,
             )
             section.update(
                 title=f"model {model}",

@@ -295,8 +295,16 @@ def calibrate(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Also score the model end to end on this corpus's test split as raw text, for the card.",
 )
-def package_model(run_dir: Path, command: str, corpus_dir: Path | None) -> None:
-    """Make RUN_DIR's best model the packaged default (used by `make model`)."""
+@click.option(
+    "--model",
+    "model_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The model file to package (e.g. `annotator calibrate`'s) [default: the run's best].",
+)
+def package_model(
+    run_dir: Path, command: str, corpus_dir: Path | None, model_file: Path | None
+) -> None:
+    """Make RUN_DIR's best model (or --model) the packaged default (used by `make model`)."""
     from annotator.training.package import package_default_model
 
-    click.echo(f"packaged {package_default_model(run_dir, command, corpus_dir)}")
+    click.echo(f"packaged {package_default_model(run_dir, command, corpus_dir, model_file)}")

@@ -21,16 +21,20 @@ CARD_TEMPLATE = models.DATA_DIR / "MODEL_CARD.template.md"
 
 
 def package_default_model(
-    run_dir: str | Path, command: str, corpus_dir: str | Path | None = None
+    run_dir: str | Path,
+    command: str,
+    corpus_dir: str | Path | None = None,
+    model_file: str | Path | None = None,
 ) -> Path:
-    """Copy a finished run's best model into the package, with a model card built from its files
-    (and its raw-text scores on `corpus_dir`'s test split, where given)."""
+    """Copy a finished run's best model (or `model_file` made from it, e.g. calibrated) into the
+    package, with a model card built from the run's files (and the model's raw-text scores on
+    `corpus_dir`'s test split, where given)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if not metrics.get("finished") or not metrics.get("test"):
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
-    shutil.copyfile(run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    shutil.copyfile(model_file or run_dir / "best-model.pt", models.DEFAULT_MODEL)
     # its training curve stays drawable (`annotator plot default`, docs/training.png)
     shutil.copyfile(run_dir / "metrics.json", models.DEFAULT_METRICS)
     raw = raw_test_scores(corpus_dir) if corpus_dir else None
