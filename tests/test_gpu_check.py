@@ -204,3 +204,28 @@ def test_cpu_dry_run_runs_every_step_and_writes_the_results(tmp_path):
     )
     assert [g["measure"] for g in results["goals"]] == [goal[1] for goal in gpu_check.GOALS]
     assert "goals:" in result.stdout and "annotate end to end vs Flair predict @32" in result.stdout
+
+
+def test_slimmed_pure_python_wheel_leaves_out_other_frameworks_model_code(tmp_path):
+    """transformers travels without its TensorFlow/Flax model files, with a matching RECORD."""
+    source = tmp_path / "source" / "demo-1.0-py3-none-any.whl"
+    source.parent.mkdir()
+    kept = ["demo/models/bert/modeling_bert.py", "demo/models/bert/tokenization_bert.py"]
+    gone = ["demo/models/bert/modeling_tf_bert.py", "demo/models/bert/modeling_flax_bert.py"]
+    with zipfile.ZipFile(source, "w") as wheel:
+        for name in [*kept, *gone]:
+            wheel.writestr(name, f"# {name}\n")
+        wheel.writestr("demo-1.0.dist-info/RECORD", "")
+    target = tmp_path / source.name
+    gpu_wheels.slim(source, target)
+    with zipfile.ZipFile(target) as wheel:
+        names = wheel.namelist()
+        record = wheel.read("demo-1.0.dist-info/RECORD").decode()
+    assert sorted(names) == sorted([*kept, "demo-1.0.dist-info/RECORD"])
+    assert all(name in record for name in kept) and not any(name in record for name in gone)
+    # a wheel with nothing to leave out is copied as it is
+    plain = tmp_path / "source" / "plain-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(plain, "w") as wheel:
+        wheel.writestr("plain/__init__.py", "")
+    gpu_wheels.slim(plain, tmp_path / plain.name)
+    assert (tmp_path / plain.name).read_bytes() == plain.read_bytes()
