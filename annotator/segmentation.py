@@ -30,9 +30,11 @@ MAX_PIECE_CHARS = 100_000
 #: the spaCy component of the list-marker rule, and the longest list number it takes
 LIST_MARKERS = "annotator_list_markers"
 MAX_MARKER_DIGITS = 3
-#: the spaCy component of the line-break rule, and the longest line it always ends a sentence after
+#: the spaCy component of the line-break rule; a short line: under SHORT_LINE_CHARS characters
+#: and under SHORT_LINE_SHARE of the text's median line
 LINE_BREAKS = "annotator_line_breaks"
 SHORT_LINE_CHARS = 50
+SHORT_LINE_SHARE = 0.75
 #: where a model's card records the tokens it was trained on and its sentence rules
 CARD_KEY = "annotator_segmentation"
 
@@ -253,20 +255,25 @@ def join_list_markers(doc):
 
 
 def break_after_headings(doc):
-    """A spaCy component after the splitter: a line break ends a sentence when the line before
-    it is short (under SHORT_LINE_CHARS) or has no lowercase letter.
+    """A spaCy component after the splitter: a blank line ends a sentence, and so does a line
+    break after a line that is short or has no lowercase letter.
 
     The sentencizer only ends sentences at punctuation, so a headline, a dateline
     (``AL-AIN , United Arab Emirates 1996-12-06``), a byline or a table row runs into the next
-    line's sentence. The lines of hard-wrapped prose are long and mixed-case: they go on.
+    line's sentence. Short means under SHORT_LINE_CHARS and under SHORT_LINE_SHARE of the text's
+    median line: the lines of hard-wrapped prose, narrow newspaper columns included, go on.
     """
     text = doc.text
-    for token in doc[1:]:
-        if not (token.is_space and "\n" in token.text) or token.i + 1 == len(doc):
-            continue
+    breaks = [t for t in doc[1:-1] if t.is_space and "\n" in t.text]
+    if not breaks:
+        return doc
+    lengths = sorted(len(line.strip()) for line in text.splitlines() if line.strip())
+    short = min(SHORT_LINE_CHARS, SHORT_LINE_SHARE * lengths[len(lengths) // 2])
+    for token in breaks:
         end = token.idx + token.text.index("\n")
         line = text[text.rfind("\n", 0, end) + 1 : end].strip()
-        if line and (len(line) < SHORT_LINE_CHARS or not any(c.islower() for c in line)):
+        heading = len(line) < short or not any(c.islower() for c in line)
+        if line and (heading or token.text.count("\n") > 1):
             doc[token.i + 1].is_sent_start = True
     return doc
 

@@ -35,7 +35,7 @@ NEWS = (
     "Nadim Ladki\n"
     "AL-AIN , United Arab Emirates 1996-12-06\n"
     "Japan began the defence of their Asian Cup title with a lucky 2-1 win against Syria in a\n"
-    "Group C championship match on Friday .\n"
+    "Group C championship match on Friday , their first of the tournament , before 10,000 .\n"
     "THE WINNERS OF THE CUP WILL PLAY IN THE WORLD CUP FINALS NEXT SUMMER IN FRANCE\n"
     "Japan 3 1 2 0 5 3 5"
 )
@@ -48,15 +48,25 @@ def test_line_breaks_end_headings_datelines_and_rows_but_not_wrapped_prose():
         "Nadim Ladki",
         "AL - AIN , United Arab Emirates 1996 - 12 - 06",
         "Japan began the defence of their Asian Cup title with a lucky 2 - 1 win against Syria "
-        "in a Group C championship match on Friday .",
+        "in a Group C championship match on Friday , their first of the tournament , "
+        "before 10,000 .",
         "THE WINNERS OF THE CUP WILL PLAY IN THE WORLD CUP FINALS NEXT SUMMER IN FRANCE",
         "Japan 3 1 2 0 5 3 5",
     ]
-    # a long all-caps line is a heading; blank lines and a trailing line break add nothing
+    # a long all-caps line is a heading; a blank line ends a sentence, a trailing one adds nothing
     assert _sentences(Segmenter(line_breaks=True), "\n\nBy John Smith\n\nHe left.\n") == [
         "By John Smith",
         "He left .",
     ]
+
+
+def test_line_breaks_leave_narrow_columns_whole():
+    """Short is relative to the text's lines: a narrow newspaper column is prose, not rows."""
+    column = (
+        "The talks in Geneva between\nPresident Boris Yeltsin and\nthe leaders of Chechnya "
+        "ended\non Friday without agreement .\nBoth sides said they would\nmeet again soon ."
+    )
+    assert len(_sentences(Segmenter(line_breaks=True), column)) == 2
 
 
 def test_offsets_stay_exact_with_the_rules():
