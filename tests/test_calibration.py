@@ -147,7 +147,7 @@ def test_calibrated_model_survives_save_and_reload_and_engines_agree(
     marginal = make_engine(tagger, engine="fast", span_scores="marginal").predict(sentences)
     plain = make_engine(tagger, engine="fast", span_scores="flair").predict(sentences)
     flair_marginal = make_engine(tagger, engine="flair", span_scores="marginal").predict(sentences)
-    # a model without a map keeps Flair's scores (the packaged default model is one)
+    # a model without a map keeps Flair's scores
     assert make_engine(load_tagger(tiny_model, device="cpu"), engine="fast").span_scorer is None
     assert [s[3] for f in marginal for s in f] == pytest.approx(
         [s[3] for f in flair_marginal for s in f], abs=1e-4

@@ -70,9 +70,12 @@ def test_packaged_model_on_cuda_gives_flairs_spans_and_bf16_nearly_so(on_cuda):
     sentences = [[token for token, _ in pairs] for pairs in synthetic(400, seed=5)]
     expected = flair_predictions(tagger, sentences)
     assert sum(map(len, expected)) > 400
-    engine = make_engine(tagger, device=torch.device(CUDA))
+    engine = make_engine(tagger, device=torch.device(CUDA), span_scores="flair")
     assert engine.name == "fast"
     assert_same(expected, engine.predict(sentences))
+    # scored as annotate scores them (calibrated where the model has a map): the same spans
+    scored = make_engine(tagger, device=torch.device(CUDA)).predict(sentences)
+    assert [[s[:3] for s in a] for a in scored] == [[s[:3] for s in e] for e in expected]
     approx = FastSequenceTagger(tagger, device=CUDA, autocast_dtype=torch.bfloat16).predict(
         sentences
     )
