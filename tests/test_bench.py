@@ -175,7 +175,7 @@ def test_bench_splits_as_the_model_says_and_knows_calibrated_models(tiny_model, 
         "calibrated": True,
     }
     docs = tmp_path / "docs.jsonl"
-    bench_docs.write_docs(docs, ["HEADLINE\nJapan won .", "Paris\nRome"])
+    bench_docs.write_docs(docs, ["HEADLINE\nJapan won .", "Paris\n\nRome"])
     for segmenter, count in (({}, 2), ({"line_breaks": True}, 4)):
         spec = {"kind": "prepare", "docs": str(docs), "split": str(tmp_path / "s.pkl")}
         assert bench_rows.run_spec({**spec, "segmenter": segmenter})["sentences"] == count
