@@ -322,6 +322,14 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     toml.write_text("hiden_size = 3\n")
     with pytest.raises(AnnotatorError, match="unknown setting 'hiden_size'"):
         resolve_config(None, toml)
+    with pytest.raises(AnnotatorError, match="needs retokenize = true"):
+        resolve_config(None, None, {"keep_corpus_tokens": True})
+    assert resolve_config(None, None, {"keep_corpus_tokens": True, "retokenize": True}).retokenize
+    # the packaged model's recipe resolves as it is
+    from annotator.models import DATA_DIR
+
+    shipped = resolve_config(None, DATA_DIR / "default-model.toml")
+    assert shipped.keep_corpus_tokens and shipped.line_breaks and shipped.glove_words == 50_000
 
 
 def test_seed_preset_defaults_are_the_tutorials_recipe():

@@ -163,4 +163,6 @@ def resolve_config(
     config = TrainConfig.for_preset(preset)
     config.update({k: v for k, v in file_values.items() if k != "preset"}, str(config_file))
     config.update(overrides or {}, "command line")
+    if config.keep_corpus_tokens and not config.retokenize:
+        raise AnnotatorError("keep_corpus_tokens = true needs retokenize = true")
     return config
