@@ -128,15 +128,20 @@ def _settings(files: list[str], options: AnnotateOptions, shard: Shard) -> dict[
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 
 
-def lock_directory(directory: Path, shard: Shard, wait: float = 0.0) -> DirectoryLock:
-    """The lock that keeps a second run (of this shard) out of `directory` while this one
-    lives; refused with the holder's pid, host and start time."""
+def _make_directory(directory: Path) -> None:
+    """The output directory, created where missing; a failure is one line naming it."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AnnotatorError(
             f"{directory}: cannot create the output directory ({exc.strerror or exc})"
         ) from None
+
+
+def lock_directory(directory: Path, shard: Shard, wait: float = 0.0) -> DirectoryLock:
+    """The lock that keeps a second run (of this shard) out of `directory` while this one
+    lives; refused with the holder's pid, host and start time."""
+    _make_directory(directory)
     what = f"{directory}" + (f" (shard {shard})" if shard.count > 1 else "")
     return DirectoryLock(directory / f".{shard.prefix}annotator.lock", what).acquire(wait)
 
@@ -204,12 +209,7 @@ class Manifest:
         cls, directory: Path, shard: Shard, settings: dict[str, Any], resume: bool
     ) -> Manifest:
         """Check the directory, then start a new manifest or continue (and tidy) an old one."""
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AnnotatorError(
-                f"{directory}: cannot create the output directory ({exc.strerror or exc})"
-            ) from None
+        _make_directory(directory)
         name = _manifest_name(shard)
         others = {n: c for n, c in _shard_counts(directory).items() if c != shard.count}
         if others:
