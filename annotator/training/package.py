@@ -18,6 +18,9 @@ from annotator.errors import ModelError
 from annotator.files import sha256_file
 
 CARD_TEMPLATE = models.DATA_DIR / "MODEL_CARD.template.md"
+# tensors of at least this many elements (weight matrices, vector tables) are packaged in float16;
+# biases and the CRF's transitions stay float32
+HALF_FROM = 4096
 
 
 def package_default_model(
@@ -34,7 +37,7 @@ def package_default_model(
     if not metrics.get("finished") or not metrics.get("test"):
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
-    shutil.copyfile(model_file or run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    save_half_precision(model_file or run_dir / "best-model.pt", models.DEFAULT_MODEL)
     # its training curve stays drawable (`annotator plot default`, docs/training.png)
     shutil.copyfile(run_dir / "metrics.json", models.DEFAULT_METRICS)
     raw = raw_test_scores(corpus_dir) if corpus_dir else None
@@ -42,6 +45,20 @@ def package_default_model(
     card = model_card(metrics, config, command, models.DEFAULT_MODEL, raw)
     models.DEFAULT_MODEL_CARD.write_text(card, encoding="utf-8")
     return models.DEFAULT_MODEL
+
+
+def save_half_precision(source: str | Path, target: str | Path) -> None:
+    """Copy a saved tagger with its large float32 tensors stored as float16, which halves the
+    packaged model. Loading is unchanged: `load_state_dict` copies them back into the float32
+    parameters, so only the stored digits are fewer."""
+    import torch
+
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    weights = state["state_dict"]
+    for name, tensor in weights.items():  # in place: the state dict keeps its metadata
+        if tensor.dtype == torch.float32 and tensor.numel() >= HALF_FROM:
+            weights[name] = tensor.half()
+    torch.save(state, target)
 
 
 def raw_test_scores(corpus_dir: str | Path) -> dict[str, dict]:
