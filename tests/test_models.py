@@ -48,6 +48,7 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, packa
     for label, scores in metrics["test"]["per_type"].items():
         assert f"| {label} | {100 * scores['precision']:.2f} |" in card
     assert "    make-it" in card and (run / "config.toml").read_text().strip() in card
+    assert "GloVe 6B 50d vectors (none: glove_words = 0)" in card
 
     # --model: a file made from the run (e.g. calibrated) is packaged with the run's card
     other = tmp_path / "calibrated.pt"
@@ -71,6 +72,9 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, packa
     )
     assert CliRunner().invoke(cli, ["package-model", str(run), "--command", "x"]).exit_code == 0
     assert "trained on train + dev for" in (package_dir / "MODEL_CARD.md").read_text()
+    (run / "config.toml").write_text(config.replace("glove_words = 0", "glove_words = 150000"))
+    assert CliRunner().invoke(cli, ["package-model", str(run), "--command", "x"]).exit_code == 0
+    assert "(the 150,000 most frequent words)" in (package_dir / "MODEL_CARD.md").read_text()
 
     metrics["finished"] = False
     (run / "metrics.json").write_text(json.dumps(metrics))

@@ -84,7 +84,8 @@ def model_card(
     )
     micro = test["micro"]
     speed = metrics.get("speed", {})
-    if tomllib.loads(config).get("train_with_dev"):
+    settings = tomllib.loads(config)
+    if settings.get("train_with_dev"):
         selection = (
             f"trained on train + dev for {metrics['epoch']} epochs on a fixed learning-rate "
             "schedule (no dev scores: dev is training data)"
@@ -96,6 +97,11 @@ def model_card(
         )
     return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
         size=f"{model.stat().st_size / 1e6:.1f}",
+        glove=(
+            f"the {settings['glove_words']:,} most frequent words"
+            if settings.get("glove_words")
+            else "none: glove_words = 0"
+        ),
         raw=_raw_lines(raw),
         sha256=sha256_file(model),
         f1=f"{100 * micro['f1']:.2f}",
