@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pytest
+import tomllib
 import torch
 from click.testing import CliRunner
 
@@ -149,3 +150,15 @@ def test_info_prints_versions_device_and_the_default_models_card():
     assert "cpu" in result.output
     assert models.DEFAULT_MODEL_CARD.read_text().splitlines()[0] in result.output
     assert "CoNLL++ test micro-F1" in result.output
+
+
+def test_the_shipped_default_model_is_the_one_its_card_describes():
+    """The repository's one binary: at most 25 MB, and the card names its exact bytes and the
+    GloVe words of the config it was trained with."""
+    size = models.DEFAULT_MODEL.stat().st_size
+    assert size <= 25_000_000
+    card = models.DEFAULT_MODEL_CARD.read_text()
+    assert f"sha256 {sha256_file(models.DEFAULT_MODEL)}" in card
+    assert f"**Size**: {size / 1e6:.1f} MB" in card
+    recipe = tomllib.loads((models.DATA_DIR / "default-model.toml").read_text())
+    assert f"glove_words = {recipe['glove_words']}" in card
