@@ -329,7 +329,7 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     from annotator.models import DATA_DIR
 
     shipped = resolve_config(None, DATA_DIR / "default-model.toml")
-    assert shipped.keep_corpus_tokens and shipped.line_breaks and shipped.glove_words == 50_000
+    assert shipped.keep_corpus_tokens and shipped.line_breaks and shipped.glove_words == 150_000
 
 
 def test_seed_preset_defaults_are_the_tutorials_recipe():
