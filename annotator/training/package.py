@@ -48,9 +48,9 @@ def package_default_model(
 
 
 def save_half_precision(source: str | Path, target: str | Path) -> None:
-    """Copy a saved tagger with its large float32 tensors stored as float16, which halves the
-    packaged model. Loading is unchanged: `load_state_dict` copies them back into the float32
-    parameters, so only the stored digits are fewer."""
+    """Copy a saved tagger with its large float32 tensors stored as float16, half their size
+    (the int8 vector tables stay as they are). Loading is unchanged: `load_state_dict` copies
+    them back into the float32 parameters, so only the stored digits are fewer."""
     import torch
 
     state = torch.load(source, map_location="cpu", weights_only=False)
