@@ -7,11 +7,12 @@ after its sha256 matched, so a failed or interrupted fetch never leaves a corrup
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -265,6 +266,30 @@ def read_tagged_documents(
     if sentence:
         documents[-1].append(sentence)
     return [document for document in documents if document]
+
+
+# the model-card key under which a model trained on train + dev records its held-out dev share
+HOLDOUT_KEY = "dev_holdout"
+
+
+def held_out(document: int, share: float) -> bool:
+    """Whether the `document`-th document of a split is in its held-out `share`: one in every
+    1/share, spread evenly, so the file's documents and Flair's sentences pick the same ones."""
+    return math.floor((document + 1) * share + 1e-9) > math.floor(document * share + 1e-9)
+
+
+def document_numbers(sentences: Iterable) -> list[int]:
+    """The document number of each Flair sentence, counted as `read_tagged_documents` counts
+    them: a `-DOCSTART-` sentence opens a document unless the current one has no sentence yet."""
+    numbers, document, filled = [], 0, False
+    for sentence in sentences:
+        if "".join(token.text for token in sentence) == "-DOCSTART-":
+            if filled:
+                document, filled = document + 1, False
+        else:
+            filled = True
+        numbers.append(document)
+    return numbers
 
 
 def token_spans(tags: list[str]) -> list[tuple[int, int, str]]:

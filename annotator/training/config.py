@@ -95,6 +95,9 @@ class TrainConfig:
     anneal_after: list = dataclasses.field(default_factory=list)
     # train on train + dev (Flair's train_with_dev): no dev scores, the last epoch's model is kept
     train_with_dev: bool = False
+    # with train_with_dev: this share of dev's documents (spread evenly) stays out of training; it
+    # scores the epochs (best-model.pt) and is what `calibrate` and `evaluate` use as dev
+    dev_holdout: float = 0.0
     seed: int = 1
     device: str = "auto"
     # which trainer: auto (the fast one where it supports the model), fast, or flair (ModelTrainer)
@@ -165,4 +168,8 @@ def resolve_config(
     config.update(overrides or {}, "command line")
     if config.keep_corpus_tokens and not config.retokenize:
         raise AnnotatorError("keep_corpus_tokens = true needs retokenize = true")
+    if not 0 <= config.dev_holdout < 1:
+        raise AnnotatorError(f"dev_holdout must be from 0 up to below 1, not {config.dev_holdout}")
+    if config.dev_holdout and not config.train_with_dev:
+        raise AnnotatorError("dev_holdout > 0 needs train_with_dev = true")
     return config

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from annotator.corpus import find_split_files, load_corpus, parse_column_format, sha256_file
+from annotator.corpus import (
+    HOLDOUT_KEY,
+    document_numbers,
+    find_split_files,
+    held_out,
+    load_corpus,
+    parse_column_format,
+    sha256_file,
+)
 from annotator.errors import AnnotatorError
 from annotator.files import write_json_atomically
 from annotator.models import choose_device
@@ -114,17 +122,26 @@ def _train_with_flair(tagger, corpus, config: TrainConfig, book: RunBook) -> Non
         trainer.fine_tune(**common)
 
 
-def with_dev_in_train(corpus):
+def with_dev_in_train(corpus, holdout: float = 0.0):
     """The corpus with its dev split appended to train (vocabularies, characters and batches
-    all see both), and no dev split left to score."""
+    all see both), except the `holdout` share of dev's documents, which stays dev; with no
+    holdout there is no dev split left to score."""
     from flair.data import Corpus
+    from flair.datasets import SentenceDataset
     from torch.utils.data import ConcatDataset
 
     if corpus.dev is None:
         raise AnnotatorError("train_with_dev: the corpus has no dev split")
+    dev = [corpus.dev[index] for index in range(len(corpus.dev))]
+    kept = [held_out(number, holdout) for number in document_numbers(dev)]
+    if holdout and not any(kept):
+        raise AnnotatorError(f"dev_holdout = {holdout:g} holds out none of dev's documents")
+    joining = [sentence for sentence, keep in zip(dev, kept, strict=True) if not keep]
     return Corpus(
-        train=ConcatDataset([corpus.train, corpus.dev]),
-        dev=None,
+        train=ConcatDataset([corpus.train, SentenceDataset(joining)]),
+        dev=SentenceDataset([sentence for sentence, keep in zip(dev, kept, strict=True) if keep])
+        if holdout
+        else None,
         test=corpus.test,
         name=corpus.name,
         sample_missing_splits=False,
@@ -224,7 +241,7 @@ def _train(
             corpus, label_type, spacy_tokenize(), keep_train_tokens=config.keep_corpus_tokens
         )
     if config.train_with_dev:
-        corpus = with_dev_in_train(corpus)
+        corpus = with_dev_in_train(corpus, config.dev_holdout)
     if resume:
         tagger = SequenceTagger.load(output / CHECKPOINT)
     else:
@@ -232,6 +249,9 @@ def _train(
     book = RunBook(output, state, config, on_epoch)
     if config.retokenize or config.list_markers or config.line_breaks:
         book.card = segmentation_card(config.retokenize, config.list_markers, config.line_breaks)
+    if config.dev_holdout:
+        # evaluate and calibrate read it, so that "dev" means the documents training never saw
+        book.card[HOLDOUT_KEY] = config.dev_holdout
     book.progress = progress  # the log keeps one line per epoch either way
     with _training_log(output):
         kind, why = choose_trainer(config, tagger)
