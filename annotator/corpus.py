@@ -7,6 +7,7 @@ after its sha256 matched, so a failed or interrupted fetch never leaves a corrup
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import urllib.error
@@ -268,6 +269,9 @@ def read_tagged_documents(
     return [document for document in documents if document]
 
 
+log = logging.getLogger("annotator")
+
+
 # the model-card key under which a model trained on train + dev records its held-out dev share
 HOLDOUT_KEY = "dev_holdout"
 
@@ -290,6 +294,29 @@ def document_numbers(sentences: Iterable) -> list[int]:
             filled = True
         numbers.append(document)
     return numbers
+
+
+def model_holdout(tagger) -> float:
+    """The share of dev's documents a model trained on train + dev held out (0: none)."""
+    return float((getattr(tagger, "model_card", None) or {}).get(HOLDOUT_KEY, 0.0))
+
+
+def held_out_dev(items: list, numbers: list[int], tagger, what: str) -> list:
+    """`items` (dev's sentences or documents, numbered by document) reduced to the documents
+    the model held out of training, where it was trained on train + dev; logged, so that a
+    dev score always says which documents it is on."""
+    share = model_holdout(tagger)
+    if not share:
+        return items
+    kept = [item for item, number in zip(items, numbers, strict=True) if held_out(number, share)]
+    log.info(
+        "dev: the %d of %d %s in the documents this model held out of training (dev_holdout = %g)",
+        len(kept),
+        len(items),
+        what,
+        share,
+    )
+    return kept
 
 
 def token_spans(tags: list[str]) -> list[tuple[int, int, str]]:

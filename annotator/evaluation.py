@@ -12,7 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annotator.corpus import DEFAULT_COLUMN_FORMAT, load_corpus, split_sentences
+from annotator.corpus import (
+    DEFAULT_COLUMN_FORMAT,
+    document_numbers,
+    held_out_dev,
+    load_corpus,
+    split_sentences,
+)
 from annotator.errors import AnnotatorError
 from annotator.files import write_atomically, write_json_atomically
 from annotator.records import (
@@ -128,12 +134,22 @@ def evaluate(
     """Evaluate a saved tagger on one split of a column corpus."""
     from annotator.models import load_tagger
 
-    corpus = load_corpus(corpus_dir, column_format)
-    sentences = split_sentences(corpus, split)
-    if sentences is None:
-        raise AnnotatorError(f"{corpus_dir}: has no {split} split")
     tagger = load_tagger(model, device=device)
+    sentences = split_for(tagger, corpus_dir, split, column_format)
     return evaluate_tagger(tagger, sentences, batch_size, progress=progress)
+
+
+def split_for(tagger, corpus_dir: str | Path, split: str, column_format: str) -> list:
+    """One split's sentences to evaluate `tagger` on; for a model trained on train + dev, dev
+    is the documents it held out of training."""
+    corpus = load_corpus(corpus_dir, column_format)
+    dataset = split_sentences(corpus, split)
+    if dataset is None:
+        raise AnnotatorError(f"{corpus_dir}: has no {split} split")
+    sentences = [dataset[index] for index in range(len(dataset))]
+    if split == "dev":
+        sentences = held_out_dev(sentences, document_numbers(sentences), tagger, "sentences")
+    return sentences
 
 
 def format_table(result: EvalResult) -> str:
@@ -213,18 +229,13 @@ def evaluation_report(
 ):
     """Evaluate like `annotator evaluate`, and write scores.png, confusion.png, errors.html and
     report.json into `report_dir`. Returns the evaluation's own result (Flair's numbers)."""
-    from annotator.corpus import DEFAULT_COLUMN_FORMAT, load_corpus, split_sentences
     from annotator.models import load_tagger, model_info
 
     report_dir = Path(report_dir)
     if report_dir.exists() and not report_dir.is_dir():
         raise AnnotatorError(f"{report_dir}: exists and is not a directory")
-    corpus = load_corpus(corpus_dir, column_format or DEFAULT_COLUMN_FORMAT)
-    dataset = split_sentences(corpus, split)
-    if dataset is None:
-        raise AnnotatorError(f"{corpus_dir}: has no {split} split")
-    sentences = [dataset[i] for i in range(len(dataset))]
     tagger = load_tagger(model, device=device)
+    sentences = split_for(tagger, corpus_dir, split, column_format or DEFAULT_COLUMN_FORMAT)
     info = model_info(model)
     # Flair's evaluate leaves its predictions on the sentences under the label type "predicted"
     result = evaluate_tagger(tagger, sentences, batch_size, progress)

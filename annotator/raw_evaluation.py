@@ -19,6 +19,8 @@ from annotator.corpus import (
     DEFAULT_COLUMN_FORMAT,
     Tagged,
     find_split_files,
+    held_out_dev,
+    model_holdout,
     read_tagged_documents,
     token_spans,
 )
@@ -170,8 +172,6 @@ def evaluate_raw(
     files = find_split_files(corpus_dir)
     if split not in files:
         raise AnnotatorError(f"{corpus_dir}: has no {split} split")
-    documents = read_tagged_documents(files[split], column_format)
-    texts = rebuild(documents, unit)
     annotator = annotator or Annotator(
         None if model is None else str(model),
         device=device,
@@ -179,6 +179,11 @@ def evaluate_raw(
         engine=engine,
         span_scores=span_scores,
     )
+    documents = read_tagged_documents(files[split], column_format)
+    if split == "dev":
+        numbers = list(range(len(documents)))
+        documents = held_out_dev(documents, numbers, annotator.tagger, "documents")
+    texts = rebuild(documents, unit)
     predicted = [
         [(e.start, e.end, e.label, e.score) for e in entities]
         for entities in annotator.annotate_texts(t.text for t in texts)
@@ -248,7 +253,13 @@ def calibrate(
     card = {
         "x": x,
         "y": y,
-        "fitted_on": f"{Path(corpus_dir).name} {split}, raw text per {unit}",
+        "fitted_on": f"{Path(corpus_dir).name} {split}"
+        + (
+            " (the documents held out of training)"
+            if split == "dev" and model_holdout(tagger)
+            else ""
+        )
+        + f", raw text per {unit}",
         "spans": len(scores),
     }
     tagger.model_card = {**(getattr(tagger, "model_card", None) or {}), CARD_KEY: card}

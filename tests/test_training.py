@@ -426,3 +426,101 @@ def test_train_progress_is_a_labelled_bar_or_one_line_per_epoch(
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert all(0 <= e["dev_f1"] <= 1 for e in metrics["epochs"])
     assert 0 <= metrics["test"]["micro"]["f1"] <= 1
+
+
+def _with_dev_documents(folder: Path, every: int = 5) -> Path:
+    """The synthetic corpus with its dev split cut into documents of `every` sentences, a first
+    document that opens without -DOCSTART-, two -DOCSTART- lines in a row (one document, as
+    `read_tagged_documents` counts them), a word only in document 0 and one only in document 1."""
+    blocks = (folder / "dev.txt").read_text().strip().split("\n\n")[1:]  # drop its -DOCSTART-
+    blocks[0] = "Zzkeptword NN O O\n" + blocks[0]
+    blocks[every] = "Zzheldword NN O O\n" + blocks[every]
+    out: list[str] = []
+    for index, block in enumerate(blocks):
+        if index and index % every == 0:
+            out.append("-DOCSTART- -X- -X- O")
+            if index == 2 * every:
+                out.append("-DOCSTART- -X- -X- O")
+        out.append(block)
+    (folder / "dev.txt").write_text("\n\n".join(out) + "\n\n")
+    return folder
+
+
+def test_held_out_dev_documents_are_the_same_in_flair_and_in_the_file(tmp_path):
+    from annotator.corpus import (
+        document_numbers,
+        held_out,
+        load_corpus,
+        read_tagged_documents,
+    )
+
+    corpus_dir = _with_dev_documents(write_corpus(tmp_path / "corpus"))
+    documents = read_tagged_documents(corpus_dir / "dev.txt")
+    assert len(documents) == 12 and [len(d) for d in documents] == [5] * 12
+    dev = load_corpus(corpus_dir).dev
+    sentences = [dev[index] for index in range(len(dev))]
+    numbers = document_numbers(sentences)
+    real = Counter(n for s, n in zip(sentences, numbers) if s[0].text != "-DOCSTART-")
+    assert [real[n] for n in range(12)] == [5] * 12
+    assert [n for n in range(12) if held_out(n, 0.25)] == [3, 7, 11]
+    assert [n for n in range(12) if held_out(n, 0.5)] == [1, 3, 5, 7, 9, 11]
+    assert sum(held_out(n, 0.2) for n in range(216)) == 43
+
+
+def test_train_with_dev_holding_out_documents(tmp_path):
+    """dev_holdout: the held-out documents score each epoch and stay out of the vocabulary; the
+    model records the share, and evaluate (token level and raw) and calibrate use only them."""
+    from flair.models import SequenceTagger
+
+    from annotator.corpus import HOLDOUT_KEY, read_tagged_documents
+    from annotator.evaluation import evaluate
+    from annotator.raw_evaluation import calibrate, evaluate_raw
+
+    corpus_dir = _with_dev_documents(write_corpus(tmp_path / "corpus"))
+    toml = tmp_path / "holdout.toml"
+    toml.write_text(
+        'preset = "offline"\ntrain_with_dev = true\ndev_holdout = 0.5\nanneal_after = [1]\n'
+        "max_epochs = 2\nhidden_size = 16\nword_embedding_dim = 16\nmin_word_freq = 1\n"
+        'device = "cpu"\n'
+    )
+    result = CliRunner().invoke(
+        cli, ["train", str(corpus_dir), "--config", str(toml), "-o", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "best held-out dev F1" in result.output and "best-model.pt" in result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(e["dev_f1"] is not None for e in metrics["epochs"])
+    model = tmp_path / "run" / "best-model.pt"
+    tagger = SequenceTagger.load(model)
+    assert tagger.model_card[HOLDOUT_KEY] == 0.5
+    vocab = set(tagger.embeddings.embeddings[0].vocab)
+    assert "zzkeptword" in vocab and "zzheldword" not in vocab
+
+    held = [d for n, d in enumerate(read_tagged_documents(corpus_dir / "dev.txt")) if n % 2]
+    scored = evaluate(model, corpus_dir, "dev", device="cpu")
+    assert scored.sentences == sum(len(d) for d in held) + len(held)  # with their -DOCSTART-
+    assert scored.micro.support == sum(
+        tag.startswith("B-") for d in held for s in d for _, tag in s
+    )
+    raw = evaluate_raw(model, corpus_dir, "dev", device="cpu")
+    assert raw.documents == len(held) == 6
+    assert raw.micro.support == scored.micro.support
+    calibrate(model, corpus_dir, tmp_path / "calibrated.pt", device="cpu")
+    card = SequenceTagger.load(tmp_path / "calibrated.pt").model_card
+    assert "(the documents held out of training)" in card["annotator_calibration"]["fitted_on"]
+    # a model trained without dev keeps the whole dev split
+    assert evaluate_raw(model, corpus_dir, "test", device="cpu").documents == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("train_with_dev = true\ndev_holdout = 1.0\n", "dev_holdout must be"),
+        ("dev_holdout = 0.25\n", "dev_holdout > 0 needs train_with_dev = true"),
+    ],
+)
+def test_dev_holdout_settings_are_checked(tmp_path, settings, message):
+    toml = tmp_path / "bad.toml"
+    toml.write_text(settings)
+    with pytest.raises(AnnotatorError, match=message):
+        resolve_config(None, toml)

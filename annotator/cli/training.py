@@ -118,12 +118,14 @@ def train(
             err=True,
         )
         sys.exit(1)
+    scored = not config.train_with_dev or config.dev_holdout
+    dev = "held-out dev" if config.dev_holdout else "dev"
     selection = (
-        "no dev split: the last epoch's model"
-        if config.train_with_dev
-        else f"best dev F1 {percent(result.best_dev_f1)} at epoch {result.best_epoch}"
+        f"best {dev} F1 {percent(result.best_dev_f1)} at epoch {result.best_epoch}"
+        if scored
+        else "no dev split: the last epoch's model"
     )
-    model = output / ("final-model.pt" if config.train_with_dev else "best-model.pt")
+    model = output / ("best-model.pt" if scored else "final-model.pt")
     epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
     click.echo(f"trained {epochs} in {result.seconds:.0f} s; {selection}; model: {model}")
     if result.test:

@@ -85,7 +85,13 @@ def model_card(
     micro = test["micro"]
     speed = metrics.get("speed", {})
     settings = tomllib.loads(config)
-    if settings.get("train_with_dev"):
+    if settings.get("dev_holdout"):
+        selection = (
+            f"trained on train + dev except {100 * settings['dev_holdout']:g}% of dev's documents, "
+            f"held out: best held-out dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch "
+            f"{metrics['best_epoch']} of {metrics['epoch']}"
+        )
+    elif settings.get("train_with_dev"):
         selection = (
             f"trained on train + dev for {metrics['epoch']} epochs on a fixed learning-rate "
             "schedule (no dev scores: dev is training data)"
