@@ -73,6 +73,16 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, packa
     )
     assert CliRunner().invoke(cli, ["package-model", str(run), "--command", "x"]).exit_code == 0
     assert "trained on train + dev for" in (package_dir / "MODEL_CARD.md").read_text()
+    (run / "config.toml").write_text(
+        config.replace("train_with_dev = false", "train_with_dev = true").replace(
+            "dev_holdout = 0.0", "dev_holdout = 0.25"
+        )
+    )
+    assert CliRunner().invoke(cli, ["package-model", str(run), "--command", "x"]).exit_code == 0
+    assert (
+        "except 25% of dev's documents, held out: best held-out dev micro-F1"
+        in (package_dir / "MODEL_CARD.md").read_text()
+    )
     (run / "config.toml").write_text(config.replace("glove_words = 0", "glove_words = 150000"))
     assert CliRunner().invoke(cli, ["package-model", str(run), "--command", "x"]).exit_code == 0
     assert "(the 150,000 most frequent words)" in (package_dir / "MODEL_CARD.md").read_text()

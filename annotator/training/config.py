@@ -169,7 +169,9 @@ def resolve_config(
     if config.keep_corpus_tokens and not config.retokenize:
         raise AnnotatorError("keep_corpus_tokens = true needs retokenize = true")
     if not 0 <= config.dev_holdout < 1:
-        raise AnnotatorError(f"dev_holdout must be from 0 up to below 1, not {config.dev_holdout}")
+        raise AnnotatorError(
+            f"dev_holdout must be a share of at least 0 and below 1, not {config.dev_holdout}"
+        )
     if config.dev_holdout and not config.train_with_dev:
         raise AnnotatorError("dev_holdout > 0 needs train_with_dev = true")
     return config
