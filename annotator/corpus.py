@@ -310,11 +310,11 @@ def held_out_dev(items: list, numbers: list[int], tagger, what: str) -> list:
         return items
     kept = [item for item, number in zip(items, numbers, strict=True) if held_out(number, share)]
     log.info(
-        "dev: the %d of %d %s in the documents this model held out of training (dev_holdout = %g)",
+        "dev: only the documents this model held out of training (dev_holdout = %g): %d of %d %s",
+        share,
         len(kept),
         len(items),
         what,
-        share,
     )
     return kept
 

@@ -249,6 +249,8 @@ def calibrate(
         annotator=annotator,
     )
     scores, correct = [s for s, _ in result.scored], [c for _, c in result.scored]
+    if not scores:
+        raise AnnotatorError(f"the model finds no entity in {split}: there is nothing to calibrate")
     x, y = fit_isotonic(scores, correct)
     card = {
         "x": x,

@@ -192,3 +192,20 @@ def test_evaluate_raw_report_draws_the_reliability_diagram(
 
     data = json.loads((tmp_path / "both.json").read_text())
     assert set(data) == {"token_level", "raw"} and "ece" in data["raw"]["calibration"]
+
+
+def test_calibrate_refuses_a_split_where_the_model_finds_nothing(tiny_model, tmp_path):
+    """No predicted span leaves nothing to fit: one clear message, no empty map saved (which
+    would break every later annotate)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "dev", "test"):
+        (corpus / f"{split}.txt").write_text(
+            "-DOCSTART- -X- -X- O\n\nthe DT O B-PER\nof IN O O\n. . O O\n", encoding="utf-8"
+        )
+    outcome = CliRunner().invoke(
+        cli, ["calibrate", str(tiny_model), str(corpus), "-o", str(tmp_path / "c.pt")]
+    )
+    assert outcome.exit_code == 1
+    assert "finds no entity in dev: there is nothing to calibrate" in outcome.output
+    assert not (tmp_path / "c.pt").exists()

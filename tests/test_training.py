@@ -479,9 +479,9 @@ def test_train_with_dev_holding_out_documents(tmp_path):
     corpus_dir = _with_dev_documents(write_corpus(tmp_path / "corpus"))
     toml = tmp_path / "holdout.toml"
     toml.write_text(
-        'preset = "offline"\ntrain_with_dev = true\ndev_holdout = 0.5\nanneal_after = [1]\n'
-        "max_epochs = 2\nhidden_size = 16\nword_embedding_dim = 16\nmin_word_freq = 1\n"
-        'device = "cpu"\n'
+        'preset = "offline"\ntrain_with_dev = true\ndev_holdout = 0.5\nanneal_after = [3]\n'
+        "max_epochs = 4\nlearning_rate = 0.2\nbatch_size = 16\nhidden_size = 32\n"
+        'word_embedding_dim = 16\nmin_word_freq = 1\ndevice = "cpu"\n'
     )
     result = CliRunner().invoke(
         cli, ["train", str(corpus_dir), "--config", str(toml), "-o", str(tmp_path / "run")]
@@ -505,9 +505,12 @@ def test_train_with_dev_holding_out_documents(tmp_path):
     raw = evaluate_raw(model, corpus_dir, "dev", device="cpu")
     assert raw.documents == len(held) == 6
     assert raw.micro.support == scored.micro.support
+    assert raw.micro.f1 > 0.5  # it has learnt something: calibrate has spans to fit
     calibrate(model, corpus_dir, tmp_path / "calibrated.pt", device="cpu")
     card = SequenceTagger.load(tmp_path / "calibrated.pt").model_card
-    assert "(the documents held out of training)" in card["annotator_calibration"]["fitted_on"]
+    calibration = card["annotator_calibration"]
+    assert "(the documents held out of training)" in calibration["fitted_on"]
+    assert calibration["spans"] == len(raw.scored)
     # a model trained without dev keeps the whole dev split
     assert evaluate_raw(model, corpus_dir, "test", device="cpu").documents == 1
 
