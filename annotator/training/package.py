@@ -101,7 +101,16 @@ def model_card(
             f"best dev micro-F1 {100 * metrics['best_dev_f1']:.2f} at epoch "
             f"{metrics['best_epoch']} of {metrics['epoch']}"
         )
+    holdout = settings.get("dev_holdout", 0.0)
+    if holdout:
+        dev_data = f", and on the {100 - 100 * holdout:g}% of dev's documents not held out"
+        calibration_data = f"the {100 * holdout:g}% of CoNLL++ dev's documents held out of training"
+    else:
+        dev_data = ", and on dev" if settings.get("train_with_dev") else ""
+        calibration_data = "CoNLL++ dev documents"
     return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        dev_data=dev_data,
+        calibration_data=calibration_data,
         size=f"{model.stat().st_size / 1e6:.1f}",
         glove=(
             f"the {settings['glove_words']:,} most frequent words"
