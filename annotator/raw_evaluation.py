@@ -29,9 +29,9 @@ from annotator.evaluation import EvalResult, Scores
 from annotator.files import write_json_atomically
 from annotator.tagging.calibration import (
     CARD_KEY,
+    FITS,
     SpanScorer,
     apply_map,
-    fit_isotonic,
     reliability,
 )
 from annotator.views.figures import plot_reliability
@@ -226,9 +226,12 @@ def calibrate(
     column_format: str | None = None,
     unit: str = "document",
     device: str = "auto",
+    method: str = "sigmoid",
 ) -> dict[str, Any]:
     """Fit the calibration map of MODEL's span marginals on a held-out split, end to end on raw
-    text (as `annotate` scores), and save the model with it in its card to `output`."""
+    text (as `annotate` scores), and save the model with it in its card to `output`. `method`:
+    sigmoid (Platt scaling: two parameters, steady on a small split) or isotonic (any monotone
+    shape, so it also follows the split's noise)."""
     from annotator.pipeline import Annotator
 
     annotator = Annotator(
@@ -251,8 +254,9 @@ def calibrate(
     scores, correct = [s for s, _ in result.scored], [c for _, c in result.scored]
     if not scores:
         raise AnnotatorError(f"the model finds no entity in {split}: there is nothing to calibrate")
-    x, y = fit_isotonic(scores, correct)
+    x, y = FITS[method](scores, correct)
     card = {
+        "method": method,
         "x": x,
         "y": y,
         "fitted_on": f"{Path(corpus_dir).name} {split}"
@@ -270,5 +274,5 @@ def calibrate(
     return {
         "before": reliability(scores, correct),
         "after": reliability(apply_map(card, scores), correct),
-        "breakpoints": len(x),
+        "method": method,
     }

@@ -16,6 +16,7 @@ from annotator.tagging.calibration import (
     SpanMarginals,
     apply_map,
     fit_isotonic,
+    fit_sigmoid,
     reliability,
 )
 from annotator.tagging.crf import forward_backward_packed
@@ -118,6 +119,40 @@ def test_isotonic_map_is_monotone_and_fits_shares():
     assert before > 0.1 and after < 0.02
 
 
+def _sigmoid(value: float) -> float:
+    return 1 / (1 + math.exp(-value))
+
+
+def _logit(value: float) -> float:
+    return math.log(value / (1 - value))
+
+
+def test_sigmoid_map_recovers_the_log_odds_line_and_is_monotone():
+    """Spans right with probability sigmoid(0.5 * logit(score) - 0.3): the fit finds that line
+    (so its map is the truth) and brings the ECE down."""
+    rng = random.Random(1)
+    scores = [rng.uniform(0.01, 0.999) for _ in range(5000)]
+    correct = [rng.random() < _sigmoid(0.5 * _logit(s) - 0.3) for s in scores]
+    x, y = fit_sigmoid(scores, correct)
+    assert all(a < b for a, b in zip(x, x[1:])) and all(a <= b for a, b in zip(y, y[1:]))
+    probes = [0.05, 0.3, 0.5, 0.8, 0.95, 0.99]
+    truth = [_sigmoid(0.5 * _logit(p) - 0.3) for p in probes]
+    assert apply_map({"x": x, "y": y}, probes) == pytest.approx(truth, abs=0.03)
+    before = reliability(scores, correct)["ece"]
+    after = reliability(apply_map({"x": x, "y": y}, scores), correct)["ece"]
+    assert before > 0.1 and after < 0.02
+
+
+def test_sigmoid_map_of_scores_that_say_nothing_is_the_share_right():
+    """Scores that fall as correctness rises get no decreasing map: every span scores the
+    share right; certain scores (0 and 1) do not break the fit."""
+    scores = [0.0, 0.1, 0.2, 0.8, 0.9, 1.0] * 50
+    correct = [True, True, False, True, False, False] * 50
+    x, y = fit_sigmoid(scores, correct)
+    assert y == pytest.approx([0.5] * len(y))
+    assert len(x) == len(y) and x[0] < 0.001 and x[-1] > 0.999
+
+
 def test_calibrated_model_survives_save_and_reload_and_engines_agree(
     tiny_model, synthetic_corpus, tmp_path, single_thread
 ):
@@ -130,9 +165,12 @@ def test_calibrated_model_survives_save_and_reload_and_engines_agree(
         ["calibrate", str(tiny_model), str(synthetic_corpus), "-o", str(output), "--device", "cpu"],
     )
     assert outcome.exit_code == 0, outcome.output
-    assert "ECE of the span marginals" in outcome.output
+    assert (
+        "ECE of the span marginals" in outcome.output and "calibrated (sigmoid)" in outcome.output
+    )
     tagger = load_tagger(output, device="cpu")
     card = tagger.model_card[CARD_KEY]
+    assert card["method"] == "sigmoid"
     assert card["y"] == sorted(card["y"]) and len(card["x"]) == len(card["y"]) >= 1
     sentences = [
         s.split()

@@ -506,9 +506,10 @@ def test_train_with_dev_holding_out_documents(tmp_path):
     assert raw.documents == len(held) == 6
     assert raw.micro.support == scored.micro.support
     assert raw.micro.f1 > 0.5  # it has learnt something: calibrate has spans to fit
-    calibrate(model, corpus_dir, tmp_path / "calibrated.pt", device="cpu")
+    calibrate(model, corpus_dir, tmp_path / "calibrated.pt", device="cpu", method="isotonic")
     card = SequenceTagger.load(tmp_path / "calibrated.pt").model_card
     calibration = card["annotator_calibration"]
+    assert calibration["method"] == "isotonic"
     assert "(the documents held out of training)" in calibration["fitted_on"]
     assert calibration["spans"] == len(raw.scored)
     # a model trained without dev keeps the whole dev split

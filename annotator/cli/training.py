@@ -261,6 +261,14 @@ def evaluate(
     show_default=True,
     help="Raw text per -DOCSTART- document, or per sentence.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["sigmoid", "isotonic"]),
+    default="sigmoid",
+    show_default=True,
+    help="sigmoid: Platt scaling of the log odds (two parameters, steady on a small split); "
+    "isotonic: any non-decreasing map (follows more of the split's noise).",
+)
 @COLUMN_FORMAT
 @DEVICE
 def calibrate(
@@ -269,6 +277,7 @@ def calibrate(
     output: Path,
     split: str,
     unit: str,
+    method: str,
     column_format: str,
     device: str,
 ) -> None:
@@ -280,11 +289,11 @@ def calibrate(
     _check_parent(output, "--output")
     from annotator.raw_evaluation import calibrate as fit
 
-    outcome = fit(model, corpus_dir, output, split, column_format, unit, device)
+    outcome = fit(model, corpus_dir, output, split, column_format, unit, device, method)
     before, after = outcome["before"], outcome["after"]
     click.echo(
         f"{split}: {before['spans']} spans; ECE of the span marginals {before['ece']:.3f}, "
-        f"calibrated {after['ece']:.3f} ({outcome['breakpoints']} breakpoints); model: {output}"
+        f"calibrated ({method}) {after['ece']:.3f}; model: {output}"
     )
 
 

@@ -75,6 +75,47 @@ def fit_isotonic(
     return [b[0] / b[2] for b in blocks], [b[1] / b[2] for b in blocks]
 
 
+#: the logits (log odds) at which a fitted sigmoid is tabulated, as breakpoints for `apply_map`
+SIGMOID_GRID = np.linspace(-16.0, 16.0, 129)
+
+
+def fit_sigmoid(
+    scores: Sequence[float], correct: Sequence[bool]
+) -> tuple[list[float], list[float]]:
+    """Platt scaling of the scores' log odds: P(right) = sigmoid(a * logit(score) + b), fitted
+    by Newton's method (logistic regression, two parameters), so that a small calibration set
+    gives a smooth map where isotonic steps would follow its noise. Tabulated as breakpoints
+    (x, y) for `apply_map`; a slope below 0 is clamped to 0, so the map never decreases."""
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+    features = np.stack([np.log(clipped / (1 - clipped)), np.ones_like(clipped)], axis=1)
+    target = np.asarray(correct, dtype=np.float64)
+
+    def loss(w: np.ndarray) -> float:  # the log loss, computed without overflow
+        z = features @ w
+        return float(np.mean(np.logaddexp(0, z) - target * z))
+
+    weights = np.zeros(2)
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-np.clip(features @ weights, -500, 500)))
+        hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, features.T @ (target - p))
+        size = 1.0  # halved until the loss falls: Newton's full step can overshoot
+        while size > 1e-6 and loss(weights + size * step) > loss(weights):
+            size /= 2
+        weights = weights + size * step
+        if np.abs(size * step).max() < 1e-10:
+            break
+    if weights[0] < 0:  # scores that say nothing: every span gets the share right
+        share = min(max(target.mean(), 1e-7), 1 - 1e-7)
+        weights = np.array([0.0, np.log(share / (1 - share))])
+    y = 1 / (1 + np.exp(-(weights[0] * SIGMOID_GRID + weights[1])))
+    return (1 / (1 + np.exp(-SIGMOID_GRID))).tolist(), y.tolist()
+
+
+#: how `annotator calibrate` can fit its map
+FITS = {"sigmoid": fit_sigmoid, "isotonic": fit_isotonic}
+
+
 def apply_map(calibration: dict[str, Any] | None, values: list[float]) -> list[float]:
     if not calibration or not values:
         return values
