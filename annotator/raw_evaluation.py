@@ -32,6 +32,7 @@ from annotator.tagging.calibration import (
     FITS,
     SpanScorer,
     apply_map,
+    out_of_fold_ece,
     reliability,
 )
 from annotator.views.figures import plot_reliability
@@ -275,4 +276,5 @@ def calibrate(
         "before": reliability(scores, correct),
         "after": reliability(apply_map(card, scores), correct),
         "method": method,
+        "out_of_fold_ece": {name: out_of_fold_ece(scores, correct, name) for name in FITS},
     }
