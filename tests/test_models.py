@@ -10,6 +10,7 @@ import annotator.models as models
 from annotator.cli import cli
 from annotator.errors import ModelError
 from annotator.files import sha256_file
+from annotator.tagging.calibration import CARD_KEY
 from annotator.tagging.engines import FlairEngine
 from annotator.training.package import (
     HALF_FROM,
@@ -64,6 +65,14 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, packa
         _weights(models.DEFAULT_MODEL)["crf.transitions"], state["state_dict"]["crf.transitions"]
     )
     assert "sha256 " + sha256_file(models.DEFAULT_MODEL) in models.DEFAULT_MODEL_CARD.read_text()
+    assert "mapped by an isotonic calibration" in models.DEFAULT_MODEL_CARD.read_text()
+    state["model_card"] = {CARD_KEY: {"method": "sigmoid", "x": [0.0, 1.0], "y": [0.1, 0.9]}}
+    torch.save(state, other)
+    result = CliRunner().invoke(
+        cli, ["package-model", str(run), "--command", "x", "--model", str(other)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "mapped by a sigmoid (Platt) calibration" in models.DEFAULT_MODEL_CARD.read_text()
 
     # a train + dev model has no dev scores to quote
     config = (run / "config.toml").read_text()

@@ -16,6 +16,7 @@ import tomllib
 from annotator import models
 from annotator.errors import ModelError
 from annotator.files import sha256_file
+from annotator.tagging.calibration import CARD_KEY
 
 CARD_TEMPLATE = models.DATA_DIR / "MODEL_CARD.template.md"
 # tensors of at least this many elements (weight matrices, vector tables) are packaged in float16;
@@ -37,20 +38,22 @@ def package_default_model(
     if not metrics.get("finished") or not metrics.get("test"):
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
-    save_half_precision(model_file or run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    card = save_half_precision(model_file or run_dir / "best-model.pt", models.DEFAULT_MODEL)
     # its training curve stays drawable (`annotator plot default`, docs/training.png)
     shutil.copyfile(run_dir / "metrics.json", models.DEFAULT_METRICS)
     raw = raw_test_scores(corpus_dir) if corpus_dir else None
     config = (run_dir / "config.toml").read_text()
-    card = model_card(metrics, config, command, models.DEFAULT_MODEL, raw)
-    models.DEFAULT_MODEL_CARD.write_text(card, encoding="utf-8")
+    method = (card.get(CARD_KEY) or {}).get("method", "isotonic")  # older maps: isotonic
+    text = model_card(metrics, config, command, models.DEFAULT_MODEL, raw, method)
+    models.DEFAULT_MODEL_CARD.write_text(text, encoding="utf-8")
     return models.DEFAULT_MODEL
 
 
-def save_half_precision(source: str | Path, target: str | Path) -> None:
+def save_half_precision(source: str | Path, target: str | Path) -> dict:
     """Copy a saved tagger with its large float32 tensors stored as float16, half their size
     (the int8 vector tables stay as they are). Loading is unchanged: `load_state_dict` copies
-    them back into the float32 parameters, so only the stored digits are fewer."""
+    them back into the float32 parameters, so only the stored digits are fewer. Returns the
+    model's card, read on the way."""
     import torch
 
     state = torch.load(source, map_location="cpu", weights_only=False)
@@ -59,6 +62,7 @@ def save_half_precision(source: str | Path, target: str | Path) -> None:
         if tensor.dtype == torch.float32 and tensor.numel() >= HALF_FROM:
             weights[name] = tensor.half()
     torch.save(state, target)
+    return state.get("model_card") or {}
 
 
 def raw_test_scores(corpus_dir: str | Path) -> dict[str, dict]:
@@ -72,10 +76,15 @@ def raw_test_scores(corpus_dir: str | Path) -> dict[str, dict]:
 
 
 def model_card(
-    metrics: dict, config: str, command: str, model: Path, raw: dict[str, dict] | None = None
+    metrics: dict,
+    config: str,
+    command: str,
+    model: Path,
+    raw: dict[str, dict] | None = None,
+    calibration: str = "isotonic",
 ) -> str:
     """The default model's card: data and terms, config and command, scores (end to end on raw
-    text first, where measured), speed, size, limits."""
+    text first, where measured), speed, size, limits. `calibration`: the method of its map."""
     test = metrics["test"]
     rows = "\n".join(
         f"| {label} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | "
@@ -111,6 +120,7 @@ def model_card(
     return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
         dev_data=dev_data,
         calibration_data=calibration_data,
+        calibration=("an isotonic" if calibration == "isotonic" else "a sigmoid (Platt)"),
         size=f"{model.stat().st_size / 1e6:.1f}",
         glove=(
             f"the {settings['glove_words']:,} most frequent words"
