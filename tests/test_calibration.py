@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -152,6 +153,18 @@ def test_sigmoid_map_of_scores_that_say_nothing_is_the_share_right():
     x, y = fit_sigmoid(scores, correct)
     assert y == pytest.approx([0.5] * len(y))
     assert len(x) == len(y) and x[0] < 0.001 and x[-1] > 0.999
+
+
+def test_sigmoid_map_stays_finite_where_a_score_separates_right_from_wrong():
+    """Every span under 0.5 wrong, every one above right: Platt's targets keep the slope
+    finite (no overflow), and the map stays short of certainty on 20 spans."""
+    scores = [0.2, 0.3, 0.4] * 3 + [0.7, 0.8, 0.9, 0.99] * 3
+    correct = [score > 0.5 for score in scores]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, y = fit_sigmoid(scores, correct)
+    low, high = apply_map({"x": x, "y": y}, [0.2, 0.99])
+    assert 0.0 < low < 0.2 and 0.9 < high < 1.0
 
 
 def test_out_of_fold_ece_scores_maps_on_spans_they_were_not_fitted_on():

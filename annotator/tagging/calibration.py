@@ -84,11 +84,15 @@ def fit_sigmoid(
 ) -> tuple[list[float], list[float]]:
     """Platt scaling of the scores' log odds: P(right) = sigmoid(a * logit(score) + b), fitted
     by Newton's method (logistic regression, two parameters), so that a small calibration set
-    gives a smooth map where isotonic steps would follow its noise. Tabulated as breakpoints
-    (x, y) for `apply_map`; a slope below 0 is clamped to 0, so the map never decreases."""
+    gives a smooth map where isotonic steps would follow its noise. The targets are Platt's
+    (right: (n+1)/(n+2), wrong: 1/(m+2) for n right and m wrong spans), which keeps the fit
+    finite where a score separates right from wrong. Tabulated as breakpoints (x, y) for
+    `apply_map`; a slope below 0 is clamped to 0, so the map never decreases."""
     clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
     features = np.stack([np.log(clipped / (1 - clipped)), np.ones_like(clipped)], axis=1)
-    target = np.asarray(correct, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    n, m = int(right.sum()), int((~right).sum())
+    target = np.where(right, (n + 1) / (n + 2), 1 / (m + 2))
 
     def loss(w: np.ndarray) -> float:  # the log loss, computed without overflow
         z = features @ w
@@ -96,7 +100,7 @@ def fit_sigmoid(
 
     weights = np.zeros(2)
     for _ in range(100):
-        p = 1 / (1 + np.exp(-np.clip(features @ weights, -500, 500)))
+        p = np.exp(-np.logaddexp(0, -(features @ weights)))
         hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, features.T @ (target - p))
         size = 1.0  # halved until the loss falls: Newton's full step can overshoot
@@ -108,7 +112,7 @@ def fit_sigmoid(
     if weights[0] < 0:  # scores that say nothing: every span gets the share right
         share = min(max(target.mean(), 1e-7), 1 - 1e-7)
         weights = np.array([0.0, np.log(share / (1 - share))])
-    y = 1 / (1 + np.exp(-(weights[0] * SIGMOID_GRID + weights[1])))
+    y = np.exp(-np.logaddexp(0, -(weights[0] * SIGMOID_GRID + weights[1])))
     return (1 / (1 + np.exp(-SIGMOID_GRID))).tolist(), y.tolist()
 
 
