@@ -275,6 +275,5 @@ def calibrate(
     return {
         "before": reliability(scores, correct),
         "after": reliability(apply_map(card, scores), correct),
-        "method": method,
         "out_of_fold_ece": {name: out_of_fold_ece(scores, correct, name) for name in FITS},
     }

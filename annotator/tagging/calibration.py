@@ -103,8 +103,8 @@ def fit_sigmoid(
         p = np.exp(-np.logaddexp(0, -(features @ weights)))
         hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, features.T @ (target - p))
-        size = 1.0  # halved until the loss falls: Newton's full step can overshoot
-        while size > 1e-6 and loss(weights + size * step) > loss(weights):
+        size, current = 1.0, loss(weights)  # halved until the loss falls: a full step can overshoot
+        while size > 1e-6 and loss(weights + size * step) > current:
             size /= 2
         weights = weights + size * step
         if np.abs(size * step).max() < 1e-10:
