@@ -79,6 +79,14 @@ def fit_isotonic(
 SIGMOID_GRID = np.linspace(-16.0, 16.0, 129)
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0, -z))  # without overflow at large |z|
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
+
+
 def fit_sigmoid(
     scores: Sequence[float], correct: Sequence[bool]
 ) -> tuple[list[float], list[float]]:
@@ -89,7 +97,7 @@ def fit_sigmoid(
     finite where a score separates right from wrong. Tabulated as breakpoints (x, y) for
     `apply_map`; a slope below 0 is clamped to 0, so the map never decreases."""
     clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-    features = np.stack([np.log(clipped / (1 - clipped)), np.ones_like(clipped)], axis=1)
+    features = np.stack([_logit(clipped), np.ones_like(clipped)], axis=1)
     right = np.asarray(correct, dtype=bool)
     n, m = int(right.sum()), int((~right).sum())
     target = np.where(right, (n + 1) / (n + 2), 1 / (m + 2))
@@ -100,7 +108,7 @@ def fit_sigmoid(
 
     weights = np.zeros(2)
     for _ in range(100):
-        p = np.exp(-np.logaddexp(0, -(features @ weights)))
+        p = _sigmoid(features @ weights)
         hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, features.T @ (target - p))
         size, current = 1.0, loss(weights)  # halved until the loss falls: a full step can overshoot
@@ -110,10 +118,9 @@ def fit_sigmoid(
         if np.abs(size * step).max() < 1e-10:
             break
     if weights[0] < 0:  # scores that say nothing: every span gets the share right
-        share = min(max(target.mean(), 1e-7), 1 - 1e-7)
-        weights = np.array([0.0, np.log(share / (1 - share))])
-    y = np.exp(-np.logaddexp(0, -(weights[0] * SIGMOID_GRID + weights[1])))
-    return (1 / (1 + np.exp(-SIGMOID_GRID))).tolist(), y.tolist()
+        weights = np.array([0.0, _logit(target.mean())])  # Platt's targets: strictly in (0, 1)
+    y = _sigmoid(weights[0] * SIGMOID_GRID + weights[1])
+    return _sigmoid(SIGMOID_GRID).tolist(), y.tolist()
 
 
 #: how `annotator calibrate` can fit its map
@@ -134,7 +141,7 @@ def out_of_fold_ece(
         mapped = np.empty(len(values))
         for k in range(folds):
             x, y = FITS[method](values[fold != k].tolist(), right[fold != k].tolist())
-            mapped[fold == k] = np.interp(values[fold == k], x, y)
+            mapped[fold == k] = apply_map({"x": x, "y": y}, values[fold == k].tolist())
         eces.append(reliability(mapped.tolist(), right.tolist())["ece"])
     return float(np.mean(eces))
 
