@@ -213,14 +213,18 @@ def check_column_format(path: Path, spec: str, lines: int = 500) -> None:
     )
 
 
-def find_split_files(corpus_dir: str | Path) -> dict[str, Path]:
-    """The train/dev/test files of a corpus folder, by the usual naming conventions."""
-    corpus_dir = Path(corpus_dir)
-    if not corpus_dir.is_dir():
-        raise CorpusError(f"{corpus_dir}: no such corpus directory")
+def find_split_files(corpus: str | Path) -> dict[str, Path]:
+    """The split files of a corpus: a folder's train/dev/test files by the usual naming
+    conventions, or one column file, which stands for dev and test (a labelled sample of one's
+    own text, to evaluate or calibrate a model on)."""
+    corpus = Path(corpus)
+    if corpus.is_file():
+        return {"dev": corpus, "test": corpus}
+    if not corpus.is_dir():
+        raise CorpusError(f"{corpus}: no such corpus folder or file")
     patterns = {"train": ("train",), "dev": ("dev", "testa", "valid"), "test": ("testb", "test")}
     found: dict[str, Path] = {}
-    files = sorted(p for p in corpus_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in corpus.iterdir() if p.is_file() and not p.name.startswith("."))
     for split, keys in patterns.items():
         for key in keys:
             match = [
@@ -233,9 +237,19 @@ def find_split_files(corpus_dir: str | Path) -> dict[str, Path]:
             if match:
                 found[split] = match[0]
                 break
-    if "train" not in found:
-        raise CorpusError(f"{corpus_dir}: no training file (a file whose name contains 'train')")
+    if not found:
+        raise CorpusError(
+            f"{corpus}: no corpus file (a file whose name contains 'train', 'dev' or 'test')"
+        )
     return found
+
+
+def training_files(corpus_dir: str | Path) -> dict[str, Path]:
+    """`find_split_files` of a corpus to train on, which must have a train split."""
+    files = find_split_files(corpus_dir)
+    if "train" not in files:
+        raise CorpusError(f"{corpus_dir}: no training file (a file whose name contains 'train')")
+    return files
 
 
 #: one sentence of a column file: (token, tag) pairs
@@ -301,6 +315,13 @@ def model_holdout(tagger) -> float:
     return float((getattr(tagger, "model_card", None) or {}).get(HOLDOUT_KEY, 0.0))
 
 
+def holds_out(corpus: str | Path, split: str, tagger) -> bool:
+    """Whether `split` of `corpus` is reduced to the documents `tagger` held out of training:
+    dev of a corpus folder, for a model trained on train + dev (one file is a sample of its own,
+    scored whole)."""
+    return split == "dev" and Path(corpus).is_dir() and bool(model_holdout(tagger))
+
+
 def held_out_dev(items: list, numbers: list[int], tagger, what: str) -> list:
     """`items` (dev's sentences or documents, numbered by document) reduced to the documents
     the model held out of training, where it was trained on train + dev; logged, so that a
@@ -320,46 +341,44 @@ def held_out_dev(items: list, numbers: list[int], tagger, what: str) -> list:
 
 
 def token_spans(tags: list[str]) -> list[tuple[int, int, str]]:
-    """(first token, end token, label) of each entity in IOB1, BIO or BIOES tags."""
-    spans: list[tuple[int, int, str]] = []
-    start, label = -1, ""
-    for index, tag in enumerate([*tags, "O"]):
-        prefix, _, kind = tag.partition("-")
-        if start >= 0 and (tag == "O" or prefix in ("B", "S") or kind != label):
-            spans.append((start, index, label))
-            start = -1
-        if tag != "O" and start < 0:
-            start, label = index, kind
-        if start >= 0 and prefix in ("E", "S"):
-            spans.append((start, index + 1, label))
-            start = -1
-    return spans
+    """(first token, end token, label) of each entity in IOB1, BIO or BIOES tags, as Flair reads
+    them into spans (its `get_spans_from_bio`), malformed sequences and `_` tags included: the
+    gold of `evaluate --raw` is the gold of Flair's token-level evaluation."""
+    from flair.data import get_spans_from_bio
+
+    return [
+        (indices[0], indices[-1] + 1, label) for indices, _, label in get_spans_from_bio(list(tags))
+    ]
 
 
-def load_corpus(corpus_dir: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT):
-    """Read a column-format corpus with Flair (IOB1, BIO and BIOES tags all become spans)."""
+def load_corpus(corpus: str | Path, column_format: str = DEFAULT_COLUMN_FORMAT):
+    """Read a column-format corpus (a folder, or one file: see `find_split_files`) with Flair
+    (IOB1, BIO and BIOES tags all become spans). Every line is a token, as
+    `read_tagged_documents` reads it: Flair's default would drop a `#` token as a comment."""
     from flair.datasets import ColumnCorpus
 
     from annotator.logs import flair_imported
 
     flair_imported()
     columns, _ = parse_column_format(column_format)
-    files = find_split_files(corpus_dir)
-    for path in files.values():
+    files = find_split_files(corpus)
+    for path in set(files.values()):
         check_column_format(path, column_format)
     try:
         return ColumnCorpus(
-            Path(corpus_dir),
+            next(iter(files.values())).parent,
             columns,
-            train_file=files["train"].name,
+            train_file=files["train"].name if "train" in files else None,
             dev_file=files["dev"].name if "dev" in files else None,
             test_file=files["test"].name if "test" in files else None,
+            autofind_splits=False,
+            comment_symbol=None,
             sample_missing_splits=False,
             in_memory=True,
             encoding="utf-8",
         )
     except UnicodeDecodeError as exc:
-        raise CorpusError(f"{corpus_dir}: a corpus file is not UTF-8 ({exc})") from None
+        raise CorpusError(f"{corpus}: a corpus file is not UTF-8 ({exc})") from None
 
 
 @dataclass

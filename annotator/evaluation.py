@@ -16,6 +16,7 @@ from annotator.corpus import (
     DEFAULT_COLUMN_FORMAT,
     document_numbers,
     held_out_dev,
+    holds_out,
     load_corpus,
     split_sentences,
 )
@@ -147,7 +148,7 @@ def split_for(tagger, corpus_dir: str | Path, split: str, column_format: str) ->
     if dataset is None:
         raise AnnotatorError(f"{corpus_dir}: has no {split} split")
     sentences = [dataset[index] for index in range(len(dataset))]
-    if split == "dev":
+    if holds_out(corpus_dir, split, tagger):
         sentences = held_out_dev(sentences, document_numbers(sentences), tagger, "sentences")
     return sentences
 

@@ -20,7 +20,7 @@ from annotator.corpus import (
     Tagged,
     find_split_files,
     held_out_dev,
-    model_holdout,
+    holds_out,
     read_tagged_documents,
     token_spans,
 )
@@ -181,7 +181,7 @@ def evaluate_raw(
         span_scores=span_scores,
     )
     documents = read_tagged_documents(files[split], column_format)
-    if split == "dev":
+    if holds_out(corpus_dir, split, annotator.tagger):
         numbers = list(range(len(documents)))
         documents = held_out_dev(documents, numbers, annotator.tagger, "documents")
     texts = rebuild(documents, unit)
@@ -260,12 +260,9 @@ def calibrate(
         "method": method,
         "x": x,
         "y": y,
-        "fitted_on": f"{Path(corpus_dir).name} {split}"
-        + (
-            " (the documents held out of training)"
-            if split == "dev" and model_holdout(tagger)
-            else ""
-        )
+        "fitted_on": Path(corpus_dir).name
+        + (f" {split}" if Path(corpus_dir).is_dir() else "")
+        + (" (the documents held out of training)" if holds_out(corpus_dir, split, tagger) else "")
         + f", raw text per {unit}",
         "spans": len(scores),
     }

@@ -1,12 +1,24 @@
 import io
 import shutil
 import urllib.error
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
 from annotator.cli import cli
-from annotator.corpus import CORPORA, corpus_stats, fetch_corpus, load_corpus, parse_column_format
+from annotator.corpus import (
+    CORPORA,
+    HOLDOUT_KEY,
+    corpus_stats,
+    fetch_corpus,
+    find_split_files,
+    holds_out,
+    load_corpus,
+    parse_column_format,
+    read_tagged_documents,
+    training_files,
+)
 from annotator.errors import CorpusError
 from tests.synthetic import write_corpus
 
@@ -104,6 +116,42 @@ def test_iob1_and_two_column_files_read_as_spans(tmp_path):
     ]
     stats = corpus_stats(tmp_path, "text,ner")
     assert stats["train"].entities == {"PER": 2, "ORG": 1, "LOC": 1}
+
+
+def test_a_labelled_sample_is_a_corpus_and_a_hash_token_stays_a_token(tmp_path):
+    """One file, or a folder without a train file, can be evaluated or calibrated on; only
+    training needs a train split. A `#` token is a token for Flair as for the raw texts."""
+    sample = tmp_path / "sample.conll"
+    sample.write_text("# O\n1 O\nfor O\nAcme B-ORG\n\nParis B-LOC\n", encoding="utf-8")
+    assert find_split_files(sample) == {"dev": sample, "test": sample}
+    corpus = load_corpus(sample, "text,ner")
+    assert corpus.train is None and len(corpus.dev) == len(corpus.test) == 2
+    assert [t.text for t in corpus.test[0]] == ["#", "1", "for", "Acme"]
+    assert [t for t, _ in read_tagged_documents(sample, "text,ner")[0][0]] == [
+        "#",
+        "1",
+        "for",
+        "Acme",
+    ]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "dev.txt").write_text(sample.read_text(), encoding="utf-8")
+    assert find_split_files(folder) == {"dev": folder / "dev.txt"}
+    for where in (sample, folder):
+        with pytest.raises(CorpusError, match="no training file"):
+            training_files(where)
+    with pytest.raises(CorpusError, match="no corpus file"):
+        find_split_files(tmp_path)  # it holds sample.conll and a folder: no split's file
+
+
+def test_only_a_corpus_folder_s_dev_is_reduced_to_held_out_documents(tmp_path):
+    sample = tmp_path / "dev.txt"
+    sample.write_text("Paris B-LOC\n", encoding="utf-8")
+    held_out_model = SimpleNamespace(model_card={HOLDOUT_KEY: 0.25})
+    assert holds_out(tmp_path, "dev", held_out_model)
+    assert not holds_out(sample, "dev", held_out_model)  # a sample of one's own, scored whole
+    assert not holds_out(tmp_path, "test", held_out_model)
+    assert not holds_out(tmp_path, "dev", SimpleNamespace(model_card={}))
 
 
 def test_column_format_needs_text_and_tag():

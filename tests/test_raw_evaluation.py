@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -56,6 +57,11 @@ def test_token_spans_read_iob1_bio_and_bioes():
         (3, 4, "MISC"),
     ]
     assert token_spans(["I-PER", "I-ORG", "O"]) == [(0, 1, "PER"), (1, 2, "ORG")]
+    # malformed sequences and `_` tags read as Flair reads them, so that end-to-end gold and
+    # Flair's token-level gold are the same spans
+    assert token_spans(["S-PER", "I-PER"]) == [(0, 2, "PER")]
+    assert token_spans(["B-PER", "E-PER", "I-PER"]) == [(0, 3, "PER")]
+    assert token_spans(["_", "B-PER", ""]) == [(1, 2, "PER")]
 
 
 def test_rebuilt_documents_and_sentences_keep_gold_text(corpus_dir):
@@ -134,3 +140,46 @@ def test_evaluate_raw_cli_writes_json(tiny_model, corpus_dir, tmp_path, single_t
     data = json.loads(out.read_text())
     assert data["unit"] == "sentence" and data["micro"]["support"] == 5
     assert len(data["calibration"]["bins"]) == 10
+
+
+def test_a_labelled_sample_file_is_evaluated_and_calibrated_on_as_a_split(
+    tiny_model, synthetic_corpus, tmp_path, single_thread
+):
+    """A user's own labelled text, one file: scored as the same text is as a corpus's test
+    split, token level and end to end, and a calibration map fitted on it, named after it."""
+    from annotator.models import load_tagger
+    from annotator.tagging.calibration import CARD_KEY
+
+    sample = tmp_path / "my-sample.conll"
+    shutil.copy(synthetic_corpus / "test.txt", sample)
+    runner = CliRunner()
+    scores = {}
+    for corpus in (synthetic_corpus, sample):
+        out = tmp_path / f"{corpus.name}.json"
+        outcome = runner.invoke(
+            cli,
+            [
+                "evaluate",
+                str(tiny_model),
+                str(corpus),
+                "--raw",
+                "--report",
+                str(tmp_path / f"report-{corpus.name}"),
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ],
+        )
+        assert outcome.exit_code == 0, outcome.output
+        scores[corpus] = json.loads(out.read_text())
+    assert scores[sample] == scores[synthetic_corpus]
+    assert scores[sample]["raw"]["micro"]["support"] > 0
+    calibrated = tmp_path / "mine.pt"
+    outcome = runner.invoke(
+        cli, ["calibrate", str(tiny_model), str(sample), "-o", str(calibrated), "--device", "cpu"]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.startswith("my-sample.conll: ")
+    card = load_tagger(calibrated, device="cpu").model_card[CARD_KEY]
+    assert card["fitted_on"] == "my-sample.conll, raw text per document"

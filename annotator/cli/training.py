@@ -135,10 +135,11 @@ def train(
 @cli.command(
     short_help="Precision, recall and F1 of a model.",
     epilog="Example:\n\n\b\n  annotator evaluate runs/offline data/conllpp --split test "
-    "--report runs/offline/report\n  annotator evaluate default data/conllpp",
+    "--report runs/offline/report\n  annotator evaluate default data/conllpp\n"
+    "  annotator evaluate default my-sample.conll --column-format text,ner --raw",
 )
 @click.argument("model")
-@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("corpus_dir", metavar="CORPUS", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True
 )
@@ -191,7 +192,8 @@ def evaluate(
     progress: bool | None,
 ) -> None:
     """Span-level precision, recall and F1 of MODEL (a file, a run folder, `default` or a hub
-    name) on a split of CORPUS_DIR."""
+    name) on a split of CORPUS: a corpus folder, or one column file (a labelled sample of your
+    own text, which is then both its dev and its test split)."""
     import json
 
     from annotator.models import resolve_model
@@ -236,10 +238,11 @@ def evaluate(
 
 @cli.command(
     short_help="Make a model's span scores probabilities.",
-    epilog="Example:\n\n\b\n  annotator calibrate runs/offline data/conllpp -o calibrated.pt",
+    epilog="Example:\n\n\b\n  annotator calibrate runs/offline data/conllpp -o calibrated.pt\n"
+    "  annotator calibrate default my-sample.conll --column-format text,ner -o mine.pt",
 )
 @click.argument("model")
-@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("corpus_dir", metavar="CORPUS", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--output",
     "-o",
@@ -281,8 +284,9 @@ def calibrate(
     column_format: str,
     device: str,
 ) -> None:
-    """Fit a calibration map for MODEL's span scores (CRF span marginals) on a held-out split,
-    end to end on raw text, so that spans scored s are right about s of the time."""
+    """Fit a calibration map for MODEL's span scores (CRF span marginals) on a held-out split of
+    CORPUS (a corpus folder, or one column file: a labelled sample of your own text), end to end
+    on raw text, so that spans scored s are right about s of the time."""
     from annotator.models import resolve_model
 
     resolve_model(model)  # a mistyped path fails here, before anything loads
@@ -291,8 +295,9 @@ def calibrate(
 
     outcome = fit(model, corpus_dir, output, split, column_format, unit, device, method)
     before, after = outcome["before"], outcome["after"]
+    fitted_on = split if corpus_dir.is_dir() else corpus_dir.name
     click.echo(
-        f"{split}: {before['spans']} spans; ECE of the span marginals {before['ece']:.3f}, "
+        f"{fitted_on}: {before['spans']} spans; ECE of the span marginals {before['ece']:.3f}, "
         f"calibrated ({method}) {after['ece']:.3f}; model: {output}"
     )
     checked = ", ".join(f"{name} {ece:.4f}" for name, ece in outcome["out_of_fold_ece"].items())

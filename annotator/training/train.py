@@ -22,11 +22,11 @@ from typing import Any
 from annotator.corpus import (
     HOLDOUT_KEY,
     document_numbers,
-    find_split_files,
     held_out,
     load_corpus,
     parse_column_format,
     sha256_file,
+    training_files,
 )
 from annotator.errors import AnnotatorError
 from annotator.files import write_json_atomically
@@ -189,7 +189,7 @@ def _train(
     _, label_type = parse_column_format(config.column_format)
     checksums = {
         split: {"file": path.name, "sha256": sha256_file(path)}
-        for split, path in find_split_files(corpus_dir).items()
+        for split, path in training_files(corpus_dir).items()
     }
     state: dict[str, Any]
     if resume:
