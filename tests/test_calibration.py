@@ -107,6 +107,39 @@ def test_marginals_of_alternatives_at_a_token_sum_to_one():
     assert sum(marginals(emissions, lengths, spans)) + outside == pytest.approx(1.0)
 
 
+def test_span_marginals_of_a_float32_model_are_summed_in_float64():
+    """A long sentence of confident float32 emissions, as a trained model gives them: its
+    marginals are those of the same numbers in float64 (in float32 the sums lose the digits
+    that tell 0.999 from 1.0)."""
+    generator = torch.Generator().manual_seed(5)
+    transitions = torch.randn(len(TAGS), len(TAGS), generator=generator)
+    sentence = 12 * torch.randn(240, len(TAGS), generator=generator)
+    emissions, lengths = _packed([sentence])
+    spans = [(0, [t], label) for t in range(0, 240, 7) for label in ("PER", "LOC")]
+    found = SpanMarginals(TAGS, transitions, START, STOP)(emissions, lengths, spans)
+    exact = SpanMarginals(TAGS, transitions.double(), START, STOP)(
+        emissions.double(), lengths, spans
+    )
+    assert found == pytest.approx(exact, rel=1e-12, abs=1e-15)
+    assert any(0.999 < value < 1.0 for value in exact)
+
+
+def test_isotonic_map_gives_tied_scores_their_share():
+    """Spans of one score are one block, however their right and wrong ones sort: 1.0 maps to
+    the share right at 1.0, not to certainty (real marginals tie at 1.0 by the thousand)."""
+    scores = [1.0] * 100 + [0.5] * 100
+    correct = [n < 80 for n in range(100)] + [n < 50 for n in range(100)]
+    x, y = fit_isotonic(scores, correct)
+    assert apply_map({"x": x, "y": y}, [0.5, 1.0]) == pytest.approx([0.5, 0.8])
+
+
+def test_out_of_fold_ece_of_fewer_spans_than_folds_is_not_a_number():
+    assert math.isnan(out_of_fold_ece([0.9], [True], "isotonic"))
+    assert (
+        out_of_fold_ece([0.9, 0.2, 0.7, 0.4, 0.6], [True, False, True, False, True], "sigmoid") >= 0
+    )
+
+
 def test_isotonic_map_is_monotone_and_fits_shares():
     rng = random.Random(0)
     scores = [rng.random() for _ in range(2000)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -300,7 +301,10 @@ def calibrate(
         f"{fitted_on}: {before['spans']} spans; ECE of the span marginals {before['ece']:.3f}, "
         f"calibrated ({method}) {after['ece']:.3f}; model: {output}"
     )
-    checked = ", ".join(f"{name} {ece:.4f}" for name, ece in outcome["out_of_fold_ece"].items())
+    checked = ", ".join(
+        f"{name} n/a (too few spans)" if math.isnan(ece) else f"{name} {ece:.4f}"
+        for name, ece in outcome["out_of_fold_ece"].items()
+    )
     click.echo(f"ECE on spans left out of the fit (5 folds, 5 repeats): {checked}")
 
 

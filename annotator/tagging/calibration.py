@@ -11,6 +11,7 @@ says how far scores are from the share of spans that are right.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,8 +66,11 @@ def fit_isotonic(
     """A non-decreasing map score → share correct by pool-adjacent-violators, as breakpoints
     (x, y) for linear interpolation (clamped at the ends)."""
     blocks: list[list[float]] = []  # [sum of x, sum of correct, count]
-    for x, right in sorted(zip(scores, correct)):
-        blocks.append([x, float(right), 1.0])
+    # spans of one score are one block: sorted one by one, the wrong ones would go below the
+    # right ones and the map would give that score two shares, neither of them its own
+    for x, tied in itertools.groupby(sorted(zip(scores, correct)), key=lambda pair: pair[0]):
+        rights = [right for _, right in tied]
+        blocks.append([x * len(rights), float(sum(rights)), float(len(rights))])
         while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
             x_sum, c_sum, n = blocks.pop()
             blocks[-1][0] += x_sum
@@ -132,8 +136,11 @@ def out_of_fold_ece(
 ) -> float:
     """The ECE a `method` map reaches on spans it was not fitted on: each fold's spans scored
     by the map fitted on the others, averaged over `repeats` seeded shuffles. The in-sample ECE
-    flatters a map that follows its split's noise; this is what a new split would see."""
+    flatters a map that follows its split's noise; this is what a new split would see. NaN
+    for fewer spans than folds: no fold would be fitted on enough of them."""
     values, right = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if len(values) < folds:
+        return float("nan")
     rng = np.random.default_rng(0)
     eces = []
     for _ in range(repeats):
@@ -176,13 +183,17 @@ class SpanMarginals:
 
     def __call__(self, emissions, lengths, spans: list[PackedSpan]) -> list[float]:
         """Marginals of `spans` in a packed batch of sentences of `lengths` (sorted,
-        descending)."""
+        descending), computed in float64: in float32 the forward and backward sums of a long
+        sentence lose the digits that tell a marginal of 0.996 from 1.0, where a calibration
+        map needs them."""
         import torch
 
         if not spans:
             return []
+        emissions = emissions.double()
+        transitions = self.transitions.to(emissions.device, torch.float64)
         alpha, beta, log_z = forward_backward_packed(
-            emissions, lengths, self.transitions, self.start_index, self.stop_index
+            emissions, lengths, transitions, self.start_index, self.stop_index
         )
         rows, tags, owners, firsts = [], [], [], []
         for number, (_, span_rows, label) in enumerate(spans):
@@ -199,7 +210,7 @@ class SpanMarginals:
         steps = torch.where(
             first_t,
             alpha[rows_t, tags_t],
-            self.transitions[tags_t, torch.roll(tags_t, 1)] + emissions[rows_t, tags_t],
+            transitions[tags_t, torch.roll(tags_t, 1)] + emissions[rows_t, tags_t],
         )
         total = torch.zeros(len(spans), dtype=emissions.dtype, device=device)
         total.index_add_(0, torch.tensor(owners, device=device), steps)
@@ -217,7 +228,7 @@ class SpanScorer:
         dictionary = tagger.label_dictionary
         self.marginals = SpanMarginals(
             dictionary.get_items(),
-            tagger.crf.transitions.detach().float(),
+            tagger.crf.transitions.detach(),
             dictionary.get_idx_for_item(START_TAG),
             dictionary.get_idx_for_item(STOP_TAG),
         )
