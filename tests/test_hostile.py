@@ -208,7 +208,7 @@ def test_output_to_a_fifo_or_through_a_symlink_never_replaces_it(tiny_model, tmp
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
-    result = _run(str(source), "-m", str(tiny_model), "-o", str(fifo), "--format", "jsonl")
+    result = _run(str(source), "-m", str(tiny_model), "-o", str(fifo))  # a stream: JSONL
     assert result.exit_code == 0, result.output
     assert json.loads(reader.communicate(timeout=30)[0])["doc_id"] == "a"
     assert fifo.is_fifo()  # still a FIFO, not a regular file
@@ -241,6 +241,76 @@ def test_a_link_to_a_descriptor_or_a_device_is_written_in_place(tiny_model, tmp_
     result = _run(str(source), "-m", str(tiny_model), "-o", str(full), "--format", "jsonl")
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert full.is_char_device() and "Traceback" not in result.output
+
+
+def test_an_output_never_overwrites_an_input_or_another_output(tmp_path):
+    """Refused before a model loads (exit 2), whatever the spelling: the input's own path, a
+    link to it, a detour through `..`; `--errors` or `--html` on an input; two outputs on one
+    path; an output where a folder input's next read would take it for input."""
+    source = _write(tmp_path / "in.jsonl", ['{"id": "a", "text": "Paris"}'])
+    (tmp_path / "link.jsonl").symlink_to(source)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    _write(folder / "a.jsonl", ['{"id": "b", "text": "Rome"}'])
+    other = str(tmp_path / "out.jsonl")
+    cases = [
+        ([str(source), "-o", str(source)], "-o {} is an input"),
+        ([str(source), "-o", str(tmp_path / "link.jsonl")], "is an input"),
+        ([str(source), "-o", f"{tmp_path}/../{tmp_path.name}/in.jsonl"], "is an input"),
+        ([str(tmp_path / "*.jsonl"), "-o", str(source)], "is an input"),
+        ([str(source), "--errors", str(source), "-o", other], "--errors {} is an input"),
+        ([str(source), "--html", str(source), "-o", other], "--html {} is an input"),
+        ([str(source), "--errors", other, "-o", other], "is also -o's path"),
+        ([str(folder), "-o", str(folder / "out.parquet")], "inside the input folder"),
+        ([str(folder), "-o", f"{folder}/parts/"], "inside the input folder"),
+        (["-", "-"], "- (stdin) is given more than once"),
+        ([str(source), "-o", other, "--min-score", "nan"], "nan is not a number"),
+    ]
+    for args, message in cases:
+        result = _run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message.format(source) in result.output, (args, result.output)
+    assert source.read_text() == '{"id": "a", "text": "Paris"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "in.jsonl", "link.jsonl"]
+    assert [p.name for p in folder.iterdir()] == ["a.jsonl"]
+    result = CliRunner().invoke(cli, ["view", str(source), "-o", str(source)])
+    assert result.exit_code == 2 and "is an input" in result.output
+    assert source.read_text() == '{"id": "a", "text": "Paris"}\n'
+
+
+def test_bom_boolean_ids_and_undecodable_file_names_are_handled_per_record(tmp_path):
+    """A UTF-8 byte-order mark opens a file, it is not text; `true` is no id; a file name that
+    is not UTF-8 cannot be a source or an id: a bad record, not a failed write later."""
+    jsonl = _write(
+        tmp_path / "bom.jsonl",
+        [b'\xef\xbb\xbf{"id": "a", "text": "Paris"}', '{"id": true, "text": "Rome"}'],
+    )
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfParis is big.")
+    name = os.fsdecode(b"bad\xff.txt")
+    (tmp_path / name).write_text("Rome")
+    records = list(read_documents(expand_inputs([str(jsonl), str(tmp_path)])))
+    by_row = [(type(r).__name__, r.row) for r in records]
+    assert by_row[:2] == [("Document", 1), ("RecordError", 2)]
+    assert records[0].text == "Paris" and "field 'id' is bool" in records[1].reason
+    texts = {r.id: r.text for r in records if not isinstance(r, RecordError)}
+    assert texts["bom.txt"] == "Paris is big."
+    bad = [r for r in records if isinstance(r, RecordError) and r.source.endswith(name)]
+    assert len(bad) == 1 and "name is not valid UTF-8" in bad[0].reason
+
+
+def test_input_fields_give_way_to_the_tools_keys_and_stdin_may_be_compressed(tiny_model):
+    """An input field named `doc_id` or `source` does not replace the tool's (JSONL as in
+    Parquet); gzip data on stdin is recognised by its first bytes."""
+    line = b'{"id": "a", "text": "John Smith lives in Paris .", "doc_id": "zzz", "source": "x"}\n'
+    result = subprocess.run(  # the real stdin: a buffered pipe
+        [sys.executable, "-m", "annotator", "annotate", "-m", str(tiny_model), "--device", "cpu"],
+        input=gzip.compress(line),
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    record = json.loads(result.stdout)
+    assert (record["doc_id"], record["source"], record["source_row"]) == ("a", "-", 1)
 
 
 def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path):

@@ -17,6 +17,9 @@ import click
 from annotator import __version__, logs
 from annotator.errors import AnnotatorError
 
+#: what a stop leaves: a file output as it was before, a directory run's parts, a checkpoint
+_STOPPED = "stopped; unfinished files removed (finished parts and checkpoints stay: --resume)"
+
 
 class _Terminated(BaseException):
     """SIGTERM, raised where the program stands, so that temporary files are removed on the way
@@ -34,10 +37,10 @@ class _Group(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted (Ctrl-C): stopped; no partial output kept", err=True)
+            click.echo(f"Interrupted (Ctrl-C): {_STOPPED}", err=True)
             ctx.exit(130)
         except _Terminated:
-            click.echo("Terminated (SIGTERM): stopped; no partial output kept", err=True)
+            click.echo(f"Terminated (SIGTERM): {_STOPPED}", err=True)
             ctx.exit(143)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -14,11 +15,18 @@ from annotator.errors import AnnotatorError, UsageError
 EXIT_SKIPPED = 3
 
 
-def _check_annotate(inputs: tuple[str, ...], output: str | None, settings: Any, run: Any) -> None:
+def _check_annotate(
+    inputs: tuple[str, ...],
+    output: str | None,
+    settings: Any,
+    run: Any,
+    include_suffixes: tuple[str, ...] = (),
+) -> None:
     """Every refusal of `annotate`'s inputs, outputs and options, before a model loads."""
     import glob
     import os
 
+    from annotator.io.readers import STDIN, check_outputs_apart
     from annotator.io.writers import STDOUT, output_format
     from annotator.models import resolve_model
     from annotator.runs.directory import is_directory_output
@@ -28,7 +36,14 @@ def _check_annotate(inputs: tuple[str, ...], output: str | None, settings: Any, 
     for item in inputs:
         if item != "-" and not glob.has_magic(item) and not os.path.exists(item):
             raise UsageError(f"{item}: no such file or directory")
+    if inputs.count(STDIN) > 1:
+        raise UsageError("- (stdin) is given more than once: it can be read only once")
     try:
+        check_outputs_apart(
+            inputs,
+            {"-o": output, "--errors": settings.errors, "--html": run.page},
+            include_suffixes,
+        )
         Shard.parse(run.shard)
         _check(list(inputs), output, run, _worker_devices(settings, run))
         directory = is_directory_output(output)
@@ -45,6 +60,13 @@ def _check_annotate(inputs: tuple[str, ...], output: str | None, settings: Any, 
     if settings.errors:
         _check_parent(settings.errors, "--errors")
     resolve_model(settings.model)
+
+
+def _a_number(value: float, param: Any) -> float:
+    """FloatRange lets NaN through (every comparison with it is false)."""
+    if math.isnan(value):
+        raise click.BadParameter("nan is not a number from 0 to 1", param=param)
+    return value
 
 
 def _exit_quietly_on_broken_pipe() -> None:
@@ -119,6 +141,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     default=0.0,
     show_default=True,
     type=click.FloatRange(0, 1),
+    callback=lambda ctx, param, value: _a_number(value, param),
     help="Keep entities scoring at least this (0 to 1).",
 )
 @click.option(
@@ -235,7 +258,7 @@ def annotate(
         page=html_page,
         page_limit=html_limit,
     )
-    _check_annotate(inputs, output, settings, run)
+    _check_annotate(inputs, output, settings, run, include_suffixes)
     if html_page:
         _check_parent(html_page, "--html")
     if include_suffixes:  # through the environment: worker processes see it too

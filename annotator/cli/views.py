@@ -13,6 +13,7 @@ from annotator.cli import cli
 from annotator.cli.options import _check_parent, _input_options
 from annotator.errors import AnnotatorError, UsageError
 from annotator.files import write_atomically
+from annotator.io.readers import check_outputs_apart
 
 
 @cli.command(
@@ -106,6 +107,10 @@ def view(
 ) -> None:
     """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
     _check_parent(output, "-o")
+    try:
+        check_outputs_apart([spans, *docs], {"-o": output})
+    except AnnotatorError as exc:
+        raise UsageError(str(exc)) from None
     with _no_torch():  # displaCy needs none of it: the page is drawn in a second, not four
         import spacy.displacy  # noqa: F401
 

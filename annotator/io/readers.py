@@ -172,8 +172,17 @@ def detect_format(path: str, explicit: str | None) -> tuple[str, str | None]:
     return (_EXTENSIONS.get(suffixes[-1], "text") if suffixes else "text"), compression
 
 
+#: the first bytes of a compressed stream: stdin has no extension to tell
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
 def _open_binary(path: str, compression: str | None) -> IO[bytes]:
     raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
+    if path == STDIN and compression is None and hasattr(raw, "peek"):
+        start = raw.peek(4)[:4]
+        compression = next(
+            (kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None
+        )
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if compression == "zstd":
@@ -194,6 +203,9 @@ def read_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) 
         if path != STDIN and os.path.isdir(path):  # a folder that could not be listed
             yield RecordError(path, 0, "cannot read this folder (permission denied?)")
             continue
+        if not _is_utf8(path):  # its id and source could not be written as text
+            yield RecordError(path, 0, "the file's name is not valid UTF-8")
+            continue
         last = None
         try:
             for record in reader(path, compression, options):
@@ -205,6 +217,14 @@ def read_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) 
                 yield RecordError(path, 0, f"cannot read this file: {reason}")
             else:  # where it broke: the record after the last one read
                 yield RecordError(path, last + 1, f"cannot read the rest of this file: {reason}")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name, escaped as lone surrogates
+        return False
+    return True
 
 
 def _stable_id(source: str, row: int) -> str:
@@ -222,7 +242,7 @@ def _document(record: dict[str, Any], source: str, row: int, options: ReaderOpti
     doc_id = record.get(options.id_field)
     if doc_id is None:
         doc_id = _stable_id(source, row)
-    elif not isinstance(doc_id, (str, int)):
+    elif not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
         return RecordError(
             source,
             row,
@@ -235,6 +255,8 @@ def _document(record: dict[str, Any], source: str, row: int, options: ReaderOpti
 def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
     with _open_binary(path, compression) as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(_BOM)  # written by some Windows tools; not JSON
             if not raw.strip():
                 continue
             try:
@@ -267,6 +289,9 @@ def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> I
             yield _document(record, path, number, options)
 
 
+#: The UTF-8 byte-order mark that may open a file: a marker, not text.
+_BOM = b"\xef\xbb\xbf"
+
 #: A JSON escape of a UTF-16 surrogate: only then can a decoded string hold a lone one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -287,7 +312,7 @@ def _read_text(path: str, compression: str | None, options: ReaderOptions) -> It
     with _open_binary(path, compression) as handle:
         data = handle.read()
     try:
-        text = data.decode("utf-8")
+        text = data.removeprefix(_BOM).decode("utf-8")
     except UnicodeDecodeError as exc:
         yield RecordError(path, 0, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
         return
@@ -340,3 +365,55 @@ def count_documents(inputs: list[str], options: ReaderOptions = ReaderOptions())
             with _open_binary(path, compression) as handle:
                 total += sum(1 for line in handle if line.strip())
     return total
+
+
+def _identity(path: str) -> tuple[int, int] | str:
+    """What a path names: the file itself (device, inode: through links and other spellings),
+    or, for a file not there yet, its resolved path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (info.st_dev, info.st_ino)
+
+
+def check_outputs_apart(
+    inputs: list[str] | tuple[str, ...],
+    outputs: dict[str, str | None],
+    include: tuple[str, ...] | None = None,
+) -> None:
+    """Refuse outputs (flag → path; a directory output included) that would overwrite an input
+    file, share a path with another output, or lie inside an input folder where that folder's
+    next read would take them for input. Streams (`-`) and devices are never refused."""
+    named = {
+        flag: path
+        for flag, path in outputs.items()
+        if path and path != STDIN and not (os.path.exists(path) and _is_device(path))
+    }
+    seen: dict[tuple[int, int] | str, str] = {}
+    for flag, path in named.items():
+        other = seen.setdefault(_identity(path), flag)
+        if other != flag:
+            raise AnnotatorError(f"{flag} {path} is also {other}'s path: give each its own file")
+    wanted = _wanted_suffixes(include)
+    for item in inputs:
+        if item == STDIN:
+            continue
+        files = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        for flag, path in named.items():
+            if os.path.isdir(item):
+                inside = os.path.realpath(path).startswith(os.path.realpath(item) + os.sep)
+                folder = path.endswith(("/", os.sep)) or os.path.isdir(path)
+                if inside and (folder or _suffix_of(Path(path)) in wanted):
+                    raise AnnotatorError(
+                        f"{flag} {path} lies inside the input folder {item}, whose next read "
+                        "would take it for input: write it elsewhere"
+                    )
+            elif any(_identity(path) == _identity(f) for f in files if os.path.exists(f)):
+                raise AnnotatorError(f"{flag} {path} is an input: it would be overwritten")
+
+
+def _is_device(path: str) -> bool:
+    import stat
+
+    return not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path)

@@ -107,7 +107,8 @@ def entity_record(entity: Entity) -> dict[str, Any]:
 
 
 def output_format(output: str | None, explicit: str | None) -> str:
-    """`--format`, else the output's extension, else JSONL (stdout)."""
+    """`--format`, else the output's extension, else JSONL (stdout, and a stream such as
+    /dev/stdout, /dev/null or a FIFO, which has no extension to tell)."""
     if explicit:
         return explicit
     if output and output != STDOUT:
@@ -116,11 +117,28 @@ def output_format(output: str | None, explicit: str | None) -> str:
             return "parquet"
         if suffix in (".jsonl", ".json", ".ndjson"):
             return "jsonl"
+        if not suffix and _is_stream(output):
+            return "jsonl"
         raise AnnotatorError(
             f"{output}: cannot tell the output format from the extension; "
             "use .jsonl or .parquet, or --format"
         )
     return "jsonl"
+
+
+#: the keys the documents layout writes itself: never taken from the input
+_OWN_KEYS = frozenset({"doc_id", "entities", "source", "source_row", "run_id", "model_sha"})
+
+
+def _is_stream(output: str) -> bool:
+    """A device or FIFO (through links): written in place, as stdout is."""
+    import stat
+
+    try:
+        mode = os.stat(output).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 def default_layout(fmt: str) -> str:
@@ -204,11 +222,12 @@ class JsonlWriter:
         if self.layout == "spans":
             text = "".join(_dumps(span_row(doc, e, self.provenance)) for e in entities)
         else:
+            own = {"source": doc.source, "source_row": doc.row, **self.provenance}
             record: dict[str, Any] = {"doc_id": doc.id}
-            if not self.drop_fields:
-                record.update(doc.fields)
+            if not self.drop_fields:  # an input field of one of the tool's names gives way
+                record.update((k, v) for k, v in doc.fields.items() if k not in _OWN_KEYS)
             record["entities"] = [entity_record(e) for e in entities]
-            record.update(source=doc.source, source_row=doc.row, **self.provenance)
+            record.update(own)
             text = _dumps(record)
         try:
             self.handle.write(text)
