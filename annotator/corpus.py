@@ -200,17 +200,23 @@ def check_column_format(path: Path, spec: str, lines: int = 500) -> None:
     width = min(len(row) for row in rows)
     tagged = [i for i in range(width) if all(_TAG.fullmatch(row[i]) for row in rows)]
     position = next(i for i, name in columns.items() if name == tag)
-    if position < width and position in tagged:
+    named = max(columns) + 1
+    if position < width and position in tagged and (len(tagged) == 1 or named >= width):
         return
-    if len(tagged) == 1 and tagged[0] > 0:
-        names = ["text"] + ["_"] * (tagged[0] - 1) + ["ner"]
-        found = f"its tags are in column {tagged[0] + 1}: use --column-format {','.join(names)}"
+    where = " and ".join(str(i + 1) for i in tagged)
+    if tagged and tagged[-1] > 0:  # CoNLL's chunk tags look like entity tags: NER comes last
+        names = ["text"] + ["_"] * (tagged[-1] - 1) + ["ner"]
+        found = (
+            f"its tags are in column{'s' if len(tagged) > 1 else ''} {where}: use "
+            f"--column-format {','.join(names)}" + (" (the last)" if len(tagged) > 1 else "")
+        )
     else:
         found = "no column of IOB/BIO/BIOES tags found; give --column-format (e.g. text,ner)"
-    raise CorpusError(
-        f"{path}: has {width} column{'s' if width != 1 else ''}, and column {position + 1} "
-        f"({tag!r} in --column-format {spec}) holds no tags; {found}"
-    )
+    if position < width and position in tagged:  # several tag columns, not all of them named
+        problem = f"--column-format {spec} names {named} of them, and columns {where} hold tags"
+    else:
+        problem = f"column {position + 1} ({tag!r} in --column-format {spec}) holds no tags"
+    raise CorpusError(f"{path}: has {width} column{'s' if width != 1 else ''}; {problem}; {found}")
 
 
 def find_split_files(corpus: str | Path) -> dict[str, Path]:

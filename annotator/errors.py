@@ -16,6 +16,12 @@ class ModelError(AnnotatorError):
     """A model cannot be found, fetched or loaded."""
 
 
+class MissingModel(ModelError):
+    """A model path that does not exist: a bad value, found before anything loads (exit 2)."""
+
+    exit_code = 2
+
+
 class RecordFailed(Exception):
     """One record cannot be written (or split, or tagged): the pipeline reports it as a bad
     record, with this reason, and the run goes on."""

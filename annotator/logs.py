@@ -54,15 +54,18 @@ def configure(verbose: bool = False, label: str = "%(name)s") -> None:
 
 @contextlib.contextmanager
 def flair_quieted() -> Iterator[None]:
-    """Flair's info lines off for a block (it logs a tag dictionary to stdout on load), restored
+    """Flair's info lines off for a block (it logs a tag dictionary to stdout on load), and the
+    hub client's retry warnings (a hub name without a network would print a dozen), restored
     after: a library user's logging stays theirs."""
-    flair_log = logging.getLogger("flair")
-    level = flair_log.level
-    flair_log.setLevel(max(level, logging.WARNING))
+    quieted = {"flair": logging.WARNING, "huggingface_hub": logging.ERROR}
+    levels = {name: logging.getLogger(name).level for name in quieted}
+    for name, floor in quieted.items():
+        logging.getLogger(name).setLevel(max(levels[name], floor))
     try:
         yield
     finally:
-        flair_log.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}

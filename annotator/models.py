@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotator.corpus import sha256_file
-from annotator.errors import AnnotatorError, ModelError
+from annotator.errors import AnnotatorError, MissingModel, ModelError
 from annotator.logs import flair_imported, flair_quieted
 
 log = logging.getLogger("annotator")
@@ -61,7 +61,7 @@ def resolve_model(model: str | Path | None) -> str | Path:
     if path.exists():
         return path
     if isinstance(model, Path) or looks_like_path(str(model)):
-        raise ModelError(
+        raise MissingModel(
             f"{model}: no such model file or folder (give a path that exists, `default` for "
             "the packaged model, or a hub name)"
         )

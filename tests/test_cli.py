@@ -66,7 +66,10 @@ codes = [
         ["annotate", "examples/documents.jsonl", "--format", "parquet"],
         ["annotate", "missing.jsonl"],
         ["annotate", "examples/documents.jsonl", "-m", "examples/smal"],
+        ["annotate", "examples/no-such-*.jsonl"],
+        ["annotate", "examples/documents.jsonl", "-o", "examples/documents.jsonl"],
         ["train", "examples", "-o", "x", "--max-epochs", "0"],
+        ["train", "examples", "-o", "x", "--config", "pyproject.toml"],
         ["view", "examples/documents.jsonl", "-o", "no/such/folder/v.html"],
     )
 ]
@@ -86,7 +89,10 @@ print(codes, "flair" in sys.modules, "torch" in sys.modules)
         "2,",
         "2,",
         "2,",
-        "1,",
+        "2,",
+        "2,",
+        "2,",
+        "2,",
         "2,",
         "2]",
         "False",
@@ -130,7 +136,7 @@ def test_a_missing_model_path_fails_at_once_and_default_names_the_packaged_model
             assert looks_like_path(name), name
             started = time.perf_counter()
             result = CliRunner().invoke(cli, ["tag", "hello", "-m", name])
-            assert result.exit_code == 1 and "no such model file or folder" in result.output
+            assert result.exit_code == 2 and "no such model file or folder" in result.output
             assert time.perf_counter() - started < 2
         assert not looks_like_path("flair/ner-english") and not looks_like_path("ner-fast")
     finally:

@@ -166,6 +166,12 @@ def test_column_format_needs_text_and_tag():
     [
         ("John B-PER\nSmith I-PER\nmet O\nParis B-LOC\n\n", "--column-format text,ner"),
         ("B-PER John\nI-PER Smith\nO met\n\n", "no column of IOB/BIO/BIOES tags"),
+        # CoNLL's chunk column looks like tags too: three names for four columns is refused
+        (
+            "John NNP B-NP B-PER\nSmith NNP I-NP I-PER\nmet VBD B-VP O\n\n",
+            "names 3 of them, and columns 3 and 4 hold tags; its tags are in columns 3 and 4: "
+            "use --column-format text,_,_,ner (the last)",
+        ),
     ],
 )
 def test_a_column_format_that_does_not_fit_is_one_line(tmp_path, lines, advice):
@@ -177,9 +183,11 @@ def test_a_column_format_that_does_not_fit_is_one_line(tmp_path, lines, advice):
         ["corpus", "stats", str(corpus)],
         ["train", str(corpus), "-o", str(tmp_path / "run"), "--max-epochs", "1"],
     ):
+        if "B-NP" in lines:
+            args += ["--column-format", "text,pos,ner"]
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1, result.output
         assert "Traceback" not in result.output
         assert advice in result.output and "--column-format" in result.output
         assert len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "run" / "best-model.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before its folder was made

@@ -333,7 +333,8 @@ def test_plot_takes_a_metrics_file_or_default_and_axes_read_percent(tiny_model, 
     from annotator.views.figures import _percent_ticks
 
     out = tmp_path / "curves.png"
-    assert _run(["plot", str(tiny_model.parent / "metrics.json"), "-o", str(out)]).exit_code == 0
+    drawn = _run(["plot", str(tiny_model.parent / "metrics.json"), "-o", str(out)])
+    assert drawn.exit_code == 0 and drawn.stdout == ""  # the path is a log line: on stderr
     assert _png_size(out) == (1000, 800)
     assert _run(["plot", "default"]).exit_code == 2  # -o is needed
     packaged = _run(["plot", "default", "-o", str(out)])

@@ -36,6 +36,12 @@ def _check_annotate(
     for item in inputs:
         if item != "-" and not glob.has_magic(item) and not os.path.exists(item):
             raise UsageError(f"{item}: no such file or directory")
+        if (
+            glob.has_magic(item)
+            and not os.path.exists(item)
+            and not glob.glob(item, recursive=True)
+        ):
+            raise UsageError(f"{item}: no file matches this pattern")
     if inputs.count(STDIN) > 1:
         raise UsageError("- (stdin) is given more than once: it can be read only once")
     try:

@@ -62,7 +62,8 @@ MODEL = click.option(
     envvar="ANNOTATOR_MODEL",
     show_envvar=True,
     help="Flair model file or training folder, `default` (the packaged model, also when "
-    "absent), or a hub name. A value that looks like a path (a / or a .pt suffix) must exist.",
+    "absent), or a hub name (`name`, `org/name`). A value that looks like a path (it starts "
+    "with / . ~, ends in .pt, or its folder exists) must exist.",
 )
 
 

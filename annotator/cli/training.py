@@ -308,7 +308,12 @@ def calibrate(
     click.echo(f"ECE on spans left out of the fit (5 folds, 5 repeats): {checked}")
 
 
-@cli.command("package-model", hidden=True)
+@cli.command(
+    "package-model",
+    hidden=True,  # the maintainers' step of `make model`
+    epilog="Example:\n\n\b\n  annotator package-model build/default-model "
+    "--model build/default-model/calibrated-model.pt --command 'make model' --corpus build/conllpp",
+)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--command", "command", required=True, help="The training command, for the card.")
 @click.option(
@@ -329,4 +334,5 @@ def package_model(
     """Make RUN_DIR's best model (or --model) the packaged default (used by `make model`)."""
     from annotator.training.package import package_default_model
 
-    click.echo(f"packaged {package_default_model(run_dir, command, corpus_dir, model_file)}")
+    packaged = package_default_model(run_dir, command, corpus_dir, model_file)
+    click.echo(f"packaged {packaged}", err=True)

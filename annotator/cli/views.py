@@ -49,7 +49,7 @@ def plot(model_dir: Path, output: Path | None) -> None:
     folder = run_folder(source)
     metrics = read_metrics(source if str(source).endswith(".json") else folder)
     name = "packaged default model" if packaged else folder.name
-    click.echo(str(plot_training(metrics, output or folder / TRAINING_PNG, name)))
+    click.echo(str(plot_training(metrics, output or folder / TRAINING_PNG, name)), err=True)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 import tomllib
 
 from annotator.corpus import DEFAULT_COLUMN_FORMAT
-from annotator.errors import AnnotatorError
+from annotator.errors import UsageError
 
 PRESETS = ("seed", "offline", "transformer")
 
@@ -110,7 +110,7 @@ class TrainConfig:
     @classmethod
     def for_preset(cls, preset: str) -> TrainConfig:
         if preset not in PRESETS:
-            raise AnnotatorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         config = cls(preset=preset)
         if preset == "transformer":
             config.learning_rate, config.batch_size, config.max_epochs = 5e-6, 4, 10
@@ -121,7 +121,7 @@ class TrainConfig:
         known = {f.name: f for f in dataclasses.fields(self)}
         for key, value in values.items():
             if key not in known:
-                raise AnnotatorError(
+                raise UsageError(
                     f"{origin}: unknown setting {key!r}; known: {', '.join(sorted(known))}"
                 )
             if value is None:
@@ -135,9 +135,9 @@ class TrainConfig:
                 and not all(isinstance(item, int) and not isinstance(item, bool) for item in value)
             ):
                 what = "a list of integers" if expected is list else expected.__name__
-                raise AnnotatorError(f"{origin}: {key} must be {what}, not {value!r}")
+                raise UsageError(f"{origin}: {key} must be {what}, not {value!r}")
             if key in CHOICES and value not in CHOICES[key]:
-                raise AnnotatorError(
+                raise UsageError(
                     f"{origin}: {key} must be one of {', '.join(CHOICES[key])}, not {value!r}"
                 )
             setattr(self, key, value)
@@ -159,19 +159,19 @@ def resolve_config(
         try:
             file_values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise AnnotatorError(f"{config_file}: no such config file") from None
+            raise UsageError(f"{config_file}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
-            raise AnnotatorError(f"{config_file}: not valid TOML ({exc})") from None
+            raise UsageError(f"{config_file}: not valid TOML ({exc})") from None
     preset = preset or file_values.get("preset") or "offline"
     config = TrainConfig.for_preset(preset)
     config.update({k: v for k, v in file_values.items() if k != "preset"}, str(config_file))
     config.update(overrides or {}, "command line")
     if config.keep_corpus_tokens and not config.retokenize:
-        raise AnnotatorError("keep_corpus_tokens = true needs retokenize = true")
+        raise UsageError("keep_corpus_tokens = true needs retokenize = true")
     if not 0 <= config.dev_holdout < 1:
-        raise AnnotatorError(
+        raise UsageError(
             f"dev_holdout must be a share of at least 0 and below 1, not {config.dev_holdout}"
         )
     if config.dev_holdout and not config.train_with_dev:
-        raise AnnotatorError("dev_holdout > 0 needs train_with_dev = true")
+        raise UsageError("dev_holdout > 0 needs train_with_dev = true")
     return config

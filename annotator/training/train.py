@@ -21,6 +21,7 @@ from typing import Any
 
 from annotator.corpus import (
     HOLDOUT_KEY,
+    check_column_format,
     document_numbers,
     held_out,
     load_corpus,
@@ -187,9 +188,11 @@ def _train(
     started = time.time()
     flair.device = choose_device(config.device)
     _, label_type = parse_column_format(config.column_format)
+    files = training_files(corpus_dir)
+    for path in set(files.values()):  # before the output folder is made: a refusal leaves none
+        check_column_format(path, config.column_format)
     checksums = {
-        split: {"file": path.name, "sha256": sha256_file(path)}
-        for split, path in training_files(corpus_dir).items()
+        split: {"file": path.name, "sha256": sha256_file(path)} for split, path in files.items()
     }
     state: dict[str, Any]
     if resume:
