@@ -265,6 +265,7 @@ def test_an_output_never_overwrites_an_input_or_another_output(tmp_path):
         ([str(folder), "-o", f"{folder}/parts/"], "inside the input folder"),
         (["-", "-"], "- (stdin) is given more than once"),
         ([str(source), "-o", other, "--min-score", "nan"], "nan is not a number"),
+        ([str(source), "-o", ""], "-o is an empty path"),
     ]
     for args, message in cases:
         result = _run(*args)
@@ -288,6 +289,7 @@ def test_bom_boolean_ids_and_undecodable_file_names_are_handled_per_record(tmp_p
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfParis is big.")
     name = os.fsdecode(b"bad\xff.txt")
     (tmp_path / name).write_text("Rome")
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")  # a link to nothing
     records = list(read_documents(expand_inputs([str(jsonl), str(tmp_path)])))
     by_row = [(type(r).__name__, r.row) for r in records]
     assert by_row[:2] == [("Document", 1), ("RecordError", 2)]
@@ -296,6 +298,8 @@ def test_bom_boolean_ids_and_undecodable_file_names_are_handled_per_record(tmp_p
     assert texts["bom.txt"] == "Paris is big."
     bad = [r for r in records if isinstance(r, RecordError) and r.source.endswith(name)]
     assert len(bad) == 1 and "name is not valid UTF-8" in bad[0].reason
+    gone = [r for r in records if isinstance(r, RecordError) and r.source.endswith("gone.jsonl")]
+    assert len(gone) == 1 and "No such file" in gone[0].reason
 
 
 def test_input_fields_give_way_to_the_tools_keys_and_stdin_may_be_compressed(tiny_model):

@@ -160,8 +160,8 @@ def test_view_reports_bad_offsets_and_missing_documents(docs_file, tmp_path):
     result = _run(["view", str(spans), "--docs", str(docs_file), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert (
-        "h2: ORG entity [30:80] 'Siemens': offsets outside the text (36 characters)"
-        in result.output
+        "h2: ORG entity [30:80] 'Siemens': offsets not whole numbers within the text "
+        "(36 characters)" in result.output
     )
     assert "h2: LOC entity [28:34] 'Paris': the text there is 'Berlin'" in result.output
     assert (
@@ -169,9 +169,20 @@ def test_view_reports_bad_offsets_and_missing_documents(docs_file, tmp_path):
         in result.output
     )
     page = out.read_text(encoding="utf-8")
-    assert "<b>2 entities not drawn</b>" in page and "offsets outside the text" in page
+    assert (
+        "<b>2 entities not drawn</b>" in page
+        and "offsets not whole numbers within the text" in page
+    )
     assert "not in --docs (&#x27;ghost&#x27;)" in page
     assert _marks(page) == [("John Smith", "PER")]  # the bad ones are listed, never drawn
+
+    # an entity that is no object, or float offsets, in a documents-layout file: said, not drawn
+    record = {"doc_id": "d", "text": "Paris is big.", "entities": [[0, 5]]}
+    record["entities"].append({"start_char": 0.0, "end_char": 5.0, "label": "LOC"})
+    documents = _jsonl(tmp_path / "documents.jsonl", [record])
+    result = _run(["view", str(documents), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("offsets not whole numbers within the text") == 2
 
     nothing = _jsonl(tmp_path / "other.jsonl", [_span("ghost", "Nobody", "PER", start=0)])
     result = _run(["view", str(nothing), "--docs", str(docs_file), "-o", str(out)])

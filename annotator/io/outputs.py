@@ -134,7 +134,8 @@ def _open_jsonl(path: str, compression: str | None, text_field: str) -> _Output:
                 yield (
                     str(record[key]),
                     text if isinstance(text, str) else None,
-                    [_entity(e) for e in entities if isinstance(e, dict)],
+                    # an entity that is no object is kept, for the page to say it cannot draw it
+                    [_entity(e) if isinstance(e, dict) else {"start": None} for e in entities],
                 )
             else:
                 if "doc_id" not in record:

@@ -102,10 +102,10 @@ def expand_inputs(
             files.append(STDIN)
         elif os.path.isdir(item):
             root = Path(item)
-            found = sorted(
+            found = sorted(  # a link to nothing too: its reader reports it, never a silent skip
                 p
                 for p in root.rglob("*")
-                if p.is_file()
+                if (p.is_file() or p.is_symlink() and not p.exists())
                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
             skipped = Counter(
@@ -385,6 +385,9 @@ def check_outputs_apart(
     """Refuse outputs (flag → path; a directory output included) that would overwrite an input
     file, share a path with another output, or lie inside an input folder where that folder's
     next read would take them for input. Streams (`-`) and devices are never refused."""
+    for flag, path in outputs.items():
+        if path == "":
+            raise AnnotatorError(f"{flag} is an empty path")
     named = {
         flag: path
         for flag, path in outputs.items()

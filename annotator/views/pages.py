@@ -224,7 +224,9 @@ def check_entities(
             f" {said!r}" if said is not None else ""
         )
         if not (_is_int(start) and _is_int(end)) or not 0 <= start < end <= len(text):
-            problems.append(f"{where}: offsets outside the text ({len(text)} characters)")
+            problems.append(
+                f"{where}: offsets not whole numbers within the text ({len(text)} characters)"
+            )
         elif said is not None and text[start:end] != said:
             problems.append(f"{where}: the text there is {text[start:end]!r}")
         elif start < end_of_last:
@@ -374,7 +376,7 @@ def build_view(
         for doc_id, text, entities in output.records:
             if text is None:
                 raise AnnotatorError(
-                    f"{spans_file}: record {doc_id!r} has no {text_field!r} field "
+                    f"{spans_file}: record {doc_id!r} has no {text_field!r} field of text "
                     "(written with --drop-fields, or another --text-field?); "
                     "give the documents annotate read with --docs FILE"
                 )
