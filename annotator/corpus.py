@@ -200,7 +200,7 @@ def check_column_format(path: Path, spec: str, lines: int = 500) -> None:
     width = min(len(row) for row in rows)
     tagged = [i for i in range(width) if all(_TAG.fullmatch(row[i]) for row in rows)]
     position = next(i for i, name in columns.items() if name == tag)
-    named = max(columns) + 1
+    named = len(spec.split(","))  # `_` too: naming every column is an explicit choice
     if position < width and position in tagged and (len(tagged) == 1 or named >= width):
         return
     where = " and ".join(str(i + 1) for i in tagged)
@@ -272,18 +272,21 @@ def read_tagged_documents(
     tag_column = next(index for index, name in columns.items() if name == tag_name)
     documents: list[list[Tagged]] = [[]]
     sentence: Tagged = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.split()
-            if parts and parts[0] == "-DOCSTART-":
-                if documents[-1]:
-                    documents.append([])
-                continue
-            if parts:
-                sentence.append((parts[text_column], parts[tag_column]))
-            elif sentence:
-                documents[-1].append(sentence)
-                sentence = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")  # as a file iterates lines
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 ({exc})") from None
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "-DOCSTART-":
+            if documents[-1]:
+                documents.append([])
+            continue
+        if parts:
+            sentence.append((parts[text_column], parts[tag_column]))
+        elif sentence:
+            documents[-1].append(sentence)
+            sentence = []
     if sentence:
         documents[-1].append(sentence)
     return [document for document in documents if document]
@@ -323,9 +326,14 @@ def model_holdout(tagger) -> float:
 
 def holds_out(corpus: str | Path, split: str, tagger) -> bool:
     """Whether `split` of `corpus` is reduced to the documents `tagger` held out of training:
-    dev of a corpus folder, for a model trained on train + dev (one file is a sample of its own,
-    scored whole)."""
-    return split == "dev" and Path(corpus).is_dir() and bool(model_holdout(tagger))
+    dev of a corpus folder with a train split, for a model trained on train + dev (one file, or a
+    folder without train, is a sample of one's own, scored whole)."""
+    return (
+        split == "dev"
+        and Path(corpus).is_dir()
+        and "train" in find_split_files(corpus)
+        and bool(model_holdout(tagger))
+    )
 
 
 def held_out_dev(items: list, numbers: list[int], tagger, what: str) -> list:

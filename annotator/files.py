@@ -163,7 +163,12 @@ def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path
 
 
 def write_json_atomically(path: str | Path, data: Any, durable: bool = False) -> Path:
-    return write_atomically(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n", durable)
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (an undecodable file name): written escaped
+        text = json.dumps(data, indent=1)
+    return write_atomically(path, text + "\n", durable)
 
 
 # --- processes and locks ------------------------------------------------------------------

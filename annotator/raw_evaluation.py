@@ -18,6 +18,7 @@ from typing import Any
 from annotator.corpus import (
     DEFAULT_COLUMN_FORMAT,
     Tagged,
+    check_column_format,
     find_split_files,
     held_out_dev,
     holds_out,
@@ -180,6 +181,7 @@ def evaluate_raw(
         engine=engine,
         span_scores=span_scores,
     )
+    check_column_format(files[split], column_format)  # one line, never an IndexError
     documents = read_tagged_documents(files[split], column_format)
     if holds_out(corpus_dir, split, annotator.tagger):
         numbers = list(range(len(documents)))

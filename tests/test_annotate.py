@@ -265,13 +265,15 @@ def test_undecodable_text_file_and_missing_input(tiny_model, tmp_path):
 
 def test_model_errors_are_one_clear_message(tmp_path):
     (tmp_path / "notamodel.pt").write_text("hello")
-    for model, message in [
-        (str(tmp_path / "missing.pt"), "no such model file"),
-        (str(tmp_path / "notamodel.pt"), "cannot load file"),
+    for model, message, code in [
+        (str(tmp_path / "missing.pt"), "no such model file", 2),  # a bad value: a usage error
+        (str(tmp_path / "notamodel.pt"), "cannot load file", 1),
     ]:
         result = _run(["annotate", "-m", model], input="{}\n")
         assert (
-            result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+            result.exit_code == code
+            and message in result.output
+            and "Traceback" not in result.output
         )
 
 

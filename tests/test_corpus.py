@@ -10,6 +10,7 @@ from annotator.cli import cli
 from annotator.corpus import (
     CORPORA,
     HOLDOUT_KEY,
+    check_column_format,
     corpus_stats,
     fetch_corpus,
     find_split_files,
@@ -148,10 +149,27 @@ def test_only_a_corpus_folder_s_dev_is_reduced_to_held_out_documents(tmp_path):
     sample = tmp_path / "dev.txt"
     sample.write_text("Paris B-LOC\n", encoding="utf-8")
     held_out_model = SimpleNamespace(model_card={HOLDOUT_KEY: 0.25})
+    # a sample of one's own (one file, or a folder without train) is scored whole
+    assert not holds_out(sample, "dev", held_out_model)
+    assert not holds_out(tmp_path, "dev", held_out_model)
+    (tmp_path / "train.txt").write_text("Rome B-LOC\n", encoding="utf-8")
     assert holds_out(tmp_path, "dev", held_out_model)
-    assert not holds_out(sample, "dev", held_out_model)  # a sample of one's own, scored whole
     assert not holds_out(tmp_path, "test", held_out_model)
     assert not holds_out(tmp_path, "dev", SimpleNamespace(model_card={}))
+
+
+def test_every_column_named_is_a_choice_and_a_file_not_utf8_is_one_line(tmp_path):
+    """`token gold pred` (two tag columns, the gold first) is read by naming all three; a
+    Latin-1 file is refused in one line by the end-to-end reader too."""
+    scored = tmp_path / "scored.conll"
+    scored.write_text("John B-PER O\nlives O O\nin O O\nParis B-LOC B-LOC\n", encoding="utf-8")
+    check_column_format(scored, "text,ner,_")
+    with pytest.raises(CorpusError, match="names 2 of them"):
+        check_column_format(scored, "text,ner")
+    latin = tmp_path / "latin.conll"
+    latin.write_bytes("caf\xe9 B-LOC\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        read_tagged_documents(latin, "text,ner")
 
 
 def test_column_format_needs_text_and_tag():

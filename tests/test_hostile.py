@@ -266,6 +266,7 @@ def test_an_output_never_overwrites_an_input_or_another_output(tmp_path):
         (["-", "-"], "- (stdin) is given more than once"),
         ([str(source), "-o", other, "--min-score", "nan"], "nan is not a number"),
         ([str(source), "-o", ""], "-o is an empty path"),
+        ([str(folder), "-o", str(folder)], "inside the input folder"),  # the folder itself
     ]
     for args, message in cases:
         result = _run(*args)
@@ -277,6 +278,43 @@ def test_an_output_never_overwrites_an_input_or_another_output(tmp_path):
     result = CliRunner().invoke(cli, ["view", str(source), "-o", str(source)])
     assert result.exit_code == 2 and "is an input" in result.output
     assert source.read_text() == '{"id": "a", "text": "Paris"}\n'
+
+
+def test_hidden_places_in_an_input_folder_are_no_overlap_and_odd_names_reach_json(tmp_path):
+    """The folder read skips hidden paths, so an output there is allowed; a manifest naming a
+    file whose name is not UTF-8 is still written (escaped)."""
+    from annotator.files import write_json_atomically
+    from annotator.io.readers import check_outputs_apart
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    check_outputs_apart([str(folder)], {"-o": str(folder / ".runs" / "out.jsonl")})
+    check_outputs_apart([str(folder)], {"-o": str(tmp_path / "out") + "/"})  # a sibling
+    data = {"inputs": [os.fsdecode(b"caf\xe9.txt")]}
+    written = write_json_atomically(tmp_path / "manifest.json", data)
+    assert json.loads(written.read_text(encoding="utf-8")) == data
+
+
+def test_compressed_stdin_is_recognised_however_slowly_its_first_bytes_come(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    class Trickle(io.RawIOBase):  # a pipe that gives one byte a read
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            chunk, self.data = self.data[:1], self.data[1:]
+            buffer[: len(chunk)] = chunk
+            return len(chunk)
+
+    data = gzip.compress(b'{"id": "a", "text": "Paris"}\n')
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BufferedReader(Trickle(data), 1)))
+    (record,) = read_documents(["-"])
+    assert (record.id, record.text) == ("a", "Paris")
 
 
 def test_bom_boolean_ids_and_undecodable_file_names_are_handled_per_record(tmp_path):

@@ -183,3 +183,9 @@ def test_a_labelled_sample_file_is_evaluated_and_calibrated_on_as_a_split(
     assert outcome.output.startswith("my-sample.conll: ")
     card = load_tagger(calibrated, device="cpu").model_card[CARD_KEY]
     assert card["fitted_on"] == "my-sample.conll, raw text per document"
+    two_columns = tmp_path / "two.conll"  # read with the default four-column format
+    two_columns.write_text("Paris B-LOC\nis O\n", encoding="utf-8")
+    for args in (["evaluate", "--raw"], ["calibrate", "-o", str(tmp_path / "x.pt")]):
+        outcome = runner.invoke(cli, [args[0], str(tiny_model), str(two_columns), *args[1:]])
+        assert outcome.exit_code == 1 and "use --column-format text,ner" in outcome.output
+        assert "Traceback" not in outcome.output

@@ -176,13 +176,32 @@ def detect_format(path: str, explicit: str | None) -> tuple[str, str | None]:
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were read already: those bytes, then the rest of it."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            size = min(len(buffer), len(self.head))
+            buffer[:size], self.head = self.head[:size], self.head[size:]
+            return size
+        read = getattr(self.rest, "read1", self.rest.read)
+        data = read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _open_binary(path: str, compression: str | None) -> IO[bytes]:
     raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
-    if path == STDIN and compression is None and hasattr(raw, "peek"):
-        start = raw.peek(4)[:4]
-        compression = next(
-            (kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None
-        )
+    if path == STDIN and compression is None:  # no extension: the first bytes tell
+        head = raw.read(4)  # waits for them, however slowly a pipe brings them
+        compression = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
+        raw = io.BufferedReader(_Prefixed(head, raw))  # type: ignore[assignment]
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if compression == "zstd":
@@ -405,7 +424,10 @@ def check_outputs_apart(
         files = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
         for flag, path in named.items():
             if os.path.isdir(item):
-                inside = os.path.realpath(path).startswith(os.path.realpath(item) + os.sep)
+                relative = os.path.relpath(os.path.realpath(path), os.path.realpath(item))
+                parts = Path(relative).parts
+                # the folder itself or a place in it that no hidden part keeps from its read
+                inside = parts[:1] != ("..",) and not any(part.startswith(".") for part in parts)
                 folder = path.endswith(("/", os.sep)) or os.path.isdir(path)
                 if inside and (folder or _suffix_of(Path(path)) in wanted):
                     raise AnnotatorError(

@@ -131,9 +131,12 @@ _OWN_KEYS = frozenset({"doc_id", "entities", "source", "source_row", "run_id", "
 
 
 def _is_stream(output: str) -> bool:
-    """A device or FIFO (through links): written in place, as stdout is."""
+    """A device or FIFO (through links), or a descriptor's file (/dev/stdout, /proc/self/fd/N,
+    even when the shell made it a regular file): written in place, as stdout is."""
     import stat
 
+    if os.path.abspath(output).startswith(("/dev/", "/proc/self/fd/")):
+        return True
     try:
         mode = os.stat(output).st_mode
     except OSError:
