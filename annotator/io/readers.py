@@ -412,16 +412,18 @@ def check_outputs_apart(
         for flag, path in outputs.items()
         if path and path != STDIN and not (os.path.exists(path) and _is_device(path))
     }
+    identities = {flag: _identity(path) for flag, path in named.items()}
     seen: dict[tuple[int, int] | str, str] = {}
     for flag, path in named.items():
-        other = seen.setdefault(_identity(path), flag)
+        other = seen.setdefault(identities[flag], flag)
         if other != flag:
             raise AnnotatorError(f"{flag} {path} is also {other}'s path: give each its own file")
     wanted = _wanted_suffixes(include)
     for item in inputs:
         if item == STDIN:
             continue
-        files = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        files = glob.glob(item, recursive=True) if glob.has_magic(item) else [item]
+        taken = set() if os.path.isdir(item) else {_identity(f) for f in files}
         for flag, path in named.items():
             if os.path.isdir(item):
                 relative = os.path.relpath(os.path.realpath(path), os.path.realpath(item))
@@ -434,7 +436,7 @@ def check_outputs_apart(
                         f"{flag} {path} lies inside the input folder {item}, whose next read "
                         "would take it for input: write it elsewhere"
                     )
-            elif any(_identity(path) == _identity(f) for f in files if os.path.exists(f)):
+            elif identities[flag] in taken:
                 raise AnnotatorError(f"{flag} {path} is an input: it would be overwritten")
 
 
