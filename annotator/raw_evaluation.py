@@ -174,6 +174,7 @@ def evaluate_raw(
     files = find_split_files(corpus_dir)
     if split not in files:
         raise AnnotatorError(f"{corpus_dir}: has no {split} split")
+    check_column_format(files[split], column_format)  # one line, never an IndexError
     annotator = annotator or Annotator(
         None if model is None else str(model),
         device=device,
@@ -181,7 +182,6 @@ def evaluate_raw(
         engine=engine,
         span_scores=span_scores,
     )
-    check_column_format(files[split], column_format)  # one line, never an IndexError
     documents = read_tagged_documents(files[split], column_format)
     if holds_out(corpus_dir, split, annotator.tagger):
         numbers = list(range(len(documents)))

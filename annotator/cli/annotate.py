@@ -48,7 +48,7 @@ def _check_annotate(
         check_outputs_apart(
             inputs,
             {"-o": output, "--errors": settings.errors, "--html": run.page},
-            include_suffixes,
+            include_suffixes or None,  # None: the environment's, as the folder read takes them
         )
         Shard.parse(run.shard)
         _check(list(inputs), output, run, _worker_devices(settings, run))
