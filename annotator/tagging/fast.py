@@ -472,11 +472,12 @@ class FastSequenceTagger:
                 batch = self.prepare(batch_sentences)
                 with self._autocast():
                     emissions = self.forward_packed(batch)
-                tags, scores = self.decode(emissions.float(), batch)
+                emissions = emissions.float()  # once, for decoding and for the span scores
+                tags, scores = self.decode(emissions, batch)
                 batch_spans = self.spans(tags, scores, batch.lengths)
                 if self.span_scorer is not None:
                     batch_spans = self.span_scorer.rescore_packed(
-                        emissions.float(), batch.lengths, batch.flat_to_packed, batch_spans
+                        emissions, batch.lengths, batch.flat_to_packed, batch_spans
                     )
                 for index, spans, original in zip(indices, batch_spans, positions):
                     if original:
