@@ -68,7 +68,7 @@ def _check_annotate(
     resolve_model(settings.model)
 
 
-def _a_number(value: float, param: Any) -> float:
+def _a_number(ctx: click.Context, param: Any, value: float) -> float:
     """FloatRange lets NaN through (every comparison with it is false)."""
     if math.isnan(value):
         raise click.BadParameter("nan is not a number from 0 to 1", param=param)
@@ -147,7 +147,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     default=0.0,
     show_default=True,
     type=click.FloatRange(0, 1),
-    callback=lambda ctx, param, value: _a_number(value, param),
+    callback=_a_number,
     help="Keep entities scoring at least this (0 to 1).",
 )
 @click.option(
