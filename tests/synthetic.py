@@ -101,3 +101,52 @@ def write_corpus(
             lines.append("")
         (folder / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+# Another domain for `adapt`: contracts, with names and sentence shapes the news corpus lacks
+# and a convention of its own (a contract's parties are persons, whatever their names look like)
+PARTIES = ["Kestrel Holdings", "Barnaby Quill", "Orlov Trading", "Ines Wexford", "Tamsin Vale"]
+FIRMS = ["Halvorsen Ltd", "Quarry Partners", "Zentrix AG", "Mossgreen LLP"]
+VENUES = ["Delaware", "Ontario", "Bavaria", "Queensland"]
+CONTRACT_TEMPLATES = [
+    "This Agreement is made between {PER} and {PER} .",
+    "{PER} shall indemnify {PER} against all claims .",
+    "Notices to {PER} shall be sent care of {ORG} , {LOC} .",
+    "This Agreement is governed by the laws of {LOC} .",
+    "The Seller shall pay all fees within thirty days .",
+]
+
+
+def contract_documents(
+    count: int, seed: int = 0, sentences_per_document: int = 3
+) -> list[list[list[tuple[str, str]]]]:
+    """`count` documents of contract sentences of (token, BIO tag) pairs."""
+    rng = random.Random(seed)
+    pools = {"PER": PARTIES, "ORG": FIRMS, "LOC": VENUES}
+    documents = []
+    for _ in range(count):
+        document = []
+        for _ in range(sentences_per_document):
+            pairs: list[tuple[str, str]] = []
+            for piece in rng.choice(CONTRACT_TEMPLATES).split(" "):
+                if piece.startswith("{"):
+                    label = piece[1:-1]
+                    words = rng.choice(pools[label]).split(" ")
+                    pairs.extend(zip(words, _tags(words, label, "bio")))
+                else:
+                    pairs.append((piece, "O"))
+            document.append(pairs)
+        documents.append(document)
+    return documents
+
+
+def write_column_file(path: Path, documents) -> Path:
+    """`token TAG` lines, a blank line after each sentence, `-DOCSTART- O` before each document
+    (the column file `review export` writes and `adapt` reads)."""
+    lines = []
+    for document in documents:
+        lines += ["-DOCSTART- O", ""]
+        for sentence in document:
+            lines += [f"{token} {tag}" for token, tag in sentence] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
