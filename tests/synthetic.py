@@ -71,21 +71,23 @@ def sentences(count: int, seed: int = 0, scheme: str = "bio") -> list[list[tuple
     """`count` sentences of (token, tag) pairs drawn from the templates."""
     rng = random.Random(seed)
     pools = {"PER": PEOPLE, "ORG": ORGS, "LOC": PLACES, "MISC": MISC}
-    result = []
-    for _ in range(count):
-        pairs: list[tuple[str, str]] = []
-        for piece in rng.choice(TEMPLATES).split(" "):
-            if piece.startswith("{"):
-                label = piece[1:-1]
-                words = rng.choice(pools[label]).split(" ")
-                if words[0] == "the":
-                    pairs.append(("the", "O"))
-                    words = words[1:]
-                pairs.extend(zip(words, _tags(words, label, scheme)))
-            else:
-                pairs.append((piece, "O"))
-        result.append(pairs)
-    return result
+    return [_filled(rng.choice(TEMPLATES), pools, rng, scheme) for _ in range(count)]
+
+
+def _filled(template: str, pools: dict[str, list[str]], rng, scheme: str = "bio"):
+    """A template's slots filled from `pools`, as (token, tag) pairs (a leading `the` is O)."""
+    pairs: list[tuple[str, str]] = []
+    for piece in template.split(" "):
+        if piece.startswith("{"):
+            label = piece[1:-1]
+            words = rng.choice(pools[label]).split(" ")
+            if words[0] == "the":
+                pairs.append(("the", "O"))
+                words = words[1:]
+            pairs.extend(zip(words, _tags(words, label, scheme)))
+        else:
+            pairs.append((piece, "O"))
+    return pairs
 
 
 def write_corpus(
@@ -123,21 +125,10 @@ def contract_documents(
     """`count` documents of contract sentences of (token, BIO tag) pairs."""
     rng = random.Random(seed)
     pools = {"PER": PARTIES, "ORG": FIRMS, "LOC": VENUES}
-    documents = []
-    for _ in range(count):
-        document = []
-        for _ in range(sentences_per_document):
-            pairs: list[tuple[str, str]] = []
-            for piece in rng.choice(CONTRACT_TEMPLATES).split(" "):
-                if piece.startswith("{"):
-                    label = piece[1:-1]
-                    words = rng.choice(pools[label]).split(" ")
-                    pairs.extend(zip(words, _tags(words, label, "bio")))
-                else:
-                    pairs.append((piece, "O"))
-            document.append(pairs)
-        documents.append(document)
-    return documents
+    return [
+        [_filled(rng.choice(CONTRACT_TEMPLATES), pools, rng) for _ in range(sentences_per_document)]
+        for _ in range(count)
+    ]
 
 
 def write_column_file(path: Path, documents) -> Path:

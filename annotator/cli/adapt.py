@@ -8,7 +8,9 @@ import click
 
 from annotator.cli import cli
 from annotator.cli.options import DEVICE, PROGRESS, _check_parent, _show
-from annotator.corpus import DEFAULT_COLUMN_FORMAT
+from annotator.training.adapt import AdaptSettings
+
+DEFAULTS = AdaptSettings()
 
 
 @cli.command(
@@ -33,39 +35,44 @@ from annotator.corpus import DEFAULT_COLUMN_FORMAT
 )
 @click.option(
     "--column-format",
-    default="text,ner",
+    default=DEFAULTS.column_format,
     show_default=True,
     help="SAMPLE's columns, comma-separated ('text' the token, 'ner' the tag).",
 )
 @click.option(
     "--replay-column-format",
-    default=DEFAULT_COLUMN_FORMAT,
+    default=DEFAULTS.replay_column_format,
     show_default=True,
     help="--replay's columns.",
 )
 @click.option(
     "--holdout",
-    default=0.25,
+    default=DEFAULTS.holdout,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Share of SAMPLE's documents held out: they choose the epoch, fit the score map "
     "and give the before/after table.",
 )
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--learning-rate", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True)
+    "--learning-rate",
+    default=DEFAULTS.learning_rate,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
 )
 @click.option(
     "--replay-ratio",
-    default=1.0,
+    default=DEFAULTS.replay_ratio,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Replayed sentences per SAMPLE training sentence, each epoch (new ones each epoch).",
 )
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1)
+)
 @click.option(
     "--seed",
-    default=1,
+    default=DEFAULTS.seed,
     show_default=True,
     type=click.IntRange(min=0),
     help="Seed of the held-out choice, the replay draw and training.",
@@ -87,8 +94,8 @@ def adapt(
 
     resolve_model(model)  # a mistyped path fails here, before anything loads
     _check_parent(output, "--output")
-    from annotator.training.adapt import AdaptSettings, format_adapt
     from annotator.training.adapt import adapt as run
+    from annotator.training.adapt import format_adapt
 
     result = run(model, sample, output, replay, AdaptSettings(**settings), _show(progress))
     click.echo(format_adapt(result))

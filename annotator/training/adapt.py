@@ -55,8 +55,8 @@ class AdaptSettings:
     """How `adapt` trains; the defaults were chosen on WNUT-16 tweets (docs/how-to/adapt.md)."""
 
     holdout: float = 0.25  # share of the sample's documents held out
-    epochs: int = 10
-    learning_rate: float = 0.05
+    epochs: int = 12
+    learning_rate: float = 0.1
     replay_ratio: float = 1.0  # replay sentences per sample training sentence, each epoch
     batch_size: int = 32
     seed: int = 1
