@@ -45,6 +45,8 @@ def test_adapt_lifts_the_held_out_part_and_records_the_sample(
         str(synthetic_corpus),
         "--epochs",
         "6",
+        "--replay-ratio",
+        "1",
         "--learning-rate",
         "0.1",
         "--device",

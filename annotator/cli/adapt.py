@@ -53,12 +53,19 @@ DEFAULTS = AdaptSettings()
     help="Share of SAMPLE's documents held out: they choose the epoch, fit the score map "
     "and give the before/after table.",
 )
-@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--epochs",
+    default=DEFAULTS.epochs,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Passes over SAMPLE's training part; the best on the held-out part is kept.",
+)
 @click.option(
     "--learning-rate",
     default=DEFAULTS.learning_rate,
     show_default=True,
     type=click.FloatRange(0, min_open=True),
+    help="SGD learning rate, constant.",
 )
 @click.option(
     "--replay-ratio",
@@ -68,7 +75,11 @@ DEFAULTS = AdaptSettings()
     help="Replayed sentences per SAMPLE training sentence, each epoch (new ones each epoch).",
 )
 @click.option(
-    "--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1)
+    "--batch-size",
+    default=DEFAULTS.batch_size,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sentences per mini-batch.",
 )
 @click.option(
     "--seed",

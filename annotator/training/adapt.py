@@ -57,7 +57,7 @@ class AdaptSettings:
     holdout: float = 0.25  # share of the sample's documents held out
     epochs: int = 12
     learning_rate: float = 0.1
-    replay_ratio: float = 1.0  # replay sentences per sample training sentence, each epoch
+    replay_ratio: float = 3.0  # replay sentences per sample training sentence, each epoch
     batch_size: int = 32
     seed: int = 1
     column_format: str = "text,ner"
