@@ -288,9 +288,6 @@ def adapt(
 def _adapt(
     model, sample: Path, output: Path, replay, settings: AdaptSettings, progress: bool, scratch
 ) -> AdaptResult:
-    import copy
-
-    import numpy as np
     import torch
 
     from annotator.models import model_info, resolve_model
@@ -298,9 +295,8 @@ def _adapt(
     from annotator.raw_evaluation import score_documents
     from annotator.segmentation import CARD_KEY as SEGMENTATION_KEY
     from annotator.tagging.calibration import CARD_KEY, apply_map, fit_sigmoid, out_of_fold_ece
-    from annotator.training.fast import FastTrainer, unsupported_reason
+    from annotator.training.fast import unsupported_reason
     from annotator.training.package import save_half_precision
-    from annotator.training.recipes import seed_everything
     from annotator.training.retokenize import spacy_tokenize
 
     started = time.time()
@@ -356,39 +352,11 @@ def _adapt(
     held_flair = flair_sentences(held_sentences, label_type, tokenize)
     grown = grow_vocabulary(tagger, train_flair[: len(train_sentences)])
     log.info("vocabulary grown by %(words)d words and %(characters)d characters", grown)
-    seed_everything(settings.seed)
-    trainer = FastTrainer(
-        tagger, train_flair, held_flair, batch_size=settings.batch_size, seed=settings.seed
+    replayed = [[position[i] for i in draw] for draw in draws]
+    best_epoch, history = _fine_tune(
+        tagger, train_flair, held_flair, len(train_sentences), replayed, settings, progress
     )
-    optimizer = torch.optim.SGD(tagger.parameters(), lr=settings.learning_rate)
-    sample_ids = np.arange(len(train_sentences))
-    first = trainer.evaluate()
-    history = [{"epoch": 0, "held_out_f1": first.f1}]
-    best_f1, best_epoch, best_state = first.f1, 0, copy.deepcopy(tagger.state_dict())
-    log.info("epoch 0 (the model as it was): held-out F1 %.2f%% (model tokens)", 100 * first.f1)
-    for epoch in range(1, settings.epochs + 1):
-        ids = np.concatenate([sample_ids, [position[i] for i in draws[epoch - 1]]]).astype(int)
-        loss = trainer.train_epoch(
-            optimizer, epoch, progress=progress, epochs=settings.epochs, sentence_ids=ids
-        )
-        scores = trainer.evaluate()
-        history.append({"epoch": epoch, "loss": loss, "held_out_f1": scores.f1})
-        better = scores.f1 > best_f1
-        if better:
-            best_f1, best_epoch, best_state = scores.f1, epoch, copy.deepcopy(tagger.state_dict())
-        log.info(
-            "epoch %d/%d: %d sentences (%d replayed), loss %.4f, held-out F1 %.2f%%%s",
-            epoch,
-            settings.epochs,
-            len(ids),
-            len(ids) - len(sample_ids),
-            loss,
-            100 * scores.f1,
-            " (best)" if better else "",
-        )
-    tagger.load_state_dict(best_state)
     tagger.model_card = {k: v for k, v in card.items() if k != CARD_KEY}
-    del trainer
 
     plain, half = scratch / "adapted.pt", scratch / "adapted-half.pt"
     tagger.save(plain)
@@ -434,6 +402,58 @@ def _adapt(
     with AtomicFile(output) as target:
         torch.save(state, target.tmp)
     return AdaptResult(output, before, after, out_of_fold, held_out, best_epoch, history, seconds)
+
+
+def _fine_tune(
+    tagger,
+    train,
+    held,
+    sample_sentences: int,
+    replayed: list[list[int]],
+    settings: AdaptSettings,
+    progress: bool,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Train `tagger` in place on the first `sample_sentences` of `train` plus each epoch's
+    `replayed` ones; leave it at the epoch best on `held` (epoch 0: as it was). Returns that
+    epoch and each epoch's loss and held-out F1."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from annotator.training.fast import FastTrainer
+    from annotator.training.recipes import seed_everything
+
+    seed_everything(settings.seed)
+    trainer = FastTrainer(tagger, train, held, batch_size=settings.batch_size, seed=settings.seed)
+    optimizer = torch.optim.SGD(tagger.parameters(), lr=settings.learning_rate)
+    sample_ids = np.arange(sample_sentences)
+    first = trainer.evaluate()
+    history: list[dict[str, Any]] = [{"epoch": 0, "held_out_f1": first.f1}]
+    best_f1, best_epoch, best_state = first.f1, 0, copy.deepcopy(tagger.state_dict())
+    log.info("epoch 0 (the model as it was): held-out F1 %.2f%% (model tokens)", 100 * first.f1)
+    for epoch in range(1, settings.epochs + 1):
+        ids = np.concatenate([sample_ids, replayed[epoch - 1]]).astype(int)
+        loss = trainer.train_epoch(
+            optimizer, epoch, progress=progress, epochs=settings.epochs, sentence_ids=ids
+        )
+        f1 = trainer.evaluate().f1
+        history.append({"epoch": epoch, "loss": loss, "held_out_f1": f1})
+        better = f1 > best_f1
+        if better:
+            best_f1, best_epoch, best_state = f1, epoch, copy.deepcopy(tagger.state_dict())
+        log.info(
+            "epoch %d/%d: %d sentences (%d replayed), loss %.4f, held-out F1 %.2f%%%s",
+            epoch,
+            settings.epochs,
+            len(ids),
+            len(ids) - sample_sentences,
+            loss,
+            100 * f1,
+            " (best)" if better else "",
+        )
+    tagger.load_state_dict(best_state)
+    return best_epoch, history
 
 
 def _figures(result) -> dict[str, Any]:
