@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from annotator.cli import cli
-from annotator.cli.options import DEVICE, PROGRESS, _check_parent, _show
+from annotator.cli.options import DEVICE, PROGRESS, show_progress
+from annotator.files import check_parent
 from annotator.training.adapt import AdaptSettings
 
 DEFAULTS = AdaptSettings()
 
 
-@cli.command(
+@click.command(
     short_help="Fine-tune a model on a labelled sample of your own text.",
     epilog="Example:\n\n\b\n  annotator adapt default sample.conll -o adapted.pt "
     "--replay data/conllpp\n  annotator annotate docs.jsonl -m adapted.pt -o entities.parquet",
@@ -104,9 +104,9 @@ def adapt(
     from annotator.models import resolve_model
 
     resolve_model(model)  # a mistyped path fails here, before anything loads
-    _check_parent(output, "--output")
+    check_parent(output, "--output")
     from annotator.training.adapt import adapt as run
     from annotator.training.adapt import format_adapt
 
-    result = run(model, sample, output, replay, AdaptSettings(**settings), _show(progress))
+    result = run(model, sample, output, replay, AdaptSettings(**settings), show_progress(progress))
     click.echo(format_adapt(result))
