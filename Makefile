@@ -40,10 +40,10 @@ test: install tools lint docs
 # The documentation site (mkdocs.yml, docs/): built offline into build/site; --strict fails on a
 # broken link, a missing page or a command the CLI reference cannot find. docs-serve previews it.
 docs: install
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 docs-serve: install
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 # The main job on the packaged default model: examples/ in, Parquet and JSONL out.
 demo: install
