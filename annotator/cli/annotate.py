@@ -40,7 +40,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--output",
     "-o",
     help="Output file (.jsonl or .parquet), - for stdout (default), or a "
-    "directory (DIR/ or an existing one) for part files and a "
+    "directory (DIR/, an existing one, or s3://bucket/prefix/) for part files and a "
     "manifest that --resume continues.",
 )
 @MODEL
@@ -189,7 +189,7 @@ def annotate(
     include_suffixes: tuple[str, ...],
     **options: Any,
 ) -> None:
-    """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
+    """Find the entities in INPUTS (files, folders, globs, s3:// URIs; none or - for stdin).
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
