@@ -205,11 +205,65 @@ def _open_binary(path: str, compression: str | None) -> IO[bytes]:
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if compression == "zstd":
+        return io.BufferedReader(_Zstd(raw))  # type: ignore[return-value]
+    return raw
+
+
+class _Zstd(io.RawIOBase):
+    """zstd frames, one after another, decoded as a stream; a frame cut short is an EOFError
+    (as gzip's is), never a quiet end of file, and undecodable data an OSError.
+
+    (zstandard's own stream reader ends quietly at a cut frame: a truncated file would read as
+    a shorter one.) Compressed data is fed in small pieces so that what one piece expands to
+    stays small whatever the ratio.
+    """
+
+    PIECE = 1024  # expands to at most 32 MiB (a zstd block of 128 KiB can be 4 bytes)
+
+    def __init__(self, source: IO[bytes]) -> None:
         import zstandard
 
-        # line iteration needs a buffered reader around zstd's raw stream
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore
-    return raw
+        self.source = source
+        # what a pipe holds now, not a full piece: a slow stream's records come promptly
+        self.read = getattr(source, "read1", source.read)
+        self.zstd = zstandard
+        self.frame = zstandard.ZstdDecompressor().decompressobj()
+        self.started = False  # bytes of the current frame have been fed
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.source is not sys.stdin.buffer:
+            self.source.close()
+        super().close()
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            data = self.read(self.PIECE)
+            if not data:
+                if self.started:
+                    raise EOFError("the compressed file ended before its end-of-frame marker")
+                return 0
+            self.pending = memoryview(self._decode(data))
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+    def _decode(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            try:
+                out.append(self.frame.decompress(data))
+            except self.zstd.ZstdError as exc:
+                raise OSError(f"damaged zstd data ({exc})") from None
+            self.started = not self.frame.eof
+            if not self.frame.eof:
+                break
+            data = self.frame.unused_data  # the next frame begins here
+            self.frame = self.zstd.ZstdDecompressor().decompressobj()
+        return b"".join(out)
 
 
 def read_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) -> Iterator[Record]:
