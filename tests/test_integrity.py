@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from annotator.cli import cli
-from annotator.io.readers import expand_inputs, read_documents
+from annotator.io.readers import ReaderOptions, expand_inputs, read_documents
 from annotator.records import Document, RecordError
 
 zstandard = pytest.importorskip("zstandard")
@@ -71,3 +71,95 @@ def test_damaged_zstd_is_a_bad_record_that_on_error_skip_skips(tmp_path, tiny_mo
     assert len(out.read_text().splitlines()) == 2
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+# --- the record size limit ---------------------------------------------------------------------
+
+
+def test_a_record_over_the_size_limit_is_a_bad_record_and_the_rest_is_read(tmp_path):
+    import gzip
+
+    options = ReaderOptions(max_record_bytes=1000)
+    lines = [b'{"text": "short"}', b'{"text": "' + b"x" * 5000 + b'"}', b'{"text": "after"}']
+    for name, data in (
+        ("a.jsonl", b"\n".join(lines)),
+        ("a.jsonl.gz", gzip.compress(b"\n".join(lines))),
+    ):
+        (tmp_path / name).write_bytes(data)
+        records = list(read_documents([str(tmp_path / name)], options))
+        assert [type(r).__name__ for r in records] == ["Document", "RecordError", "Document"]
+        assert records[1].row == 2 and "1,000 bytes" in records[1].reason
+        assert records[2].text == "after"
+    (tmp_path / "big.txt").write_text("word " * 1000)
+    [record] = read_documents([str(tmp_path / "big.txt")], options)
+    assert isinstance(record, RecordError) and "--max-record-bytes" in record.reason
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["small", "y" * 2000]}), tmp_path / "p.parquet")
+    small, big = read_documents([str(tmp_path / "p.parquet")], options)
+    assert isinstance(small, Document) and isinstance(big, RecordError) and big.row == 1
+
+
+def test_endless_zero_bytes_end_cleanly_in_bounded_memory(tmp_path, monkeypatch):
+    """/dev/zero as stdin (JSON lines) or as a text file: one bad record, then the end."""
+    import resource
+    from types import SimpleNamespace
+
+    options = ReaderOptions(max_record_bytes=1 << 20)
+    with open("/dev/zero", "rb") as zeros:
+        monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=zeros))
+        [record] = read_documents(["-"], options)
+        assert isinstance(record, RecordError) and "NUL bytes" in record.reason
+    [record] = read_documents(["/dev/zero"], ReaderOptions(max_record_bytes=1 << 20))
+    assert isinstance(record, RecordError) and "larger than" in record.reason
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 1_500_000  # KiB
+
+
+# --- train config ranges -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("max_epochs = -5", "max_epochs must be at least 1, not -5"),
+        ("max_epochs = 0", "max_epochs must be at least 1, not 0"),
+        ("learning_rate = nan", "learning_rate must be a finite number above 0, not nan"),
+        ("learning_rate = -1.0", "learning_rate must be a finite number above 0, not -1.0"),
+        ("learning_rate = inf", "learning_rate must be a finite number above 0, not inf"),
+        ("hidden_size = true", "hidden_size must be int, not True"),
+        ("dropout = true", "dropout must be float, not True"),
+        ("hidden_size = 100000000", "hidden_size must be from 1 to 8192, not 100000000"),
+        ("hidden_size = 0", "hidden_size must be from 1 to 8192, not 0"),
+        ("batch_size = 0", "batch_size must be at least 1, not 0"),
+        ("dropout = 2.0", "dropout must be at least 0 and below 1, not 2.0"),
+        ("locked_dropout = -0.1", "locked_dropout must be at least 0 and below 1, not -0.1"),
+        ("seed = -1", "seed must be from 0 to 4294967295, not -1"),
+        ("anneal_factor = 5.0", "anneal_factor must be above 0 and below 1, not 5.0"),
+        ("patience = -1", "patience must be at least 0, not -1"),
+        ("min_learning_rate = -1.0", "min_learning_rate must be a finite number at least 0"),
+        ("rnn_layers = 0", "rnn_layers must be from 1 to 16, not 0"),
+        ("word_embedding_dim = 0", "word_embedding_dim must be from 1 to 8192, not 0"),
+        ("anneal_after = [0, 3]", "anneal_after must be a list of integers of at least 1"),
+    ],
+)
+def test_train_config_values_are_range_checked_when_read(tmp_path, setting, message):
+    from annotator.errors import UsageError
+    from annotator.training.config import resolve_config
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text(setting + "\n")
+    with pytest.raises(UsageError) as raised:
+        resolve_config(None, toml)
+    assert f"{toml}: {message}" in str(raised.value)
+
+
+def test_train_with_a_bad_config_value_exits_2_in_one_line_before_reading_the_corpus(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("learning_rate = nan\n")
+    result = CliRunner().invoke(
+        cli, ["train", str(tmp_path), "-o", str(tmp_path / "m"), "--config", str(toml)]
+    )
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "learning_rate" in result.output and "nan" in result.output
