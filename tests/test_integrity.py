@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -163,3 +166,40 @@ def test_train_with_a_bad_config_value_exits_2_in_one_line_before_reading_the_co
     )
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "learning_rate" in result.output and "nan" in result.output
+
+
+# --- standard streams --------------------------------------------------------------------------
+
+
+def _annotator(*args: str, redirect: str) -> subprocess.CompletedProcess:
+    """`python -m annotator ARGS` with a shell redirection (`>&-`, `<&-`, `>/dev/full`)."""
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "annotator", *args))
+    return subprocess.run(
+        f"exec {command} {redirect}",
+        shell=True,
+        capture_output="2>" not in redirect,
+        text=True,
+        stdin=None if "<" in redirect else subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("redirect", "message"),
+    [
+        (">&-", "standard output: it is closed"),
+        (">/dev/full", "standard output: No space left on device"),
+    ],
+)
+def test_a_closed_or_full_stdout_is_one_line_and_exit_1(redirect, message):
+    result = _annotator("--version", redirect=redirect)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [f"Error: cannot write to {message}"]
+
+
+def test_a_closed_stdin_is_one_line_and_a_closed_stderr_no_failure(tiny_model, tmp_path):
+    out = tmp_path / "o.jsonl"
+    result = _annotator("annotate", "-", "-m", str(tiny_model), "-o", str(out), redirect="<&-")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot read standard input")
+    assert _annotator("--help", redirect="2>&- >/dev/null").returncode == 0

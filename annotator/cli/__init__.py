@@ -66,9 +66,28 @@ def cli(verbose: bool) -> None:
 
 def main() -> None:
     import signal
+    import sys
 
+    from annotator import streams
+
+    streams.guard()
     signal.signal(signal.SIGTERM, _on_sigterm)
-    cli(prog_name="annotator")
+    try:
+        cli(prog_name="annotator")
+    except SystemExit as done:
+        code = done.code
+    except streams.StreamFailed as exc:  # in Click's own output (--help, a usage message)
+        click.echo(f"Error: {exc}", err=True)
+        code = 1
+    try:  # what is still buffered fails here, not in the interpreter's exit
+        sys.stdout.flush()
+    except streams.StreamFailed as exc:
+        click.echo(f"Error: {exc}", err=True)
+        code = code or 1
+    except BrokenPipeError:
+        streams.drop_stdout()
+        code = code or 141
+    sys.exit(code)
 
 
 # the commands register themselves on `cli` when their modules are imported
