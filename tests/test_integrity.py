@@ -203,3 +203,15 @@ def test_a_closed_stdin_is_one_line_and_a_closed_stderr_no_failure(tiny_model, t
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot read standard input")
     assert _annotator("--help", redirect="2>&- >/dev/null").returncode == 0
+
+
+# --- evaluation, spaCy pipelines ---------------------------------------------------------------
+
+
+def test_evaluate_on_gold_types_the_model_lacks_is_one_line_naming_them(tiny_model, tmp_path):
+    rows = "Obama NNP B-NP B-PER\nvisited VBD B-VP O\nBerlin NNP B-NP B-GPE\n. . O O\n\n"
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.txt").write_text(rows)
+    result = CliRunner().invoke(cli, ["evaluate", str(tiny_model), str(tmp_path)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "GPE (1 spans)" in result.output and "PER" in result.output
