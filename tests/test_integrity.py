@@ -215,3 +215,17 @@ def test_evaluate_on_gold_types_the_model_lacks_is_one_line_naming_them(tiny_mod
     result = CliRunner().invoke(cli, ["evaluate", str(tiny_model), str(tmp_path)])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert "GPE (1 spans)" in result.output and "PER" in result.output
+
+
+def test_a_spacy_pipeline_not_installed_is_one_line_before_any_child_starts(tmp_path, capfd):
+    from annotator.errors import UsageError
+    from annotator.segmentation import SplitterProcess
+
+    with pytest.raises(UsageError, match="no spaCy pipeline of that name is installed"):
+        SplitterProcess("en_core_web_zz")
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(1))
+    args = [str(source), "-o", str(tmp_path / "o.jsonl"), "--spacy-model", "en_core_web_zz"]
+    result = CliRunner().invoke(cli, ["annotate", *args])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in capfd.readouterr().err
