@@ -229,3 +229,19 @@ def test_a_spacy_pipeline_not_installed_is_one_line_before_any_child_starts(tmp_
     result = CliRunner().invoke(cli, ["annotate", *args])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_escape_sequences_in_path_arguments_never_reach_the_terminal_raw(tmp_path):
+    """As a terminal gets it (Click strips escapes only from what is not a terminal)."""
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(1))
+    cases = [
+        ["annotate", str(source), "-o", f"{tmp_path}/nodir\x1b[2J/o.jsonl"],
+        ["annotate", f"{tmp_path}/\x1b[2Jmissing.jsonl", "-o", str(tmp_path / "o.jsonl")],
+        ["view", f"{tmp_path}/\x1b[2J.jsonl"],
+        ["evaluate", "default", f"{tmp_path}/\x1b[2J"],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(cli, args, color=True)
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+        assert "\x1b" not in result.output and "\\x1b[2J" in result.output, result.output
