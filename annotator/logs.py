@@ -84,8 +84,8 @@ def printable(text: str) -> str:
 
 
 def say(line: str, err: bool = True) -> None:
-    """One message line for the terminal, its control characters escaped as the log lines'
-    are: a path argument may hold an escape sequence (`\\e[2J` clears a screen)."""
+    """A message for the terminal, its control characters (line breaks aside) escaped as the
+    log lines' are: a path argument may hold an escape sequence (`\\e[2J` clears a screen)."""
     import click
 
-    click.echo(printable(line), err=err)
+    click.echo("\n".join(printable(part) for part in line.split("\n")), err=err)
