@@ -156,9 +156,26 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def probe_folder(folder: Path) -> str | None:
+    """Why `folder` takes no new file (read-only, no permission), or None: found by creating
+    (and removing) a file there, the one test that holds for root and read-only mounts too."""
+    probe = folder / f".annotator-probe.{os.getpid()}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    probe.unlink(missing_ok=True)
+    return None
+
+
 def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path:
-    with AtomicFile(path, durable) as target:
-        target.tmp.write_text(text, encoding="utf-8")
+    """`text` as the whole of `path`; a write that fails (a full disk, a read-only folder) is
+    one AnnotatorError, and the previous file, if any, stays as it was."""
+    try:
+        with AtomicFile(path, durable) as target:
+            target.tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise AnnotatorError(f"cannot write {path}: {exc.strerror or exc}") from None
     return target.path
 
 

@@ -8,6 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -245,3 +246,34 @@ def test_escape_sequences_in_path_arguments_never_reach_the_terminal_raw(tmp_pat
         result = CliRunner().invoke(cli, args, color=True)
         assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
         assert "\x1b" not in result.output and "\\x1b[2J" in result.output, result.output
+
+
+# --- side outputs ------------------------------------------------------------------------------
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_loads(tmp_path):
+    """/proc refuses new files even to root; a read-only folder does too."""
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text('{"doc_id": "a", "entities": [], "text": "x"}\n')
+    result = CliRunner().invoke(cli, ["view", str(spans), "-o", "/proc/page.html"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "-o /proc/page.html: cannot write in /proc" in result.output
+
+
+def test_a_failed_write_is_one_error_and_never_a_half_file_under_the_final_name(
+    tmp_path, monkeypatch
+):
+    from annotator.errors import AnnotatorError
+    from annotator.files import write_atomically
+
+    target = tmp_path / "page.html"
+    real = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(AnnotatorError, match=f"cannot write {target}: No space left on device"):
+        write_atomically(target, "<html>" + "x" * 1000)
+    assert list(tmp_path.iterdir()) == []

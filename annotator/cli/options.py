@@ -68,9 +68,16 @@ MODEL = click.option(
 
 
 def _check_parent(path: str | Path | None, flag: str) -> None:
-    """An output whose folder does not exist is a usage error, found before anything loads."""
+    """An output whose folder does not exist, or takes no new file, is a usage error found
+    before anything loads (not after a model has loaded and a run has gone by)."""
+    from annotator.files import probe_folder
+
     if path is None or str(path) == "-":
         return
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise UsageError(f"{flag} {path}: no such directory {parent}")
+    if not Path(path).exists() or Path(path).is_file():  # a device or FIFO is written in place
+        reason = probe_folder(parent)
+        if reason:
+            raise UsageError(f"{flag} {path}: cannot write in {parent} ({reason})")
