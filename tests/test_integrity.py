@@ -277,3 +277,61 @@ def test_a_failed_write_is_one_error_and_never_a_half_file_under_the_final_name(
     with pytest.raises(AnnotatorError, match=f"cannot write {target}: No space left on device"):
         write_atomically(target, "<html>" + "x" * 1000)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- directory runs: resume verifies, a failed manifest write counts what it holds --------------
+
+
+def _directory_run(tiny_model, source: Path, out: Path, *extra: str):
+    args = ["annotate", str(source), "-m", str(tiny_model), "-o", f"{out}/", "--format", "jsonl"]
+    return CliRunner().invoke(cli, [*args, "--part-size", "10", *extra])
+
+
+def _ids_in_parts(out: Path) -> list[str]:
+    [manifest] = [json.loads(p.read_text()) for p in out.glob("*manifest.json")]
+    return [
+        json.loads(line)["doc_id"]
+        for part in manifest["parts"]
+        for line in (out / part["file"]).read_text().splitlines()
+    ]
+
+
+def test_resume_verifies_each_part_and_redoes_a_missing_or_damaged_one(tiny_model, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(30))
+    out = tmp_path / "out"
+    assert _directory_run(tiny_model, source, out).exit_code == 0
+    whole = sorted(_ids_in_parts(out))
+    assert len(whole) == 30
+    part = out / "part-00001.jsonl"
+    part.write_bytes(part.read_bytes()[:-40])  # a damaged (cut) part of a finished run
+    result = _directory_run(tiny_model, source, out, "--resume")
+    assert result.exit_code == 0 and "part-00001.jsonl" in result.output, result.output
+    assert sorted(_ids_in_parts(out)) == whole
+    (out / "part-00000.jsonl").unlink()  # a missing part
+    result = _directory_run(tiny_model, source, out, "--resume")
+    assert result.exit_code == 0 and "part-00000.jsonl" in result.output, result.output
+    assert sorted(_ids_in_parts(out)) == whole
+
+
+def test_a_failed_manifest_write_counts_the_parts_the_manifest_really_holds(
+    tiny_model, tmp_path, monkeypatch
+):
+    import annotator.files
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(30))
+    real, saves = annotator.files.write_atomically, []
+
+    def fail_the_fourth(path, text, durable=False):
+        saves.append(path)
+        if len(saves) == 4:  # the start, parts 0 and 1: the third part's record fails
+            raise OSError(28, "No space left on device")
+        return real(path, text, durable)
+
+    monkeypatch.setattr(annotator.files, "write_atomically", fail_the_fourth)
+    out = tmp_path / "out"
+    result = _directory_run(tiny_model, source, out)
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    held = len(json.loads((out / "manifest.json").read_text())["parts"])
+    assert held == 2 and f"The {held} part(s) recorded" in result.output
