@@ -168,14 +168,29 @@ def probe_folder(folder: Path) -> str | None:
     return None
 
 
+class WriteFailed(AnnotatorError):
+    """A write failed (disk full, file too large, read-only folder); `strerror` says why."""
+
+    def __init__(self, message: str, strerror: str) -> None:
+        super().__init__(message)
+        self.strerror = strerror
+
+
+def write_failed(path: Any, exc: OSError) -> WriteFailed:
+    """One line for a failed write; the temporary file is removed by the caller's abort."""
+    reason = exc.strerror or str(exc)
+    kept = "; the previous file of that name is kept" if Path(str(path)).is_file() else ""
+    return WriteFailed(f"cannot write {path}: {reason}{kept}", reason)
+
+
 def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path:
     """`text` as the whole of `path`; a write that fails (a full disk, a read-only folder) is
-    one AnnotatorError, and the previous file, if any, stays as it was."""
+    one `WriteFailed`, and the previous file, if any, stays as it was."""
     try:
         with AtomicFile(path, durable) as target:
             target.tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise AnnotatorError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_failed(path, exc) from None
     return target.path
 
 

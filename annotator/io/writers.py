@@ -16,7 +16,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from annotator.errors import AnnotatorError, RecordFailed
-from annotator.files import AtomicFile
+from annotator.files import AtomicFile, write_failed
 from annotator.records import Document, Entity
 
 LAYOUTS = ("documents", "spans")
@@ -175,21 +175,6 @@ def _dumps(record: dict[str, Any]) -> str:
     except (RecursionError, ValueError, TypeError) as exc:
         raise RecordFailed(f"cannot write as JSON ({type(exc).__name__}: {exc})") from None
     return line
-
-
-class WriteFailed(AnnotatorError):
-    """A write failed (disk full, file too large, read-only folder); `strerror` says why."""
-
-    def __init__(self, message: str, strerror: str) -> None:
-        super().__init__(message)
-        self.strerror = strerror
-
-
-def write_failed(path: Any, exc: OSError) -> WriteFailed:
-    """One line for a failed write; the temporary file is removed by the caller's abort."""
-    reason = exc.strerror or str(exc)
-    kept = "; the previous file of that name is kept" if Path(str(path)).is_file() else ""
-    return WriteFailed(f"cannot write {path}: {reason}{kept}", reason)
 
 
 class JsonlWriter:

@@ -29,9 +29,16 @@ from typing import Any
 
 from annotator import __version__
 from annotator.errors import AnnotatorError
-from annotator.files import DirectoryLock, fingerprint, fsync_dir, write_json_atomically
+from annotator.files import (
+    DirectoryLock,
+    WriteFailed,
+    fingerprint,
+    fsync_dir,
+    sha256_file,
+    write_json_atomically,
+)
 from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
-from annotator.io.writers import STDOUT, WriteFailed, open_writer
+from annotator.io.writers import STDOUT, open_writer
 from annotator.pipeline import AnnotateOptions, Annotator, Hooks, Summary, _ErrorReport, annotate
 from annotator.records import Document, Record, RecordError
 from annotator.runs.shards import Shard, Source, local_source
@@ -200,9 +207,39 @@ class Manifest:
     def part_name(self, number: int, fmt: str) -> str:
         return f"{self.shard.prefix}part-{number:05d}.{fmt}"
 
-    def save(self) -> None:
-        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json_atomically(self.path, self.data, durable=True)
+    def save(self, data: dict[str, Any] | None = None) -> None:
+        """Write `data` (by default the current state) and make it the current state, only
+        once it is on disk: after a failed write the state is what the file still holds."""
+        data = dict(self.data if data is None else data)
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json_atomically(self.path, data, durable=True)
+        self.data = data
+
+    def verify_parts(self) -> None:
+        """Each committed part as the manifest records it: there, of its size and sha256. The
+        first that is not, and the parts after it, are redone: the manifest is rolled back to
+        the part before it (a resume trusts no part it has not checked)."""
+        for index, part in enumerate(self.parts):
+            problem = _part_problem(self.directory / part["file"], part)
+            if problem is None:
+                continue
+            kept = self.parts[:index]
+            if kept and "skipped" not in kept[-1]:  # written by an annotator that kept no count
+                raise AnnotatorError(
+                    f"cannot resume {self.directory}: {part['file']} is {problem}; start the "
+                    "run again in another output directory"
+                )
+            log.warning(
+                "%s is %s: it and the %d part(s) after it are redone",
+                self.directory / part["file"],
+                problem,
+                len(self.parts) - index - 1,
+            )
+            through = kept[-1]["through"] if kept else {"file": 0, "records": 0}
+            data = dict(self.data, parts=kept, cursor=dict(through), complete=False)
+            data["skipped"] = kept[-1]["skipped"] if kept else 0
+            self.save(data)
+            return
 
     @classmethod
     def open(
@@ -253,6 +290,7 @@ class Manifest:
                     "the input, or start a new run in another output directory"
                 )
             manifest = cls(directory, shard, data)
+            manifest.verify_parts()
             manifest._remove_uncommitted()
             return manifest
         own = [p.name for p in directory.iterdir() if p.name.startswith(f"{shard.prefix}part-")]
@@ -290,6 +328,20 @@ class Manifest:
             if path.name.startswith(prefixes) and path.name not in keep and path.is_file():
                 log.info("removing %s: not recorded in the manifest (an interrupted part)", path)
                 path.unlink()
+
+
+def _part_problem(path: Path, part: dict[str, Any]) -> str | None:
+    """What is wrong with a committed part file, or None (a part recorded without a size or
+    checksum is checked for what was recorded)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "missing"
+    if "bytes" in part and size != part["bytes"]:
+        return f"damaged ({size:,} bytes, {part['bytes']:,} recorded)"
+    if "sha256" in part and sha256_file(path) != part["sha256"]:
+        return "damaged (its sha256 is not the one recorded)"
+    return None
 
 
 def _write_error(path: Path, exc: OSError | WriteFailed, manifest: Manifest) -> AnnotatorError:
@@ -354,13 +406,14 @@ class PartWriter:
         """Parts are committed whole; nothing is promised before that."""
 
     def _commit(self, complete: bool = False) -> None:
-        data = self.manifest.data
+        data = dict(self.manifest.data, parts=list(self.manifest.parts))
         if self.current is not None:
             try:
                 self.current.close()  # temporary file -> part name
                 with open(self.path, "rb") as handle:
                     os.fsync(handle.fileno())
                 fsync_dir(self.manifest.directory)
+                size, digest = self.path.stat().st_size, sha256_file(self.path)
             except (OSError, WriteFailed) as exc:
                 self.abort()
                 raise _write_error(self.path, exc, self.manifest) from None
@@ -372,6 +425,9 @@ class PartWriter:
                     "documents": self.documents,
                     "rows": self.rows,
                     "through": {"file": index, "records": number},
+                    "skipped": errors,
+                    "bytes": size,
+                    "sha256": digest,
                 }
             )
             data["cursor"] = {"file": index, "records": number}
@@ -381,7 +437,7 @@ class PartWriter:
             data["skipped"] = self.tracker.errors
             data["complete"] = True
         try:
-            self.manifest.save()
+            self.manifest.save(data)
         except (OSError, WriteFailed) as exc:
             raise _write_error(self.manifest.path, exc, self.manifest) from None
 
