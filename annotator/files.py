@@ -140,13 +140,23 @@ def _is_special(path: Path) -> bool:
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """`.NAME.PID.tmp` files beside `path` whose process is gone (a killed run's): removed."""
+    return _remove_dead(path.parent, f".{glob.escape(path.name)}.*.tmp")
+
+
+def remove_dead_temporaries(folder: Path) -> list[Path]:
+    """Every `.NAME.PID.tmp` file in `folder` whose process is gone: removed (a worker stopped
+    or killed before it could remove its own)."""
+    return _remove_dead(folder, ".*.tmp")
+
+
+def _remove_dead(folder: Path, pattern: str) -> list[Path]:
     removed = []
     try:
-        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+        candidates = list(folder.glob(pattern))
     except OSError:
         return removed
     for candidate in candidates:
-        pid = candidate.name[len(path.name) + 2 : -len(".tmp")]
+        pid = candidate.name[: -len(".tmp")].rsplit(".", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             try:
                 candidate.unlink()

@@ -335,3 +335,39 @@ def test_a_failed_manifest_write_counts_the_parts_the_manifest_really_holds(
     assert result.exit_code == 1 and "No space left on device" in result.output, result.output
     held = len(json.loads((out / "manifest.json").read_text())["parts"])
     assert held == 2 and f"The {held} part(s) recorded" in result.output
+
+
+def test_an_interrupted_workers_run_leaves_no_temporary_parts_and_no_tracker_warning(
+    tiny_model, tmp_path
+):
+    import signal
+    import time
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(3000))
+    out = tmp_path / "out"
+    args = [str(source), "-m", str(tiny_model), "-o", f"{out}/", "--format", "jsonl"]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "annotator",
+            "annotate",
+            *args,
+            "--workers",
+            "2",
+            "--part-size",
+            "5",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while len(list(out.glob("shard-*-part-*.jsonl"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # as Ctrl-C would, to the parent only
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr
+    assert "resource_tracker" not in stderr and "Traceback" not in stderr, stderr
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
