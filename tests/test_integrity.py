@@ -371,3 +371,41 @@ def test_an_interrupted_workers_run_leaves_no_temporary_parts_and_no_tracker_war
     assert process.returncode == 130, stderr
     assert "resource_tracker" not in stderr and "Traceback" not in stderr, stderr
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# --- Parquet to a pipe -------------------------------------------------------------------------
+
+
+def test_parquet_to_a_fifo_or_a_pipe_descriptor_is_written_front_to_back(tmp_path):
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from annotator.io.writers import ParquetWriter
+    from annotator.records import Entity
+
+    document = Document(id="a", text="Obama visited Berlin.", source="in", row=1)
+    entity = Entity(0, 5, "Obama", "PER", 0.9, 0)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read, write = os.pipe()
+    link = tmp_path / "stdout-like"
+    link.symlink_to(f"/proc/self/fd/{write}")  # as -o /dev/stdout is
+
+    def drain(source, got: list[bytes]) -> None:
+        with source() as stream:
+            got.append(stream.read())
+
+    for target, source in ((fifo, lambda: open(fifo, "rb")), (link, lambda: os.fdopen(read, "rb"))):
+        got: list[bytes] = []
+        reader = threading.Thread(target=drain, args=(source, got))
+        reader.start()
+        writer = ParquetWriter(str(target), "spans", {})
+        writer.write(document, [entity])
+        writer.close()
+        if target == link:
+            os.close(write)
+        reader.join(timeout=30)
+        table = pq.read_table(io.BytesIO(got[0]))
+        assert table.column("entity_text").to_pylist() == ["Obama"]
+    assert fifo.is_fifo() and link.is_symlink()  # written through, never replaced
