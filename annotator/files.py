@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, UsageError
 
 CHUNK = 1 << 16
 
@@ -25,6 +25,20 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_parent(path: str | Path | None, flag: str) -> None:
+    """An output whose folder does not exist, or takes no new file, is a usage error found
+    before anything loads (not after a model has loaded and a run has gone by)."""
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: no such directory {parent}")
+    if not Path(path).exists() or Path(path).is_file():  # a device or FIFO is written in place
+        reason = probe_folder(parent)
+        if reason:
+            raise UsageError(f"{flag} {path}: cannot write in {parent} ({reason})")
 
 
 def fsync_dir(path: Path) -> None:

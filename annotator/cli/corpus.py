@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 
-from annotator.cli import cli
 from annotator.cli.options import COLUMN_FORMAT
 from annotator.logs import say
 
 
-@cli.group(
+@click.group(
     epilog="Example:\n\n\b\n  annotator corpus fetch conllpp --dest data/conllpp\n"
     "  annotator corpus stats data/conllpp"
 )
