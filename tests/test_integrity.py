@@ -409,3 +409,17 @@ def test_parquet_to_a_fifo_or_a_pipe_descriptor_is_written_front_to_back(tmp_pat
         table = pq.read_table(io.BytesIO(got[0]))
         assert table.column("entity_text").to_pylist() == ["Obama"]
     assert fifo.is_fifo() and link.is_symlink()  # written through, never replaced
+
+
+def test_the_record_size_limit_is_an_annotate_option(tiny_model, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(3) + b'{"text": "' + b"x" * 300 + b'"}\n')
+    out, errors = tmp_path / "o.jsonl", tmp_path / "errors.jsonl"
+    args = [str(source), "-m", str(tiny_model), "-o", str(out), "--errors", str(errors)]
+    result = CliRunner().invoke(
+        cli, ["annotate", *args, "--max-record-bytes", "200", "--on-error", "skip"]
+    )
+    assert result.exit_code == 3, result.output
+    assert len(out.read_text().splitlines()) == 3
+    [error] = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert error["row"] == 4 and "200 bytes" in error["reason"]

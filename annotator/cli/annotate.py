@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from annotator.cli.options import DEVICE, MODEL, PROGRESS, input_options
+from annotator.io.readers import MAX_RECORD_BYTES
 
 EXIT_SKIPPED = 3
 
@@ -61,6 +62,14 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--spacy-model",
     help="Installed spaCy pipeline whose parser/senter finds sentences "
     "(default: a blank English pipeline with the sentencizer).",
+)
+@click.option(
+    "--max-record-bytes",
+    default=MAX_RECORD_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="A larger record (JSON line, text file, Parquet text) is a bad record: memory stays "
+    "bounded whatever the input.",
 )
 @click.option(
     "--max-sentence-tokens",

@@ -14,7 +14,7 @@ from typing import Any
 from annotator import logs
 from annotator.errors import AnnotatorError
 from annotator.files import die_with_parent, remove_dead_temporaries
-from annotator.io.readers import ReaderOptions, count_documents
+from annotator.io.readers import count_documents
 from annotator.io.sinks import Sink
 from annotator.records import Document, Entity, Summary
 from annotator.runs.directory import Manifest, annotate_directory, lock_directory, run_settings
@@ -155,9 +155,7 @@ def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) ->
         processes.append(process)
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     bar = tqdm(
-        total=count_documents(
-            files, ReaderOptions(options.input_format, options.text_field, options.id_field)
-        )
+        total=count_documents(files, options.reader_options())
         if show and request.shard.count == 1
         else None,
         initial=already,
