@@ -423,3 +423,28 @@ def test_the_record_size_limit_is_an_annotate_option(tiny_model, tmp_path):
     assert len(out.read_text().splitlines()) == 3
     [error] = [json.loads(line) for line in errors.read_text().splitlines()]
     assert error["row"] == 4 and "200 bytes" in error["reason"]
+
+
+def test_a_failing_errors_file_is_one_line_and_never_ends_mid_line(tiny_model, tmp_path):
+    """--errors on a full device, and on a file that stops growing (RLIMIT_FSIZE: a quota)."""
+    import resource
+    import signal
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(1) + b"not json\n" * 20)
+    args = ["annotate", str(source), "-m", str(tiny_model), "-o", "/dev/null", "--on-error", "skip"]
+    result = CliRunner().invoke(cli, [*args, "--errors", "/dev/full"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "cannot write /dev/full: No space left on device" in result.output
+    errors = tmp_path / "errors.jsonl"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (500, limit[1]))
+    try:
+        result = CliRunner().invoke(cli, [*args, "--errors", str(errors)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert result.exit_code == 1 and "File too large" in result.output, result.output
+    text = errors.read_text()
+    assert text.endswith("\n") and all(json.loads(line)["row"] for line in text.splitlines())

@@ -494,7 +494,7 @@ class _ResumedErrors(ErrorReport):
                 kept = [line for _, line in zip(range(keep), handle)]
             with open(path, "w", encoding="utf-8") as handle:
                 handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-            self.handle = open(path, "a", encoding="utf-8")
+            super().__init__(path, append=True)
         else:
             super().__init__(path)
 
