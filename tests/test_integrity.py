@@ -448,3 +448,30 @@ def test_a_failing_errors_file_is_one_line_and_never_ends_mid_line(tiny_model, t
     assert result.exit_code == 1 and "File too large" in result.output, result.output
     text = errors.read_text()
     assert text.endswith("\n") and all(json.loads(line)["row"] for line in text.splitlines())
+
+
+# --- Ray ---------------------------------------------------------------------------------------
+
+
+def test_starting_ray_keeps_the_commands_sigterm_and_sigint_handlers():
+    """ray.init puts in its own SIGTERM handler (a stack dump and exit 15)."""
+    import signal
+    from types import SimpleNamespace
+
+    from annotator.runs.ray import _connect
+
+    def init(**settings):
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(15))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    def ours(*_):
+        raise AssertionError("not called")
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        fake = SimpleNamespace(is_initialized=lambda: False, init=init)
+        assert _connect(fake, None) is True
+        assert signal.getsignal(signal.SIGTERM) is ours
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
