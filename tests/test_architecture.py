@@ -18,7 +18,7 @@ NAMESPACES = ["io", "runs", "tagging", "training", "views", "bench"]
 
 #: Stages in data-flow order: a module may import its own stage or an earlier one.
 STAGES = [
-    ["errors", "records", "files", "logs", "version", *NAMESPACES],
+    ["errors", "records", "files", "logs", "streams", "version", *NAMESPACES],
     ["models", "embeddings", "corpus"],
     ["io.readers", "io.writers", "io.outputs", "io.storage", "io.sinks"],
     ["runs.shards", "runs.request"],

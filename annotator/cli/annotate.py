@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from annotator.cli.options import DEVICE, MODEL, PROGRESS, input_options
+from annotator.io.readers import MAX_RECORD_BYTES
+from annotator.streams import drop_stdout
 
 EXIT_SKIPPED = 3
 
@@ -18,15 +20,6 @@ def _a_number(ctx: click.Context, param: Any, value: float) -> float:
     if math.isnan(value):
         raise click.BadParameter("nan is not a number from 0 to 1", param=param)
     return value
-
-
-def _exit_quietly_on_broken_pipe() -> None:
-    """`annotator annotate | head` ends quietly: stdout closed early is no error to report."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(141)
 
 
 @click.command(
@@ -66,6 +59,14 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--spacy-model",
     help="Installed spaCy pipeline whose parser/senter finds sentences "
     "(default: a blank English pipeline with the sentencizer).",
+)
+@click.option(
+    "--max-record-bytes",
+    default=MAX_RECORD_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="A larger record (JSON line, text file, Parquet text) is a bad record: memory stays "
+    "bounded whatever the input.",
 )
 @click.option(
     "--max-sentence-tokens",
@@ -219,7 +220,8 @@ def annotate(
     try:
         summary = annotate_run(request)
     except BrokenPipeError:
-        _exit_quietly_on_broken_pipe()
+        drop_stdout()  # `annotator annotate | head` ends quietly: no error to report
+        sys.exit(141)
     click.echo(summary.line(), err=True)
     if summary.skipped:
         sys.exit(EXIT_SKIPPED)

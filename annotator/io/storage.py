@@ -9,6 +9,7 @@ ranges), never copied whole to a temporary file first.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -25,7 +26,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from annotator.errors import AnnotatorError
-from annotator.files import DirectoryLock, fsync_dir, process_alive, write_atomically
+from annotator.files import (
+    CHUNK,
+    DirectoryLock,
+    fsync_dir,
+    process_alive,
+    sha256_file,
+    write_atomically,
+)
 
 log = logging.getLogger("annotator")
 
@@ -204,6 +212,14 @@ class LocalFolder:
     def delete(self, name: str) -> None:
         (self.path / name).unlink()
 
+    def digest(self, name: str, with_sha256: bool = True) -> tuple[int, str | None] | None:
+        """(size, sha256) of a stored file, or None where it is missing."""
+        try:
+            size = (self.path / name).stat().st_size
+            return size, sha256_file(self.path / name) if with_sha256 else None
+        except OSError:
+            return None
+
     def writable_path(self, name: str) -> str:
         """Where a part's writer writes it (renamed onto `name` when it closes)."""
         return str(self.path / name)
@@ -282,6 +298,21 @@ class RemoteFolder:
 
     def delete(self, name: str) -> None:
         self._call("cannot delete", name, _s3().delete_file, f"{self.root}/{name}")
+
+    def digest(self, name: str, with_sha256: bool = True) -> tuple[int, str | None] | None:
+        """(size, sha256) of a stored object, read back by streaming, or None where missing."""
+        if not self.exists(name):
+            return None
+
+        def read() -> tuple[int, str | None]:
+            digest, size = hashlib.sha256(), 0
+            with _s3().open_input_stream(f"{self.root}/{name}") as handle:
+                for block in iter(lambda: handle.read(CHUNK), b""):
+                    size += len(block)
+                    digest.update(block)
+            return size, digest.hexdigest() if with_sha256 else None
+
+        return self._call("cannot read", name, read)
 
     def writable_path(self, name: str) -> str:
         return os.path.join(self.scratch, name)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from annotator.errors import AnnotatorError
-from annotator.files import fingerprint, json_text
+from annotator.files import WriteFailed, fingerprint, json_text, sha256_file
 from annotator.io.readers import ReaderOptions
 from annotator.io.sinks import ErrorReport, Sink
 from annotator.io.storage import (
@@ -40,7 +40,7 @@ from annotator.io.storage import (
     is_remote,
     remote_fingerprint,
 )
-from annotator.io.writers import WriteFailed, open_writer
+from annotator.io.writers import open_writer
 from annotator.pipeline import Annotator, run_pipeline
 from annotator.records import Document, Record, RecordError, Summary
 from annotator.runs.request import AnnotateOptions, AnnotateRequest
@@ -237,9 +237,40 @@ class Manifest:
     def part_name(self, number: int, fmt: str) -> str:
         return f"{self.shard.prefix}part-{number:05d}.{fmt}"
 
-    def save(self) -> None:
-        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.folder.write_text(self.name, json_text(self.data))
+    def save(self, data: dict[str, Any] | None = None) -> None:
+        """Write `data` (by default the current state) and make it the current state, only
+        once it is stored: after a failed write the state is what the file still holds."""
+        data = dict(self.data if data is None else data)
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.folder.write_text(self.name, json_text(data))
+        self.data = data
+
+    def verify_parts(self) -> None:
+        """Each committed part as the manifest records it: there, of its size and sha256. The
+        first that is not, and the parts after it, are redone: the manifest is rolled back to
+        the part before it (a resume trusts no part it has not checked)."""
+        for index, part in enumerate(self.parts):
+            problem = _part_problem(self.folder, part)
+            if problem is None:
+                continue
+            kept = self.parts[:index]
+            if kept and "skipped" not in kept[-1]:  # written by an annotator that kept no count
+                raise AnnotatorError(
+                    f"cannot resume {self.folder}: {part['file']} is {problem}; start the "
+                    "run again in another output directory"
+                )
+            log.warning(
+                "%s%s is %s: it and the %d part(s) after it are redone",
+                self.folder,
+                part["file"],
+                problem,
+                len(self.parts) - index - 1,
+            )
+            through = kept[-1]["through"] if kept else {"file": 0, "records": 0}
+            data = dict(self.data, parts=kept, cursor=dict(through), complete=False)
+            data["skipped"] = kept[-1]["skipped"] if kept else 0
+            self.save(data)
+            return
 
     @classmethod
     def open(
@@ -292,6 +323,7 @@ class Manifest:
                 )
             manifest = cls(directory, shard, data)
             manifest._finish_publishing()
+            manifest.verify_parts()
             manifest._remove_uncommitted()
             return manifest
         own = [n for n in directory.names() if n.startswith(f"{shard.prefix}part-")]
@@ -340,6 +372,20 @@ class Manifest:
                     name,
                 )
                 self.folder.delete(name)
+
+
+def _part_problem(folder: Folder, part: dict[str, Any]) -> str | None:
+    """What is wrong with a committed part file, or None (a part recorded without a size or
+    checksum is checked for what was recorded)."""
+    found = folder.digest(part["file"], with_sha256="sha256" in part)
+    if found is None:
+        return "missing"
+    size, digest = found
+    if "bytes" in part and size != part["bytes"]:
+        return f"damaged ({size:,} bytes, {part['bytes']:,} recorded)"
+    if "sha256" in part and digest != part["sha256"]:
+        return "damaged (its sha256 is not the one recorded)"
+    return None
 
 
 def _write_error(path: str, exc: OSError | AnnotatorError, manifest: Manifest) -> AnnotatorError:
@@ -407,14 +453,16 @@ class PartSink(Sink):
         """Parts are committed whole; nothing is promised before that."""
 
     def _commit(self, complete: bool = False) -> None:
-        """Close the part, stage it (durable; object storage: uploaded under a pending name),
-        record it in the manifest, then publish it (object storage: copied to its name)."""
-        data = self.manifest.data
+        """Close the part, note its size and sha256, stage it (durable; object storage:
+        uploaded under a pending name), record it in the manifest, then publish it (object
+        storage: copied to its name)."""
+        data = dict(self.manifest.data, parts=list(self.manifest.parts))
         folder = self.manifest.folder
         committed = None
         if self.current is not None:
             try:
                 self.current.close()  # temporary file -> part name
+                size, digest = os.path.getsize(self.path), sha256_file(self.path)
                 folder.stage(self.name)
             except (OSError, AnnotatorError) as exc:
                 self.abort()
@@ -428,6 +476,9 @@ class PartSink(Sink):
                     "documents": self.documents,
                     "rows": self.rows,
                     "through": {"file": index, "records": number},
+                    "skipped": errors,
+                    "bytes": size,
+                    "sha256": digest,
                 }
             )
             data["cursor"] = {"file": index, "records": number}
@@ -437,8 +488,8 @@ class PartSink(Sink):
             data["skipped"] = self.tracker.errors
             data["complete"] = True
         try:
-            self.manifest.save()
-        except (OSError, WriteFailed) as exc:
+            self.manifest.save(data)
+        except (OSError, AnnotatorError) as exc:
             raise _write_error(self.manifest.path, exc, self.manifest) from None
         if committed is not None:
             folder.publish(committed)
@@ -469,7 +520,7 @@ class _ResumedErrors(ErrorReport):
                 kept = [line for _, line in zip(range(keep), handle)]
             with open(path, "w", encoding="utf-8") as handle:
                 handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-            self.handle = open(path, "a", encoding="utf-8")
+            super().__init__(path, append=True)
         else:
             super().__init__(path)
 

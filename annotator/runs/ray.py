@@ -315,6 +315,13 @@ def _connect(ray, address: str | None) -> bool:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
+    import signal
+    import threading
+
+    # Ray's init puts its own SIGTERM handler in place (a stack dump, exit 15): ours stay, so
+    # that SIGTERM and Ctrl-C stop a Ray run as any other, 143 and 130 with one line
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:
         ray.init(
             address=address,
@@ -327,6 +334,10 @@ def _connect(ray, address: str | None) -> bool:
             f"cannot start or join Ray{f' at {address}' if address else ''}: "
             f"{type(exc).__name__}: {exc}"
         ) from None
+    finally:
+        for number, handler in handlers.items():
+            if handler is not None:
+                signal.signal(number, handler)
     return True
 
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 
 from annotator.errors import AnnotatorError, UsageError
 from annotator.files import check_parent
-from annotator.io.readers import STDIN, check_outputs_apart, expand_inputs
+from annotator.io.readers import (
+    MAX_RECORD_BYTES,
+    STDIN,
+    ReaderOptions,
+    check_outputs_apart,
+    expand_inputs,
+)
 from annotator.io.storage import STDOUT, is_directory_output, is_remote, remote_info
 from annotator.io.writers import default_layout, output_format
 from annotator.runs.shards import Shard
@@ -39,6 +45,7 @@ class AnnotateOptions:
     input_format: str | None = None
     text_field: str = "text"
     id_field: str = "id"
+    max_record_bytes: int = MAX_RECORD_BYTES
     output_format: str | None = None
     layout: str | None = None
     drop_fields: bool = False
@@ -47,6 +54,11 @@ class AnnotateOptions:
     on_error: str = "fail"
     errors: str | None = None
     progress: bool | None = None
+
+    def reader_options(self) -> ReaderOptions:
+        return ReaderOptions(
+            self.input_format, self.text_field, self.id_field, self.max_record_bytes
+        )
 
     def for_output(self, output: str | None, directory: bool = False) -> AnnotateOptions:
         """These options with the output format and layout settled: `--format`, else the
