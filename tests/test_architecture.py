@@ -20,7 +20,7 @@ STAGES = [
     ["tagging.*"],
     ["pipeline"],
     ["runs.shards", "runs.directory", "runs.workers", "runs.ray", "views.*"],
-    ["evaluation", "raw_evaluation", "training.*"],
+    ["evaluation", "raw_evaluation", "training.*", "review.*"],
     ["bench.*"],
     ["cli.*", "runs.dispatch", "__main__"],
 ]

@@ -72,4 +72,4 @@ def main() -> None:
 
 
 # the commands register themselves on `cli` when their modules are imported
-from annotator.cli import annotate, corpus, machine, training, views  # noqa: E402, F401, I001
+from annotator.cli import annotate, corpus, machine, review, training, views  # noqa: E402, F401, I001
