@@ -20,10 +20,14 @@ $(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# command-line tools the examples use (jq for the pipeline example)
+# command-line tools the examples and tests use: jq for the pipeline example; Chromium and its
+# driver (Debian's) for the review page's browser test
 tools:
 	@command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq >/dev/null) \
 		|| echo "jq not installed: the pipeline example's test will be skipped"
+	@(command -v chromium && command -v chromedriver) >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "chromium not installed: the review page's browser test will be skipped"
 
 # One code dialect (pyproject.toml's [tool.ruff]): lint and formatting are checked by `make test`.
 lint: install

@@ -83,10 +83,16 @@ function tokenNode(i) {
   const [s, e] = current.item.tokens[i];
   const node = element("span", "tok", current.item.text.slice(s, e));
   node.dataset.i = i;
-  if (drag && i >= Math.min(drag.from, drag.to) && i <= Math.max(drag.from, drag.to)) {
-    node.classList.add("drag");
-  }
   return node;
+}
+
+function paintDrag() {
+  // the words under a drag, marked in place: nodes stay as they are until the drag ends
+  for (const node of $("sentence").querySelectorAll(".tok")) {
+    const i = Number(node.dataset.i);
+    const inside = drag && i >= Math.min(drag.from, drag.to) && i <= Math.max(drag.from, drag.to);
+    node.classList.toggle("drag", Boolean(inside));
+  }
 }
 
 function render() {
@@ -176,7 +182,7 @@ $("sentence").addEventListener("mousedown", (event) => {
   if (!current || i === null || event.button !== 0) return;
   event.preventDefault();
   drag = { from: i, to: i, moved: false };
-  render();
+  paintDrag();
 });
 
 $("sentence").addEventListener("mouseover", (event) => {
@@ -184,7 +190,7 @@ $("sentence").addEventListener("mouseover", (event) => {
   if (!drag || i === null || i === drag.to) return;
   drag.to = i;
   drag.moved = true;
-  render();
+  paintDrag();
 });
 
 document.addEventListener("mouseup", (event) => {
