@@ -257,3 +257,46 @@ def test_hostile_text_is_shown_as_text(browser, server):  # noqa: F811
         " headers: {'Content-Type': 'application/json'}}).then((r) => r.status);"
     )
     assert status == 403
+
+
+def test_resize_go_back_delete_and_decide_again(browser, server):  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server.url)
+    state = _wait(browser, lambda s: s["key"], "a sentence")
+    while True:  # a sentence with an entity that a word outside any entity follows
+        ends = [
+            int(m.find_elements(By.CSS_SELECTOR, ".tok")[-1].get_attribute("data-i"))
+            for m in browser.find_elements(By.CSS_SELECTOR, "#sentence mark.ent")
+        ]
+        after = [
+            browser.find_elements(By.CSS_SELECTOR, f'#sentence > .tok[data-i="{end + 1}"]')
+            for end in ends
+        ]
+        if any(after):
+            break
+        state = _decide(browser, "s", state)
+    number = next(i for i, found in enumerate(after) if found)
+    start, end, label, words = state["marks"][number]
+    first = browser.find_elements(By.CSS_SELECTOR, "#sentence mark.ent")[number]
+    first = first.find_element(By.CSS_SELECTOR, ".tok")
+    ActionChains(browser).click_and_hold(first).move_to_element(
+        after[number][0]
+    ).release().perform()
+    state = _wait(browser, lambda s: s["marks"][number][1] > end, f"{words!r} made longer")
+    grown = state["marks"][number]
+    assert grown[0] == start and grown[2] == label and grown[3].startswith(words)
+    key = state["key"]
+    state = _decide(browser, Keys.ENTER, state)
+    assert server.session.store.latest[key].spans[number] == tuple(grown[:3])
+    _press(browser, "z")  # back: the sentence as it was saved
+    state = _wait(browser, lambda s: s["key"] == key, "the sentence before")
+    assert state["marks"][number] == grown
+    browser.find_elements(By.CSS_SELECTOR, "#sentence mark.ent .tok")[0].click()
+    _press(browser, Keys.DELETE)
+    _wait(browser, lambda s: len(s["marks"]) == len(state["marks"]) - 1, "one entity fewer")
+    _decide(browser, Keys.ENTER, state)
+    assert len(server.session.store.latest[key].spans) == len(state["marks"]) - 1
+    assert server.session.store.counts()["corrected"] == 1

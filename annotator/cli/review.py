@@ -43,7 +43,7 @@ def review() -> None:
     short_help="Open the labelling page on DOCS.",
     epilog="Example:\n\n\b\n  annotator review contracts/ --out sample/ --model default",
 )
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, metavar="DOCS...")
 @click.option(
     "--out",
     "-o",
@@ -84,8 +84,6 @@ def start(
             raise UsageError("review reads files, not stdin: give files or folders")
         if not os.path.exists(item) and not glob.glob(item, recursive=True):
             raise UsageError(f"{item}: no such file or directory")
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--out {folder}: not a folder")
     _check_parent(folder, "--out")
     resolve_model(model)
 
