@@ -47,13 +47,11 @@ def main() -> None:
     words = sum(len(d.text.split()) for d in documents)
     with Annotator(args.model, device="cpu") as annotator:
         began = time.perf_counter()
-        model_pass, _ = run_model_pass(annotator.annotate_documents(documents), documents, "-")
+        model_pass, _ = run_model_pass(annotator, documents, "-")
         pass_seconds = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as folder:
         began = time.perf_counter()
-        session = ReviewSession(
-            documents, model_pass, annotator.segmenter, annotator.labels, DecisionStore(folder)
-        )
+        session = ReviewSession(documents, model_pass, annotator.segmenter, DecisionStore(folder))
         first = session.next_items()
         choose_seconds = time.perf_counter() - began
         server = ReviewServer(session, 0)

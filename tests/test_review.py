@@ -202,17 +202,10 @@ def annotator(tiny_model, single_thread):
 
 def _session(annotator, texts: list[str], folder: Path) -> ReviewSession:
     documents = [Document(f"d{i}", text, "docs.jsonl", i + 1) for i, text in enumerate(texts)]
-    results = annotator.annotate_documents(documents)
-    model_pass, problems = run_model_pass(results, documents, "test", progress=False)
+    model_pass, problems = run_model_pass(annotator, documents, "test", progress=False)
     assert len(problems) == sum(LONE_SURROGATE in text for text in texts)
-    return ReviewSession(
-        documents,
-        model_pass,
-        annotator.segmenter,
-        annotator.labels,
-        DecisionStore(folder),
-        "tiny",
-    )
+    assert model_pass.labels == annotator.labels
+    return ReviewSession(documents, model_pass, annotator.segmenter, DecisionStore(folder), "tiny")
 
 
 TEXTS = [
@@ -233,6 +226,15 @@ def test_next_sentences_skip_decided_repeated_and_letterless_ones(annotator, tmp
     assert "2,000 - 3,000 ." not in seen  # nothing to label
     assert seen.count("Prices rose sharply last week .") == 1  # each text once
     assert len(seen) == 4 and session.state()["done"] == 4
+
+
+def test_the_model_pass_is_kept_for_the_same_model_and_documents_only(annotator, tmp_path):
+    session = _session(annotator, TEXTS, tmp_path / "sample")
+    session.model_pass.save(tmp_path)
+    kept = ModelPass.load(tmp_path, "test", session.documents)
+    assert kept == session.model_pass and kept.labels == annotator.labels
+    assert ModelPass.load(tmp_path, "another model or other documents", session.documents) is None
+    session.close()
 
 
 @pytest.fixture()

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,8 @@ class ModelPass:
     fingerprint: str
     sentences: list[int | None]
     entities: list[list[Entity]]
+    labels: list[str] = field(default_factory=list)  # the model's entity types
+    rules: dict[str, bool] = field(default_factory=dict)  # its Segmenter's sentence rules
 
     def candidates(self) -> Candidates:
         docs, numbers, sureness = [], [], []
@@ -87,6 +88,8 @@ class ModelPass:
             folder / PASS_FILE,
             {
                 "fingerprint": self.fingerprint,
+                "labels": self.labels,
+                "rules": self.rules,
                 "sentences": self.sentences,
                 "entities": [
                     [[e.start, e.end, e.label, e.score, e.sentence] for e in entities]
@@ -97,7 +100,8 @@ class ModelPass:
 
     @classmethod
     def load(cls, folder: Path, fingerprint: str, documents: list[Document]) -> ModelPass | None:
-        """The pass kept in `folder`, if it was made by the same model on the same documents."""
+        """The pass kept in `folder`, if it was made by the same model on the same documents
+        (then the model need not even be loaded: the pass holds what the page needs of it)."""
         try:
             data = json.loads((folder / PASS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -108,7 +112,7 @@ class ModelPass:
             [Entity(s, e, doc.text[s:e], label, score, n) for s, e, label, score, n in found]
             for doc, found in zip(documents, data["entities"])
         ]
-        return cls(fingerprint, data["sentences"], entities)
+        return cls(fingerprint, data["sentences"], entities, data["labels"], data["rules"])
 
 
 def pass_fingerprint(model_sha256: str | None, model_name: str, documents: list[Document]) -> str:
@@ -121,14 +125,22 @@ def pass_fingerprint(model_sha256: str | None, model_name: str, documents: list[
 
 
 def run_model_pass(
-    annotated: Iterable, documents: list[Document], fingerprint: str, progress: bool = True
+    annotator, documents: list[Document], fingerprint: str, progress: bool = True
 ) -> tuple[ModelPass, list[str]]:
-    """Collect `Annotator.annotate_documents` results for `documents` (progress on stderr);
+    """`annotator` (an `annotator.pipeline.Annotator`) over `documents`, progress on stderr;
     also returns one line per document that could not be split or tagged."""
+    from annotator.segmentation import segmenter_settings
+
     sentences: list[int | None] = []
     entities: list[list[Entity]] = []
     problems: list[str] = []
-    bar = tqdm(annotated, total=len(documents), unit="doc", desc="model pass", disable=not progress)
+    bar = tqdm(
+        annotator.annotate_documents(documents),
+        total=len(documents),
+        unit="doc",
+        desc="model pass",
+        disable=not progress,
+    )
     for result in bar:
         if result.error:
             problems.append(f"{result.document.source}:{result.document.row}: {result.error}")
@@ -137,4 +149,5 @@ def run_model_pass(
         else:
             sentences.append(result.sentences)
             entities.append(result.entities)
-    return ModelPass(fingerprint, sentences, entities), problems
+    rules = segmenter_settings(annotator.tagger)
+    return ModelPass(fingerprint, sentences, entities, annotator.labels, rules), problems

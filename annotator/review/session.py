@@ -1,9 +1,10 @@
 """A review session: the documents, the model's pass over them, the review order and the
 decisions so far; what the page's server asks for the next sentences and hands decisions to.
 
-`open_session` reads the documents, loads the model (for its labels and its own sentence
-splitting and tokenization, which the page snaps spans to), runs or reuses the model pass and
-opens the sample folder's store, locked against a second server on the same folder.
+`open_session` reads the documents, runs the model over them (or reuses its pass, kept in the
+sample folder, without loading the model), splits sentences with the model's own spaCy
+settings (the page snaps spans to those tokens) and opens the sample folder's store, locked
+against a second server on the same folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from annotator.logs import printable
 from annotator.records import Document, RecordError, Sentence
 from annotator.review.sampling import ModelPass, pass_fingerprint, review_order, run_model_pass
 from annotator.review.store import Decision, DecisionStore, Item, check_spans, sentence_key
+from annotator.segmentation import Segmenter
 
 log = logging.getLogger("annotator")
 
@@ -38,14 +40,13 @@ class ReviewSession:
         documents: list[Document],
         model_pass: ModelPass,
         segmenter,
-        labels: list[str],
         store: DecisionStore,
         model_name: str = "",
     ) -> None:
         self.documents = documents
         self.model_pass = model_pass
         self.segmenter = segmenter
-        self.labels = labels
+        self.labels = model_pass.labels
         self.store = store
         self.model_name = model_name
         self.candidates = model_pass.candidates()
@@ -152,6 +153,18 @@ def read_all(inputs: list[str], options: ReaderOptions) -> list[Document]:
     return documents
 
 
+def _run_pass(
+    model: str | None, device: str, documents: list[Document], fingerprint: str, progress: bool
+) -> ModelPass:
+    from annotator.pipeline import Annotator
+
+    with Annotator(model, device=device) as annotator:
+        model_pass, problems = run_model_pass(annotator, documents, fingerprint, progress)
+    for line in problems:
+        log.warning("left out %s", printable(line))
+    return model_pass
+
+
 def open_session(
     inputs: list[str],
     folder: str | Path,
@@ -161,7 +174,7 @@ def open_session(
     progress: bool = True,
 ) -> ReviewSession:
     """The session for reviewing `inputs` into sample `folder` (created if need be)."""
-    from annotator.pipeline import Annotator
+    from annotator.models import model_info
 
     folder = Path(folder)
     documents = read_all(inputs, options)
@@ -173,26 +186,17 @@ def open_session(
             f"{folder}: another review page is open on this sample folder; use it, or stop it"
         ) from None
     try:
-        with Annotator(model, device=device) as annotator:
-            fingerprint = pass_fingerprint(annotator.model.sha256, annotator.model.name, documents)
-            model_pass = ModelPass.load(folder, fingerprint, documents)
-            if model_pass is None:
-                model_pass, problems = run_model_pass(
-                    annotator.annotate_documents(documents), documents, fingerprint, progress
-                )
-                for line in problems:
-                    log.warning("left out %s", printable(line))
-                model_pass.save(folder)
-            else:
-                log.info("the model pass over these documents is kept in %s: reused", folder)
-        session = ReviewSession(
-            documents,
-            model_pass,
-            annotator.segmenter,
-            annotator.labels,
-            DecisionStore(folder),
-            annotator.model.name,
-        )
+        info = model_info(model)
+        fingerprint = pass_fingerprint(info.sha256, info.name, documents)
+        model_pass = ModelPass.load(folder, fingerprint, documents)
+        if model_pass is None:
+            model_pass = _run_pass(model, device, documents, fingerprint, progress)
+            model_pass.save(folder)
+        else:
+            log.info("the model's pass over these documents is kept in %s: reused", folder)
+        segmenter = Segmenter(**model_pass.rules)
+        store = DecisionStore(folder)
+        session = ReviewSession(documents, model_pass, segmenter, store, info.name)
     except BaseException:
         lock.release()
         raise
