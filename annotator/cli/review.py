@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from annotator.cli import cli
-from annotator.cli.options import DEVICE, MODEL, _check_parent, _input_options
+from annotator.cli.options import DEVICE, MODEL, input_options
 from annotator.errors import AnnotatorError, UsageError
+from annotator.files import check_parent
 
 DEFAULT_PORT = 8765
 
@@ -25,7 +25,7 @@ class _StartByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
-@cli.group(
+@click.group(
     cls=_StartByDefault,
     short_help="Label a sample of your documents in a local page.",
     epilog="Examples:\n\n\b\n  annotator review contracts/ --out sample/\n"
@@ -62,7 +62,7 @@ def review() -> None:
     help="Port on 127.0.0.1 (0: any free port).",
 )
 @click.option("--no-browser", is_flag=True, help="Do not open the page in a browser.")
-@_input_options
+@input_options
 def start(
     inputs: tuple[str, ...],
     folder: Path,
@@ -84,7 +84,7 @@ def start(
             raise UsageError("review reads files, not stdin: give files or folders")
         if not os.path.exists(item) and not glob.glob(item, recursive=True):
             raise UsageError(f"{item}: no such file or directory")
-    _check_parent(folder, "--out")
+    check_parent(folder, "--out")
     resolve_model(model)
 
     from annotator.review.server import ReviewServer
@@ -146,6 +146,6 @@ def export(folder: Path, output: Path) -> None:
 
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such sample folder")
-    _check_parent(output, "-o")
+    check_parent(output, "-o")
     exported = export_sample(folder, output)
     click.echo(f"{output}: {exported.line()}", err=True)
