@@ -60,8 +60,6 @@ def synthetic_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, synthetic_corpus) -> Path:
     """A small offline-preset tagger that really finds PER/ORG/LOC/MISC in synthetic text."""
-    if os.environ.get("TINY_CACHE"):  # LOCAL ONLY, do not commit
-        return Path(os.environ["TINY_CACHE"])
     from annotator.training.config import resolve_config
     from annotator.training.train import train
 
