@@ -50,7 +50,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -156,7 +156,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         return removed
     for candidate in candidates:
         pid = candidate.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             try:
                 candidate.unlink()
                 removed.append(candidate)
@@ -171,13 +171,18 @@ def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path
     return target.path
 
 
-def write_json_atomically(path: str | Path, data: Any, durable: bool = False) -> Path:
+def json_text(data: Any) -> str:
+    """`data` as the JSON files the tool writes (manifests, cards): indented, UTF-8."""
     text = json.dumps(data, indent=1, ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (an undecodable file name): written escaped
         text = json.dumps(data, indent=1)
-    return write_atomically(path, text + "\n", durable)
+    return text + "\n"
+
+
+def write_json_atomically(path: str | Path, data: Any, durable: bool = False) -> Path:
+    return write_atomically(path, json_text(data), durable)
 
 
 # --- processes and locks ------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--output",
     "-o",
     help="Output file (.jsonl or .parquet), - for stdout (default), or a "
-    "directory (DIR/ or an existing one) for part files and a "
+    "directory (DIR/, an existing one, or s3://bucket/prefix/) for part files and a "
     "manifest that --resume continues.",
 )
 @MODEL
@@ -56,7 +56,12 @@ def _exit_quietly_on_broken_pipe() -> None:
     help="One record per document (JSONL default) or per entity (Parquet default).",
 )
 @input_options
-@click.option("--drop-fields", is_flag=True, help="documents layout: write only id and entities.")
+@click.option(
+    "--drop-fields",
+    is_flag=True,
+    help="Documents layout: leave out the input's other fields (doc_id, entities and the "
+    "provenance keys stay).",
+)
 @click.option(
     "--spacy-model",
     help="Installed spaCy pipeline whose parser/senter finds sentences "
@@ -93,7 +98,8 @@ def _exit_quietly_on_broken_pipe() -> None:
     show_default=True,
     type=click.FloatRange(0, 1),
     callback=_a_number,
-    help="Keep entities scoring at least this (0 to 1).",
+    help="Keep entities scoring at least this (0 to 1). With a calibrated model (the default "
+    "one is), 0.9 keeps the spans that are right about 90% of the time.",
 )
 @click.option(
     "--on-error",
@@ -112,7 +118,8 @@ def _exit_quietly_on_broken_pipe() -> None:
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue the interrupted run in the output directory (starts one if there is none).",
+    help="Continue the interrupted run in the output directory (starts one if there is none; "
+    "a finished run is left as it is).",
 )
 @click.option(
     "--part-size",
@@ -182,7 +189,7 @@ def annotate(
     include_suffixes: tuple[str, ...],
     **options: Any,
 ) -> None:
-    """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
+    """Find the entities in INPUTS (files, folders, globs, s3:// URIs; none or - for stdin).
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """

@@ -26,8 +26,7 @@ DEVICE = click.option(
 PROGRESS = click.option(
     "--progress/--no-progress",
     default=None,
-    help="A progress bar on stderr (default: when stderr is a terminal; else one line per "
-    "epoch or file).",
+    help="A progress bar on stderr (default: when stderr is a terminal).",
 )
 
 

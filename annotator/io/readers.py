@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from annotator.errors import AnnotatorError
+from annotator.io.storage import is_remote, open_remote, open_remote_file, remote_files, remote_info
 from annotator.records import Document, Record, RecordError
 
 FORMATS = ("jsonl", "text", "parquet")
@@ -95,6 +96,8 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] 
     for item in inputs:
         if item == STDIN:
             files.append(STDIN)
+        elif is_remote(item):
+            files.extend(_remote_inputs(item, wanted))
         elif os.path.isdir(item):
             root = Path(item)
             found = sorted(  # a link to nothing too: its reader reports it, never a silent skip
@@ -103,18 +106,7 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] 
                 if (p.is_file() or p.is_symlink() and not p.exists())
                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
-            skipped = Counter(
-                _suffix_of(p) or "(none)" for p in found if _suffix_of(p) not in wanted
-            )
-            if skipped:
-                counts = ", ".join(f"{s} {n}" for s, n in sorted(skipped.items()))
-                logging.getLogger("annotator").info(
-                    "%s: skipped %d file%s by suffix (%s); --include-suffix takes them",
-                    item,
-                    sum(skipped.values()),
-                    "" if sum(skipped.values()) == 1 else "s",
-                    counts,
-                )
+            _log_skipped(item, [_suffix_of(p) for p in found], wanted)
             chosen = [
                 InputPath(str(p), p.relative_to(root).as_posix())
                 for p in found
@@ -135,6 +127,32 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] 
         else:
             raise AnnotatorError(f"{item}: no such file or directory")
     return files
+
+
+def _log_skipped(item: str, suffixes: list[str], wanted: set[str]) -> None:
+    skipped = Counter(suffix or "(none)" for suffix in suffixes if suffix not in wanted)
+    if skipped:
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(skipped.items()))
+        logging.getLogger("annotator").info(
+            "%s: skipped %d file%s by suffix (%s); --include-suffix takes them",
+            item,
+            sum(skipped.values()),
+            "" if sum(skipped.values()) == 1 else "s",
+            counts,
+        )
+
+
+def _remote_inputs(item: str, wanted: set[str]) -> list[str]:
+    """An object (s3://bucket/key) or every object under a prefix, chosen as a folder's files
+    are; ids of text objects are their names under the prefix, as in a folder."""
+    kind = remote_info(item)
+    if kind == "file":
+        return [InputPath(item, item.rsplit("/", 1)[-1])]
+    if kind is None:
+        raise AnnotatorError(f"{item}: no such object or prefix")
+    found = remote_files(item)
+    _log_skipped(item, [_suffix_of(Path(name)) for _, name in found], wanted)
+    return [InputPath(uri, name) for uri, name in found if _suffix_of(Path(name)) in wanted]
 
 
 def _unreadable_folders(root: str) -> list[str]:
@@ -192,7 +210,10 @@ class _Prefixed(io.RawIOBase):
 
 
 def _open_binary(path: str, compression: str | None) -> IO[bytes]:
-    raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
+    if path == STDIN:
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        raw = open_remote(path) if is_remote(path) else open(path, "rb")
     if path == STDIN and compression is None:  # no extension: the first bytes tell
         head = raw.read(4)  # waits for them, however slowly a pipe brings them
         compression = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
@@ -343,7 +364,7 @@ def _read_parquet(path: str, compression: str | None, options: ReaderOptions) ->
             f"{path}: Parquet is read from a plain file (not stdin, not compressed)"
         )
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(open_remote_file(path) if is_remote(path) else path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for the same bad file
         yield RecordError(path, 0, f"not a readable Parquet file ({exc})")
         return
@@ -363,7 +384,7 @@ def count_documents(inputs: list[str], options: ReaderOptions = ReaderOptions())
     """How many records the inputs hold (for a progress bar's ETA); None when it can't be known."""
     total = 0
     for path in inputs:
-        if path == STDIN:
+        if path == STDIN or is_remote(path):  # counting would read an object twice
             return None
         fmt, compression = detect_format(path, options.input_format)
         if fmt == "parquet":
