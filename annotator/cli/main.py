@@ -12,6 +12,7 @@ from annotator.cli.adapt import adapt
 from annotator.cli.annotate import annotate, tag
 from annotator.cli.corpus import corpus
 from annotator.cli.machine import bench, info
+from annotator.cli.review import review
 from annotator.cli.training import calibrate, evaluate, package_model, train
 from annotator.cli.views import plot, view
 from annotator.errors import AnnotatorError
@@ -106,5 +107,6 @@ for command in (
     package_model,
     plot,
     view,
+    review,
 ):
     cli.add_command(command)
