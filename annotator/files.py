@@ -32,6 +32,7 @@ def check_parent(path: str | Path | None, flag: str) -> None:
     before anything loads (not after a model has loaded and a run has gone by)."""
     if path is None or str(path) == "-":
         return
+    check_descriptor(Path(path))
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise UsageError(f"{flag} {path}: no such directory {parent}")
@@ -85,7 +86,7 @@ class AtomicFile:
         self.streamed = self.path.exists() and (not self.path.is_file() or _is_special(self.path))
         if self.streamed:  # a device, a FIFO, a socket or a link to one: written in place
             self.tmp = self.path
-            self.descriptor = _descriptor(self.path)
+            self.descriptor = check_descriptor(self.path)
             return
         if self.path.is_symlink():
             if not self.path.exists():
@@ -142,6 +143,17 @@ def _descriptor(path: Path) -> int | None:
             return None
         path = Path(os.path.join(path.parent, os.readlink(path)))
     return None
+
+
+def check_descriptor(path: Path) -> int | None:
+    """`path`'s descriptor number, as `_descriptor`; one that was closed when the command
+    started (`>&-`: it now holds /dev/null) is refused, as writing to it would lose the output."""
+    from annotator import streams
+
+    descriptor = _descriptor(path)
+    if descriptor is not None and streams.closed_at_start(descriptor):
+        raise streams.StreamFailed(f"cannot write to {path}: descriptor {descriptor} is closed")
+    return descriptor
 
 
 def _is_special(path: Path) -> bool:

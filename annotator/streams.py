@@ -18,6 +18,7 @@ import sys
 from annotator.errors import AnnotatorError
 
 _NAMES = {0: "standard input", 1: "standard output", 2: "standard error"}
+_CLOSED: set[int] = set()  # the standard descriptors that were closed when `guard` ran
 
 
 class StreamFailed(AnnotatorError):
@@ -91,6 +92,7 @@ def guard() -> None:
     """Put guarded streams in place of sys.stdin, sys.stdout and sys.stderr (the command line
     calls this first; a library user's streams stay theirs)."""
     closed = [fd for fd in (0, 1, 2) if not _is_open(fd)]
+    _CLOSED.update(closed)
     for fd in closed:  # the lowest free number: each closed one in turn
         os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
@@ -107,6 +109,12 @@ def guard() -> None:
             write_through=fd == 2,
         )
         setattr(sys, name, stream)
+
+
+def closed_at_start(fd: int) -> bool:
+    """Whether standard descriptor `fd` was closed when the command started: a path naming it
+    (/dev/stdout, /dev/fd/1) leads to /dev/null now, never to what the user meant."""
+    return fd in _CLOSED
 
 
 def drop_stdout() -> None:

@@ -205,6 +205,13 @@ def test_a_closed_stdin_is_one_line_and_a_closed_stderr_no_failure(tiny_model, t
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot read standard input")
     assert _annotator("--help", redirect="2>&- >/dev/null").returncode == 0
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(_jsonl(1))
+    for name in ("/dev/stdout", "/dev/fd/1"):  # a closed stdout's number now holds /dev/null
+        args = ("annotate", str(source), "-m", str(tiny_model), "-o", name, "--format", "jsonl")
+        result = _annotator(*args, redirect=">&-")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"cannot write to {name}: descriptor 1 is closed" in result.stderr
 
 
 # --- evaluation, spaCy pipelines ---------------------------------------------------------------
