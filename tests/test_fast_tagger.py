@@ -263,7 +263,9 @@ def test_char_duplicate_quirk_matches_flair_embeddings() -> None:
     order."""
     char_emb = CharacterEmbeddings(_char_dictionary(), 8, 6).eval()
     words = ["ab", "x", "ab", "Berlin", "ab", "é", "è", "co-op", "x"]  # "é"/"è" are both [<unk>]
-    component = CharComponent(char_emb)
+    component = CharComponent(
+        char_emb.name, 16, char_emb.char_dictionary, char_emb.char_embedding, char_emb.char_rnn
+    )
     cids = np.array([component.type_values(w)[0] for w in words])
     lengths = np.array([len(w) for w in words])
     src = component.source_sequences(cids, lengths, np.zeros(len(words), dtype=np.int64))
