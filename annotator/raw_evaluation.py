@@ -268,9 +268,13 @@ def calibrate(
         + f", raw text per {unit}",
         "spans": len(scores),
     }
-    tagger.model_card = {**(getattr(tagger, "model_card", None) or {}), CARD_KEY: card}
+    # saved as Flair saves a tagger (the fast engine's model may be a Flair-free FlatTagger)
+    from annotator.models import load_tagger
+
+    saved = load_tagger(None if model is None else str(model), device="cpu")
+    saved.model_card = {**(getattr(saved, "model_card", None) or {}), CARD_KEY: card}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tagger.save(Path(output))
+    saved.save(Path(output))
     return {
         "before": reliability(scores, correct),
         "after": reliability(apply_map(card, scores), correct),

@@ -229,6 +229,15 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
             f" words/s): {_fmt(growth, '+.1f', '%')} (goal < {memory['goal_percent']:.0f}%, "
             f"{'met' if memory['met'] else 'NOT met'})"
         )
+    first = section.get("first_answer")
+    if first:
+        lines.append(
+            f"first answer: {first['seconds']:.2f} s for one document of {first['characters']} "
+            f"characters through `annotator annotate` in a fresh process (goal <= "
+            f"{first['goal_seconds']:.1f} s); a usage error answers in "
+            f"{first['usage_error_seconds']:.2f} s (goal <= "
+            f"{first['goal_usage_error_seconds']:.1f} s): {'met' if first['met'] else 'NOT met'}"
+        )
     if not per_row_rss:
         lines.append("* --no-isolate: peak RSS of the whole process so far, not of the row")
     return "\n".join(lines)
