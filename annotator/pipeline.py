@@ -37,6 +37,7 @@ from annotator.segmentation import (
     segmenter_settings,
 )
 from annotator.tagging.engines import entities_of, make_engine
+from annotator.tagging.precision import DEFAULT_PRECISION
 
 log = logging.getLogger("annotator")
 
@@ -126,10 +127,11 @@ class Annotator:
         engine: str = "auto",
         split_process: bool | None = None,
         span_scores: str = "auto",
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         """`split_process`: split sentences in a child process, beside tagging (default: when
-        this process has more than one CPU). `span_scores`: see
-        `annotator.tagging.engines.make_engine`."""
+        this process has more than one CPU). `span_scores`, `precision` (fp32, bf16, auto):
+        see `annotator.tagging.engines.make_engine`."""
         from annotator.models import choose_device, load_model, model_card, model_info
 
         if split_process is None:
@@ -153,6 +155,7 @@ class Annotator:
             device=self.device,
             engine=engine,
             span_scores=span_scores,
+            precision=precision,
         )
         self._segmenter_options = (spacy_model, max_sentence_tokens, rules)
         self._segmenter: Segmenter | None = None

@@ -166,9 +166,10 @@ def evaluate_raw(
     engine: str = "auto",
     span_scores: str = "auto",
     annotator=None,
+    precision: str = "fp32",
 ) -> RawResult:
     """Score the whole annotate pipeline (`Annotator`, or the one given) on a split rebuilt as
-    raw text (`span_scores`: see `annotator.tagging.engines.make_engine`)."""
+    raw text (`span_scores`, `precision`: see `annotator.tagging.engines.make_engine`)."""
     from annotator.pipeline import Annotator
 
     files = find_split_files(corpus_dir)
@@ -181,6 +182,7 @@ def evaluate_raw(
         batch_size=batch_size,
         engine=engine,
         span_scores=span_scores,
+        precision=precision,
     )
     documents = read_tagged_documents(files[split], column_format)
     if holds_out(corpus_dir, split, annotator.tagger):

@@ -87,7 +87,8 @@ def test_bench_prints_every_row_writes_json_and_reports_identical_output(
         assert rows[key]["identical"] is True, rows[key]["comparison"]
     assert rows["3"]["engine"] == "fast" and rows["3"]["entities"] > 0
     assert rows["5"]["skipped"] and rows["5"]["words_per_second"] is None
-    assert [goal["target"] for goal in section["goals"]] == [3.0, 2.0, 0.7]
+    assert [goal["target"] for goal in section["goals"]] == [3.0, 2.0, 0.7, 1.5]
+    assert section["goals"][3]["met"] is None  # no bf16 rows: not judged
     assert section["goals"][1]["met"] is None  # no spaCy row: not judged
     first = section["first_answer"]  # one document, a fresh `annotator annotate` process
     assert 0 < first["usage_error_seconds"] < first["seconds"] and first["usage_error_exit"] == 2

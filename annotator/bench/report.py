@@ -85,16 +85,20 @@ _ORDER = ["1", "2@32", "2@", "3", "3w", "3p", "4", "5"]
 
 
 def _ordered(rows: dict[str, Row]) -> list[Row]:
-    def rank(row: Row) -> tuple[int, int]:
+    def rank(row: Row) -> tuple[int, int, str]:
         if row.key.startswith("2@") and row.key != "2@32":
-            return (2, int(row.key[2:]))
-        return (_ORDER.index(row.key), 0)
+            return (2, int(row.key[2:]), "")
+        if row.key in _ORDER:
+            return (_ORDER.index(row.key), 0, "")
+        base, _, precision = row.key.partition("@")  # 3@bf16 after 3
+        return (_ORDER.index(base), 0, precision)
 
     return sorted(rows.values(), key=rank)
 
 
-def _goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
-    """The targets of goals.toml, judged on wall-clock words/s (CPU-time ratios alongside)."""
+def _goals(rows: dict[str, Row], section: str = "model") -> list[dict[str, Any]]:
+    """The targets of goals.toml for `section` (a goal without one is every section's),
+    judged on wall-clock words/s (CPU-time ratios alongside)."""
 
     def ratio(key: str, other: str, attribute: str) -> float | None:
         mine, theirs = rows.get(key), rows.get(other)
@@ -104,6 +108,8 @@ def _goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
 
     goals = []
     for goal in GOALS["ratio"]:
+        if goal.get("section", section) != section:
+            continue
         wall = ratio(goal["row"], goal["against"], "words_per_second")
         goals.append(
             {

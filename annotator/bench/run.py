@@ -96,6 +96,9 @@ class BenchOptions:
     flair_docs: int | None = None  # Flair's rows (1, 2) on the first N documents only
     annotate_workers: int = 1  # > 1: row 3w, annotate in this many worker processes
     workers_copies: int = 1  # row 3w reads the documents this many times over
+    # the fast engine's precisions: rows 3, 3p and 4 run in each (fp32's keys are plain,
+    # others' get @PRECISION: 3@bf16)
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 def load_documents(options: BenchOptions) -> tuple[list[str], str]:
@@ -210,15 +213,19 @@ def run_section(
             {**flair_base, "kind": "tagger", "engine": "flair", "batch_size": 32},
         )
     )
-    plans.append(
-        (
-            "3",
-            "(3) annotator annotate, end to end",
-            "read JSONL > split > tag > Parquet",
-            "",
-            {**base, "kind": "annotate", "output": str(workdir / f"{name}-out.parquet")},
+    for precision in options.precisions:
+        tag = "" if precision == "fp32" else f"@{precision}"
+        label = "" if precision == "fp32" else f" [{precision}]"
+        fast = {**base, "precision": precision}
+        plans.append(
+            (
+                f"3{tag}",
+                f"(3) annotator annotate, end to end{label}",
+                "read JSONL > split > tag > Parquet",
+                "",
+                {**fast, "kind": "annotate", "output": str(workdir / f"{name}{tag}-out.parquet")},
+            )
         )
-    )
     if options.annotate_workers > 1:
         plans.append(
             (
@@ -236,24 +243,28 @@ def run_section(
                 },
             )
         )
-    plans.append(
-        (
-            "3p",
-            "(3p) fast engine predict only",
-            "predict on pre-split sentences",
-            "",
-            {**base, "kind": "tagger", "engine": "auto"},
+    for precision in options.precisions:
+        tag = "" if precision == "fp32" else f"@{precision}"
+        label = "" if precision == "fp32" else f" [{precision}]"
+        fast = {**base, "precision": precision}
+        plans.append(
+            (
+                f"3p{tag}",
+                f"(3p) fast engine predict only{label}",
+                "predict on pre-split sentences",
+                "",
+                {**fast, "kind": "tagger", "engine": "auto"},
+            )
         )
-    )
-    plans.append(
-        (
-            "4",
-            "(4) forward pass only (ceiling)",
-            "torch forward on prepared batches",
-            "",
-            {**base, "kind": "forward"},
+        plans.append(
+            (
+                f"4{tag}",
+                f"(4) forward pass only (ceiling){label}",
+                "torch forward on prepared batches",
+                "",
+                {**fast, "kind": "forward"},
+            )
         )
-    )
     plans.append(
         (
             "1",
@@ -348,7 +359,7 @@ def run_section(
         mine = row.extra.pop("_entities", None) if row is not reference else None
         if row.key == "5":
             row.comparison = "another model"
-        elif row.key == "4":
+        elif row.key.split("@")[0] == "4":
             row.comparison = "no decoding"
         elif row is reference:
             row.comparison = "reference"
@@ -395,7 +406,7 @@ def run_section(
         "name": name,
         "model": model,
         "rows": [asdict(r) for r in _ordered(rows)],
-        "goals": _goals(rows),
+        "goals": _goals(rows, name),
         "memory": memory,
     }
 
@@ -485,6 +496,10 @@ def run_bench(
         raise AnnotatorError("--repeat and --docs must be at least 1")
     if any(size < 1 for size in options.batch_sizes):
         raise AnnotatorError("--batch-sizes must be positive")
+    from annotator.tagging.precision import PRECISIONS
+
+    if not options.precisions or not set(options.precisions) <= set(PRECISIONS):
+        raise AnnotatorError(f"--precision: a comma-separated list of {', '.join(PRECISIONS)}")
     flair_docs = 1 if options.flair_docs is None else options.flair_docs
     if min(options.annotate_workers, options.workers_copies, flair_docs) < 1:
         raise AnnotatorError(

@@ -70,8 +70,10 @@ class FastSequenceTagger:
     tagger is moved there with ``tagger.to(device)`` (flair keeps ``force_cpu`` word-embedding
     tables
     on the CPU; their lookups are transferred, as flair does).  ``max_tokens_per_batch`` bounds
-    the tokens per forward pass.  ``autocast_dtype`` opts into ``torch.autocast`` for the forward
-    (faster on GPU, but then predictions may differ slightly from flair's).
+    the tokens per forward pass.  ``autocast_dtype`` (``--precision bf16``) runs the forward's
+    matrix work under ``torch.autocast`` (faster where the hardware has bfloat16 units, but
+    then predictions may differ slightly from flair's; an LSTM's recurrence on the CPU stays in
+    float32, see `lstm_packed`).
     """
 
     name = "fast"  # the engine's name in logs and output metadata
@@ -115,14 +117,14 @@ class FastSequenceTagger:
         self._n_cols = n_cols
         self._reset_type_cache()
         rnn = getattr(tagger, "rnn", None) if tagger.use_rnn else None
-        # on the CPU, inputs are projected once per distinct row (see _forward_distinct); cuDNN's
-        # LSTM on a GPU is left to do its own projection
-        self._distinct_rows: bool = (
-            self.device.type == "cpu"
-            and autocast_dtype is None
-            and type(rnn) is nn.LSTM
-            and not getattr(rnn, "proj_size", 0)
-            and not any(c.contextual for c in self.components)
+        # on the CPU, inference runs the LSTM step by step on packed rows (`_forward_cpu`), and
+        # without contextual embeddings projects each distinct input row once; cuDNN's LSTM on
+        # a GPU is left to do its own projection
+        self._own_lstm: bool = (
+            self.device.type == "cpu" and type(rnn) is nn.LSTM and not getattr(rnn, "proj_size", 0)
+        )
+        self._distinct_rows: bool = self._own_lstm and not any(
+            c.contextual for c in self.components
         )
 
         dictionary = tagger.label_dictionary
@@ -372,8 +374,8 @@ class FastSequenceTagger:
         ``rnn``: computes ``tagger.rnn`` on packed data another way (a trainer's, same math).
         """
         tagger = self.tagger
-        if batch.row_keys is not None and not given and rnn is None and not tagger.training:
-            return self._forward_distinct(batch)
+        if self._own_lstm and not given and rnn is None and not tagger.training:
+            return self._forward_cpu(batch)
         x = self.embed_flat(batch, given)[batch.packed_to_flat]
         x = x.to(tagger.linear.weight.dtype)
         if tagger.training:
@@ -390,22 +392,28 @@ class FastSequenceTagger:
             x = self._train_dropouts(x, batch, word_level=False)
         return tagger.linear(x)
 
-    def _forward_distinct(self, batch: PreparedBatch) -> torch.Tensor:
-        """``forward_packed`` at inference on the CPU, the first layer's input side per distinct
-        row.
+    def _forward_cpu(self, batch: PreparedBatch) -> torch.Tensor:
+        """``forward_packed`` at inference on the CPU: the LSTM step by step on packed rows
+        (`lstm_packed`, whose recurrence stays in float32 under bf16), and with `row_keys`, the
+        first layer's input side per distinct row.
 
         Reprojection and the input weights of the BiLSTM's first layer (most of the model's
-        arithmetic) see each distinct embedding row once, not once per token: a batch of news
-        text has fewer than half as many distinct rows as tokens.  The recurrence then runs
-        on the packed rows with the same equations as ``tagger.rnn``.
+        arithmetic without contextual embeddings) then see each distinct embedding row once,
+        not once per token: a batch of news text has fewer than half as many distinct rows as
+        tokens.
         """
         tagger = self.tagger
-        _, first, group = np.unique(batch.row_keys, return_index=True, return_inverse=True)
-        packed_to_distinct = torch.from_numpy(group.reshape(-1))[batch.packed_to_flat]
-        x = self.embed_flat(batch)[torch.from_numpy(first)].to(tagger.linear.weight.dtype)
+        if batch.row_keys is not None:
+            _, first, group = np.unique(batch.row_keys, return_index=True, return_inverse=True)
+            rows = torch.from_numpy(group.reshape(-1))[batch.packed_to_flat]
+            x = self.embed_flat(batch)[torch.from_numpy(first)]
+        else:
+            rows = None
+            x = self.embed_flat(batch)[batch.packed_to_flat]
+        x = x.to(tagger.linear.weight.dtype)
         if tagger.reproject_embeddings:
             x = tagger.embedding2nn(x)
-        x = lstm_packed(tagger.rnn, x, batch.batch_sizes.tolist(), rows=packed_to_distinct)
+        x = lstm_packed(tagger.rnn, x, batch.batch_sizes.tolist(), rows=rows, exact_state=True)
         return tagger.linear(x)
 
     def _train_dropouts(
@@ -463,7 +471,7 @@ class FastSequenceTagger:
         with torch.inference_mode(), eval_mode(self.tagger), self._autocast():
             for indices, batch_sentences, _ in self.batches(sentences):
                 batch = self.prepare(batch_sentences)
-                flat = self.forward_packed(batch)[batch.flat_to_packed]
+                flat = self.forward_packed(batch).float()[batch.flat_to_packed]
                 for index, piece in zip(indices, torch.split(flat, batch.lengths)):
                     outputs.append((index, piece))
         outputs.sort(key=lambda item: item[0])
