@@ -14,6 +14,7 @@ from annotator.errors import UsageError
 from annotator.tagging import precision
 from annotator.tagging.engines import make_engine
 from annotator.tagging.precision import resolve_precision
+from tests.test_fast_tagger import VARIANTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -73,7 +74,10 @@ def test_bf16_runs_the_matrix_work_in_bfloat16_and_keeps_the_spans(with_bf16, ti
     exact = make_engine(tagger, device=CPU, precision="fp32")
     fast = make_engine(tagger, device=CPU, precision="bf16")
     assert exact.autocast_dtype is None and fast.autocast_dtype is torch.bfloat16
-    assert make_engine(tagger, device=CPU, precision="auto").autocast_dtype is torch.bfloat16
+    # auto: float32 for a model without a character LM (bfloat16 gains nothing there)
+    assert make_engine(tagger, device=CPU, precision="auto").autocast_dtype is None
+    with_lm = VARIANTS["flair fwd/bwd(lower, no whitespace, chunked)+word crf"]()
+    assert make_engine(with_lm, device=CPU, precision="auto").autocast_dtype is torch.bfloat16
     reference, rounded = exact.emissions(sentences), fast.emissions(sentences)
     assert not torch.equal(reference, rounded)  # it did run in bfloat16
     assert torch.allclose(reference, rounded, atol=0.25, rtol=0.05)

@@ -112,12 +112,11 @@ def _make_engine(tagger, batch_size: int, device, engine: str, precision: str) -
     if reason is None:
         where = torch.device(device) if device is not None else tagger.linear.weight.device
         tokens = CPU_TOKENS_PER_BATCH if where.type == "cpu" else GPU_TOKENS_PER_BATCH
-        return FastSequenceTagger(
-            tagger,
-            device=device,
-            max_tokens_per_batch=tokens,
-            autocast_dtype=resolve_precision(precision, where),
-        )
+        fast = FastSequenceTagger(tagger, device=device, max_tokens_per_batch=tokens)
+        # bfloat16 pays where a character language model's large LSTM is the work
+        heavy = any(component.contextual for component in fast.components)
+        fast.autocast_dtype = resolve_precision(precision, where, worthwhile=heavy)
+        return fast
     if engine == "fast":
         from annotator.errors import ModelError
 

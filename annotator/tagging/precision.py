@@ -55,15 +55,23 @@ def bf16_unsupported(device: torch.device) -> str | None:
 _said: set[str] = set()
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+def resolve_precision(
+    precision: str, device: torch.device, worthwhile: bool = True
+) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device` (None: float32). `bf16` where bfloat16
-    is not fast is a usage error; `auto` then falls back to float32 and says so once."""
+    is not fast is a usage error; `auto` then falls back to float32 and says so once. `auto`
+    also keeps float32 for a model whose matrix work is too small to gain (`worthwhile`
+    False: measured no faster on the default model, whose time goes to its many small steps,
+    while a character language model's large LSTM runs 2-5x faster)."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
     reason = bf16_unsupported(device)
     if reason is None:
+        if precision == "auto" and not worthwhile:
+            log.info("precision auto: float32 (bfloat16 is no faster for this model)")
+            return None
         import torch
 
         return torch.bfloat16
