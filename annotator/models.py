@@ -113,7 +113,7 @@ def _user_cache(sha256: str) -> Path:
 
 def valid_export(path: Path, sha256: str) -> Path | None:
     """The cached export of `path` made from its current content (its sha256), if one exists."""
-    from annotator.tagging.export import read_description
+    from annotator.tagging.export_header import read_description
 
     for candidate in (cached_export(path), _user_cache(sha256)):
         try:
@@ -177,7 +177,7 @@ def pickle_notice(path: Path) -> None:
 def model_card(model: str | Path | None) -> dict | None:
     """The model card, read from an export's header without loading the model (None where
     the model has no export yet)."""
-    from annotator.tagging.export import read_description
+    from annotator.tagging.export_header import read_description
 
     try:
         resolved = resolve_model(model)

@@ -21,7 +21,8 @@ from flair.models import SequenceTagger  # noqa: E402
 
 import annotator.models as models  # noqa: E402
 from annotator.tagging.engines import make_engine  # noqa: E402
-from annotator.tagging.export import FlatTagger, read_description  # noqa: E402
+from annotator.tagging.export import FlatTagger  # noqa: E402
+from annotator.tagging.export_header import read_description  # noqa: E402
 from tests.test_fast_tagger import (  # noqa: E402
     VARIANTS,
     _char_dictionary,

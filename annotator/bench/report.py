@@ -220,7 +220,7 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
         mark = "n/a" if goal["met"] is None else ("met" if goal["met"] else "NOT met")
         goals.append(
             f"  {goal['goal']}: {_fmt(goal['ratio'], '.2f', 'x')} (goal >= "
-            f"{goal['target']:.1f}x: {mark}; by CPU time "
+            f"{goal['target']:g}x: {mark}; by CPU time "
             f"{_fmt(goal.get('cpu_ratio'), '.2f', 'x')})"
         )
     lines.append("goals (wall-clock words/s):")

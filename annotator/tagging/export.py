@@ -29,11 +29,9 @@ from annotator.tagging.components import (
     SharedVectorComponent,
     word_index,
 )
+from annotator.tagging.export_header import FORMAT_VERSION, META_KEY, read_description
 from annotator.vectors import VectorLookup
 
-#: the safetensors header key holding the description
-META_KEY = "annotator_export"
-FORMAT_VERSION = 1
 _DICTIONARY = "__dictionary__"
 
 
@@ -132,16 +130,6 @@ def write_export(model_file: str | Path, target: str | Path, sha256: str | None 
 
 
 # ---------------------------------------------------------------------------- reading
-
-
-def read_description(path: str | Path) -> dict[str, Any] | None:
-    """The export's description (None: not an annotator export), from the header alone."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    text = metadata.get(META_KEY)
-    return json.loads(text) if text else None
 
 
 def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
