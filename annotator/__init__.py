@@ -8,7 +8,7 @@ The Python API mirrors the command line::
     annotate(["docs.jsonl"], "entities.parquet", annotator=annotator)
 """
 
-__version__ = "0.1.0"
+from annotator.version import __version__
 
 __all__ = ["Annotator", "AnnotateOptions", "annotate", "__version__"]
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, UsageError
 
 CHUNK = 1 << 16
 
@@ -25,6 +25,15 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_parent(path: str | Path | None, flag: str) -> None:
+    """An output whose folder does not exist is a usage error, found before anything loads."""
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: no such directory {parent}")
 
 
 def fsync_dir(path: Path) -> None:

@@ -262,7 +262,7 @@ def describe_environment() -> str:
     import spacy
     import torch
 
-    from annotator import __version__
+    from annotator.version import __version__
 
     device = choose_device("auto")
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""

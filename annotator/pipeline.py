@@ -4,30 +4,33 @@ Documents are pooled into chunks so that sentences from many documents share len
 mini-batches; a chunk is cut when it is large enough *or* when no more input is waiting, so
 a slow pipe still sees its results promptly. Output keeps input order; memory is bounded by
 one chunk plus a bounded read-ahead queue.
+
+A run is handed in whole: its request (`annotator.runs.request`), a source of records and
+the sinks that receive the documents (`annotator.io.sinks`); this loop never asks which.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import queue
 import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tqdm import tqdm
 
-from annotator import __version__
 from annotator.errors import AnnotatorError, RecordFailed, UsageError
-from annotator.io.readers import ReaderOptions, count_documents, expand_inputs, read_documents
-from annotator.io.writers import default_layout, open_writer, output_format
+from annotator.io.readers import ReaderOptions
+from annotator.io.sinks import ErrorReport, FileSink, Sink
 from annotator.logs import printable
-from annotator.records import Document, Entity, Record, RecordError, Sentence
+from annotator.records import Document, Entity, Record, RecordError, Sentence, Summary
+from annotator.runs.request import AnnotateOptions, AnnotateRequest
+from annotator.runs.shards import FileSource, Source
 from annotator.segmentation import (
     BLANK_NAME,
     Segmenter,
@@ -38,65 +41,12 @@ from annotator.segmentation import (
 )
 from annotator.tagging.engines import entities_of, make_engine
 from annotator.tagging.precision import DEFAULT_PRECISION
+from annotator.version import __version__
 
 log = logging.getLogger("annotator")
 
 CHUNK_CHARS = 200_000  # text per chunk: enough sentences for well-filled batches
 READ_AHEAD = 4096  # records queued ahead of the tagger
-
-
-@dataclass
-class AnnotateOptions:
-    """Everything `annotator annotate` can be told; the Parquet metadata records it."""
-
-    model: str | None = None
-    device: str = "auto"
-    engine: str = "auto"
-    batch_size: int = 32
-    spacy_model: str | None = None
-    max_sentence_tokens: int = 250
-    input_format: str | None = None
-    text_field: str = "text"
-    id_field: str = "id"
-    output_format: str | None = None
-    layout: str | None = None
-    drop_fields: bool = False
-    labels: tuple[str, ...] = ()
-    min_score: float = 0.0
-    on_error: str = "fail"
-    errors: str | None = None
-    progress: bool | None = None
-
-    def for_output(self, output: str | None, directory: bool = False) -> AnnotateOptions:
-        """These options with the output format and layout settled: `--format`, else the
-        output's extension (a directory: Parquet); the layout follows the format."""
-        fmt = self.output_format or ("parquet" if directory else output_format(output, None))
-        return replace(self, output_format=fmt, layout=self.layout or default_layout(fmt))
-
-
-@dataclass
-class Summary:
-    documents: int = 0
-    sentences: int = 0
-    words: int = 0
-    entities: Counter = field(default_factory=Counter)
-    skipped: int = 0
-    seconds: float = 0.0
-    # worker processes: from the first one starting on its documents to the last one done
-    # (their starts and model loading left out, as `seconds` of a one-process run leaves them)
-    work_seconds: float | None = None
-
-    @property
-    def words_per_second(self) -> float:
-        return self.words / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        types = ", ".join(f"{label} {count}" for label, count in sorted(self.entities.items()))
-        return (
-            f"{self.documents} documents, {self.sentences} sentences, "
-            f"{sum(self.entities.values())} entities ({types or 'none'}), "
-            f"{self.skipped} skipped, {self.words_per_second:,.0f} words/s"
-        )
 
 
 @dataclass
@@ -176,6 +126,7 @@ class Annotator:
             options.max_sentence_tokens,
             options.engine,
             split_process,
+            precision=options.precision,
         )
 
     @property
@@ -320,45 +271,7 @@ def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[tuple[list[Any
             item = take(True)
 
 
-class _ErrorReport:
-    """Where skipped records go: a JSONL file with --errors, else one line each on stderr."""
-
-    def __init__(self, path: str | None) -> None:
-        self.handle = open(path, "w", encoding="utf-8") if path else None
-
-    def add(self, error: RecordError) -> None:
-        if self.handle:
-            line = json.dumps(error.to_dict(), ensure_ascii=False)
-            if not line.isascii():  # a lone surrogate in a reason must not stop the report
-                line = json.dumps(error.to_dict())
-            self.handle.write(line + "\n")
-            self.handle.flush()
-        else:
-            log.warning("skipped %s", printable(str(error)))
-
-    def close(self) -> None:
-        if self.handle:
-            self.handle.close()
-
-
-def _tag_locally(annotator: Annotator, documents: Iterable[Document]) -> Iterator[Annotated]:
-    return annotator.annotate_documents(documents)
-
-
-@dataclass
-class Hooks:
-    """The seams `annotator.runs` and `annotator.ray_engine` plug into; the defaults are a plain
-    run into one file. `records` and `tag` must keep input order."""
-
-    expand: Callable[[list[str]], list[str]] = expand_inputs
-    records: Callable[[list[str], ReaderOptions], Iterable[Record]] = read_documents
-    tag: Callable[[Annotator, Iterable[Document]], Iterable[Annotated]] = _tag_locally
-    open_writer: Callable[[dict[str, Any]], Any] | None = None  # metadata -> writer; None: `output`
-    errors: Callable[[str | None], Any] = _ErrorReport  # --errors path -> report (add, close)
-    total: Callable[[list[str], ReaderOptions], int | None] = count_documents  # progress bar
-
-
-def _bad_record(record: RecordError, on_error: str, report: _ErrorReport, summary: Summary) -> None:
+def _bad_record(record: RecordError, on_error: str, report: ErrorReport, summary: Summary) -> None:
     """--on-error fail: one clear message; skip: counted and reported."""
     if on_error == "fail":
         raise AnnotatorError(f"{printable(str(record))} (use --on-error skip to skip bad records)")
@@ -367,7 +280,7 @@ def _bad_record(record: RecordError, on_error: str, report: _ErrorReport, summar
 
 
 def _split_records(
-    records: Iterable[Record], on_error: str, report: _ErrorReport, summary: Summary
+    records: Iterable[Record], on_error: str, report: ErrorReport, summary: Summary
 ) -> Iterator[Document]:
     for record in records:
         if isinstance(record, RecordError):
@@ -410,24 +323,12 @@ def _filtered(entities: list[Entity], labels: set[str], min_score: float) -> lis
     return [e for e in entities if (not labels or e.label in labels) and e.score >= min_score]
 
 
-RUN_ID_ENV = "ANNOTATOR_RUN_ID"  # one run's id, shared with its worker processes
-
-
-def run_id() -> str:
-    """The id every row of this run carries: the CLI's (in the environment, so workers share
-    it), else a new uuid per call of `annotate`."""
-    import os
-    import uuid
-
-    return os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex
-
-
-def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
+def _metadata(annotator: Annotator, options: AnnotateOptions, run_id: str) -> dict[str, Any]:
     import datetime
     from importlib.metadata import version
 
     return {
-        "run_id": run_id(),
+        "run_id": run_id,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": annotator.model.name,
         "model_sha256": annotator.model.sha256,
@@ -439,20 +340,16 @@ def _metadata(annotator: Annotator, options: AnnotateOptions) -> dict[str, Any]:
     }
 
 
-def annotate(
-    inputs: list[str] | tuple[str, ...],
-    output: str | None,
-    options: AnnotateOptions = AnnotateOptions(),
+def run_pipeline(
+    request: AnnotateRequest,
+    source: Source,
+    sink: Sink,
     annotator: Annotator | None = None,
-    on_document: Callable[[Document, list[Entity]], None] | None = None,
-    hooks: Hooks | None = None,
+    watchers: Sequence[Sink] = (),
 ) -> Summary:
-    """Annotate every document of `inputs` into `output` (None or '-' for stdout)."""
-    if options.on_error not in ("fail", "skip"):
-        raise AnnotatorError("--on-error is fail or skip")
-    hooks = hooks or Hooks()
-    files = hooks.expand(list(inputs))
-    options = options.for_output(output)
+    """Read `source`, tag, write into `sink`; the
+    `watchers` see the same documents. A bad record is `--on-error`'s to decide."""
+    options = request.options
     reader_options = ReaderOptions(options.input_format, options.text_field, options.id_field)
     annotator = annotator or Annotator.from_options(options)
     labels = set(options.labels)
@@ -464,14 +361,14 @@ def annotate(
         )
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     summary = Summary()
-    report = hooks.errors(options.errors if options.on_error == "skip" else None)
-    metadata = _metadata(annotator, options)
+    report = sink.error_report(options.errors if options.on_error == "skip" else None)
+    metadata = _metadata(annotator, options, request.run_id)
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
 
         def count() -> None:  # an unreadable input is the reader's to report, not this thread's
             try:
-                bar.total = hooks.total(files, reader_options)
+                bar.total = source.total(reader_options)
             except Exception:
                 pass
 
@@ -479,36 +376,29 @@ def annotate(
     started = time.perf_counter()
     duplicates = _DuplicateIds()
     failing = (options.on_error, report, summary)
+    sinks = [sink, *watchers]
     try:
-        # opened here, so that any way out of the block below removes its temporary file
-        writer = (
-            hooks.open_writer(metadata)
-            if hooks.open_writer
-            else open_writer(
-                output, options.output_format, options.layout, metadata, options.drop_fields
-            )
-        )
         try:
-            documents = _split_records(
-                hooks.records(files, reader_options), options.on_error, report, summary
-            )
-            for result in hooks.tag(annotator, documents):
+            for each in sinks:  # opened here, so that any way out below removes temporary files
+                each.open(metadata)
+            documents = _split_records(source.records(reader_options), *failing)
+            for result in source.tag(annotator, documents):
                 if result.error is None:
                     try:
                         entities = _filtered(result.entities, labels, options.min_score)
-                        writer.write(result.document, entities)
+                        sink.write(result.document, entities)
                     except RecordFailed as exc:
                         result.error = str(exc)
                 if result.error is not None:  # split, tag or write failed: a bad record
                     doc = result.document
-                    if hasattr(writer, "skip"):
-                        writer.skip(doc)  # a directory run's bookkeeping moves past it
+                    for each in sinks:
+                        each.skip(doc)
                     _bad_record(RecordError(doc.source, doc.row, result.error), *failing)
                     continue
                 duplicates.add(result.document.id)
-                writer.flush()
-                if on_document is not None:
-                    on_document(result.document, entities)
+                sink.flush()
+                for each in watchers:
+                    each.write(result.document, entities)
                 summary.documents += 1
                 summary.sentences += result.sentences
                 summary.words += result.tokens
@@ -521,9 +411,13 @@ def annotate(
                         words_s=f"{summary.words / elapsed:,.0f}",
                         refresh=False,
                     )
-            writer.close()
+            summary.seconds = time.perf_counter() - started
+            while sinks:  # the output first, then the watchers (the --html page)
+                sinks[0].close(summary)
+                sinks.pop(0)
         except BaseException:
-            writer.abort()
+            for each in sinks:  # those not closed yet
+                each.abort()
             raise
         else:
             duplicates.warn()
@@ -532,3 +426,22 @@ def annotate(
         report.close()
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def file_sink(request: AnnotateRequest) -> FileSink:
+    """The sink of a run into one file or stdout."""
+    options = request.options
+    return FileSink(request.output, options.output_format, options.layout, options.drop_fields)
+
+
+def annotate(
+    inputs: list[str] | tuple[str, ...],
+    output: str | None,
+    options: AnnotateOptions = AnnotateOptions(),
+    annotator: Annotator | None = None,
+) -> Summary:
+    """Annotate every document of `inputs` into one file `output` (None or '-' for stdout).
+    Directories, shards, worker processes and Ray: `annotator.runs.dispatch.annotate_run`."""
+    request = AnnotateRequest.build(inputs, output, options)
+    files = request.input_files()
+    return run_pipeline(request, FileSource(files), file_sink(request), annotator)

@@ -5,6 +5,7 @@ Every stage imports these from here, so no stage has to import another to share 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,3 +101,30 @@ def percent(fraction: float, digits: int = 2) -> str:
     """One convention for scores: fractions (0-1) in data files (metrics.json, report.json,
     --json), `64.00%` in text, figures and logs."""
     return f"{100 * fraction:.{digits}f}%"
+
+
+@dataclass
+class Summary:
+    """What a run did: counts for its last line on stderr (and the bench)."""
+
+    documents: int = 0
+    sentences: int = 0
+    words: int = 0
+    entities: Counter = field(default_factory=Counter)
+    skipped: int = 0
+    seconds: float = 0.0
+    # worker processes: from the first one starting on its documents to the last one done
+    # (their starts and model loading left out, as `seconds` of a one-process run leaves them)
+    work_seconds: float | None = None
+
+    @property
+    def words_per_second(self) -> float:
+        return self.words / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        types = ", ".join(f"{label} {count}" for label, count in sorted(self.entities.items()))
+        return (
+            f"{self.documents} documents, {self.sentences} sentences, "
+            f"{sum(self.entities.values())} entities ({types or 'none'}), "
+            f"{self.skipped} skipped, {self.words_per_second:,.0f} words/s"
+        )

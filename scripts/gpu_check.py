@@ -121,8 +121,8 @@ def scaling(args: argparse.Namespace) -> None:
     """`annotate --workers N` words/s for each N, on documents sized to N (so that every worker has
     the same work), each worker with cores/N torch threads and its own splitter process; as with
     `annotate`, one worker is a run in this process (timed without loading the model)."""
-    from annotator.pipeline import AnnotateOptions
-    from annotator.runs.dispatch import RunOptions, annotate_run
+    from annotator.runs.dispatch import annotate_run
+    from annotator.runs.request import AnnotateOptions, AnnotateRequest
 
     texts = [
         json.loads(line)["text"]
@@ -139,7 +139,8 @@ def scaling(args: argparse.Namespace) -> None:
             _write_cycled(docs, texts, args.words_per_worker * workers)
             started = time.perf_counter()
             output = f"{Path(scratch) / f'out-{workers}'}/"
-            summary = annotate_run([str(docs)], output, options, RunOptions(workers=workers))
+            request = AnnotateRequest.build([str(docs)], output, options, workers=workers)
+            summary = annotate_run(request)
             wall = time.perf_counter() - started
             work = summary.work_seconds if summary.work_seconds is not None else summary.seconds
             run = {

@@ -1,7 +1,9 @@
 """The package's shape: stages import downward only, and nothing imports in a circle.
 
-Every import counts, function-level ones too. Package `__init__` modules are namespaces (the
-top-level one is the lazy public API) and are left out of the graph.
+Every import counts, function-level ones too, and every module is in the graph, package
+`__init__` modules included: a package's own (`cli`, `runs`, ...) goes by the package's name,
+the top-level one (the lazy public API) by `__init__`. `from annotator.cli import main` is an
+import of the module `cli.main`; `from annotator.cli import cli`, of the package's `__init__`.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "annotator"
 
+#: Packages whose `__init__` is a namespace: it imports nothing, so it sits in the first stage.
+NAMESPACES = ["io", "runs", "tagging", "training", "views", "bench"]
+
 #: Stages in data-flow order: a module may import its own stage or an earlier one.
 STAGES = [
-    ["errors", "records", "files", "logs"],
+    ["errors", "records", "files", "logs", "version", *NAMESPACES],
     ["models", "embeddings", "corpus"],
-    ["io.readers", "io.writers", "io.outputs"],
+    ["io.readers", "io.writers", "io.outputs", "io.storage", "io.sinks"],
+    ["runs.shards", "runs.request"],
     ["segmentation"],
     ["tagging.*"],
     ["pipeline"],
-    ["runs.shards", "runs.directory", "runs.workers", "runs.ray", "views.*"],
+    ["runs.directory", "runs.workers", "runs.ray", "views.*"],
     ["evaluation", "raw_evaluation", "training.*"],
     ["bench.*"],
-    ["cli.*", "runs.dispatch", "__main__"],
+    ["cli", "cli.*", "runs.dispatch", "__main__", "__init__"],
 ]
 #: They assemble the rest: allowed to import any stage.
 TOP = set(STAGES[-1])
@@ -32,9 +38,19 @@ def _modules() -> dict[str, Path]:
     found = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
-        if parts[-1] != "__init__":
-            found[".".join(parts)] = path
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]  # a package's own module: named as the package
+        found[".".join(parts)] = path
     return found
+
+
+def _module_of(name: str, modules: set[str]) -> str | None:
+    """`annotator.X.Y` -> `X.Y` if that is a module of the package; `annotator` -> `__init__`."""
+    if name == "annotator":
+        return "__init__"
+    if name.startswith("annotator.") and name[len("annotator.") :] in modules:
+        return name[len("annotator.") :]
+    return None
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
@@ -42,15 +58,12 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for alias in node.names:  # a submodule, else a name defined in the module
+                name = f"{node.module}.{alias.name}"
+                found.add(_module_of(name, modules) or _module_of(node.module, modules))
         elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        for name in names:
-            if name.startswith("annotator.") and name[len("annotator.") :] in modules:
-                found.add(name[len("annotator.") :])
-    return found
+            found.update(_module_of(alias.name, modules) for alias in node.names)
+    return found - {None}
 
 
 def _stage(module: str) -> int:
@@ -101,3 +114,5 @@ def test_the_checks_see_the_real_imports():
     graph = _graph()
     assert "tagging.engines" in graph["pipeline"] and "pipeline" in graph["runs.directory"]
     assert _stage("tagging.fast") > _stage("segmentation")
+    assert "cli.main" in graph["cli"] and "pipeline" in graph["__init__"]  # `__init__`s count
+    assert "logs" in graph["cli.main"] and "__init__" not in graph["cli.main"]

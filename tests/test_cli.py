@@ -185,7 +185,8 @@ def test_annotate_with_include_suffix(tiny_model, tmp_path):
     assert [json.loads(l)["doc_id"] for l in out.read_text().splitlines()] == ["a.txt"]
     result = CliRunner().invoke(cli, [*args, "--include-suffix", ".md"])
     assert [json.loads(l)["doc_id"] for l in out.read_text().splitlines()] == ["a.txt", "b.md"]
-    os.environ.pop("ANNOTATOR_INCLUDE_SUFFIXES", None)
+    result = CliRunner().invoke(cli, args)  # the suffix was this run's, not the next one's
+    assert [json.loads(l)["doc_id"] for l in out.read_text().splitlines()] == ["a.txt"]
 
 
 def test_annotator_is_a_context_manager_that_ends_its_splitter(tiny_model):

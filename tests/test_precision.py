@@ -86,3 +86,17 @@ def test_bf16_runs_the_matrix_work_in_bfloat16_and_keeps_the_spans(with_bf16, ti
     assert [[s[:3] for s in spans] for spans in fast.predict(sentences)] == [
         [s[:3] for s in spans] for spans in found
     ]
+
+
+def test_annotate_refuses_bf16_in_one_line_before_loading(no_bf16, tmp_path, monkeypatch):
+    import annotator.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "Angela Merkel visited Paris."}\n')
+    result = CliRunner().invoke(
+        cli, ["annotate", str(source), "-o", str(tmp_path / "o.jsonl"), "--precision", "bf16"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--precision bf16: this CPU has neither AMX" in result.output
+    assert not (tmp_path / "o.jsonl").exists()

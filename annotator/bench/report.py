@@ -11,7 +11,7 @@ from typing import Any
 
 import tomllib
 
-from annotator import __version__
+from annotator.version import __version__
 
 SCORE_TOLERANCE = 1e-4
 

@@ -306,8 +306,8 @@ def _row_annotate_workers(spec: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from annotator.models import choose_device
-    from annotator.pipeline import AnnotateOptions
     from annotator.runs.directory import part_files
+    from annotator.runs.request import AnnotateOptions, AnnotateRequest
     from annotator.runs.workers import annotate_with_workers
 
     device = choose_device(spec["device"])
@@ -318,8 +318,10 @@ def _row_annotate_workers(spec: dict[str, Any]) -> dict[str, Any]:
         write_docs(Path(docs), _read_texts(spec["docs"]), copies=spec["copies"])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    devices = [spec["device"]] * spec["workers"]
-    summary = annotate_with_workers([docs], spec["output"], options, devices)
+    devices = (spec["device"],) * spec["workers"]
+    output = f"{str(spec['output']).rstrip('/')}/"  # a directory of parts
+    request = AnnotateRequest.build([docs], output, options, devices=devices)
+    summary = annotate_with_workers(request)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     parts = part_files(spec["output"])

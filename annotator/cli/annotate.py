@@ -8,64 +8,9 @@ from typing import Any
 
 import click
 
-from annotator.cli import cli
-from annotator.cli.options import DEVICE, MODEL, PROGRESS, _check_parent, _input_options
-from annotator.errors import AnnotatorError, UsageError
+from annotator.cli.options import DEVICE, MODEL, PRECISION, PROGRESS, input_options
 
 EXIT_SKIPPED = 3
-
-
-def _check_annotate(
-    inputs: tuple[str, ...],
-    output: str | None,
-    settings: Any,
-    run: Any,
-    include_suffixes: tuple[str, ...] = (),
-) -> None:
-    """Every refusal of `annotate`'s inputs, outputs and options, before a model loads."""
-    import glob
-    import os
-
-    from annotator.io.readers import STDIN, check_outputs_apart
-    from annotator.io.writers import STDOUT, output_format
-    from annotator.models import resolve_model
-    from annotator.runs.directory import is_directory_output
-    from annotator.runs.dispatch import _check, _worker_devices
-    from annotator.runs.shards import Shard
-
-    for item in inputs:
-        if item != "-" and not glob.has_magic(item) and not os.path.exists(item):
-            raise UsageError(f"{item}: no such file or directory")
-        if (
-            glob.has_magic(item)
-            and not os.path.exists(item)
-            and not glob.glob(item, recursive=True)
-        ):
-            raise UsageError(f"{item}: no file matches this pattern")
-    if inputs.count(STDIN) > 1:
-        raise UsageError("- (stdin) is given more than once: it can be read only once")
-    try:
-        check_outputs_apart(
-            inputs,
-            {"-o": output, "--errors": settings.errors, "--html": run.page},
-            include_suffixes or None,  # None: the environment's, as the folder read takes them
-        )
-        Shard.parse(run.shard)
-        _check(list(inputs), output, run, _worker_devices(settings, run))
-        directory = is_directory_output(output)
-        if not directory:
-            fmt = output_format(output, settings.output_format)
-            if fmt == "parquet" and output in (None, STDOUT):
-                raise AnnotatorError("Parquet cannot be streamed to stdout; give -o FILE.parquet")
-    except UsageError:
-        raise
-    except AnnotatorError as exc:
-        raise UsageError(str(exc)) from None
-    if output not in (None, STDOUT) and not directory:  # a directory output is created
-        _check_parent(output, "-o")
-    if settings.errors:
-        _check_parent(settings.errors, "--errors")
-    resolve_model(settings.model)
 
 
 def _a_number(ctx: click.Context, param: Any, value: float) -> float:
@@ -84,7 +29,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     sys.exit(141)
 
 
-@cli.command(
+@click.command(
     short_help="Find the entities in files, folders or stdin.",
     epilog="Example:\n\n\b\n  annotator annotate docs.jsonl -o entities.parquet\n"
     "  annotator annotate archive/ -o entities/ --resume --html first.html\n"
@@ -110,7 +55,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     type=click.Choice(["documents", "spans"]),
     help="One record per document (JSONL default) or per entity (Parquet default).",
 )
-@_input_options
+@input_options
 @click.option("--drop-fields", is_flag=True, help="documents layout: write only id and entities.")
 @click.option(
     "--spacy-model",
@@ -133,6 +78,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     "fills its batches by tokens (8,192 on a CPU, 16,384 on a GPU).",
 )
 @DEVICE
+@PRECISION
 @click.option(
     "--engine",
     type=click.Choice(["auto", "fast", "flair"]),
@@ -241,19 +187,18 @@ def annotate(
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
-    import os
-    import uuid
-
-    from annotator.io.readers import INCLUDE_ENV
-    from annotator.pipeline import RUN_ID_ENV, AnnotateOptions
-    from annotator.runs.dispatch import RunOptions, annotate_run
+    from annotator.runs.dispatch import annotate_run
+    from annotator.runs.request import AnnotateOptions, AnnotateRequest
 
     settings = AnnotateOptions(
         labels=tuple(l.strip() for l in labels.split(",") if l.strip()) if labels else (),
         errors=errors_file,
         **options,
     )
-    run = RunOptions(
+    request = AnnotateRequest.build(
+        inputs,
+        output,
+        settings,
         resume=resume,
         shard=shard,
         part_size=part_size,
@@ -263,15 +208,10 @@ def annotate(
         ray_address=ray_address,
         page=html_page,
         page_limit=html_limit,
+        include_suffixes=include_suffixes,
     )
-    _check_annotate(inputs, output, settings, run, include_suffixes)
-    if html_page:
-        _check_parent(html_page, "--html")
-    if include_suffixes:  # through the environment: worker processes see it too
-        os.environ[INCLUDE_ENV] = ",".join(include_suffixes)
-    os.environ[RUN_ID_ENV] = uuid.uuid4().hex  # the same on every row of the run, every worker
     try:
-        summary = annotate_run(inputs, output, settings, run)
+        summary = annotate_run(request)
     except BrokenPipeError:
         _exit_quietly_on_broken_pipe()
     click.echo(summary.line(), err=True)
@@ -279,7 +219,7 @@ def annotate(
         sys.exit(EXIT_SKIPPED)
 
 
-@cli.command(
+@click.command(
     epilog='Example:\n\n\b\n  annotator tag "I live in Singapore, I work for DSO."\n'
     '  echo "Angela Merkel visited Paris." | annotator tag -m runs/offline'
 )

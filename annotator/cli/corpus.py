@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from annotator.cli import cli
 from annotator.cli.options import COLUMN_FORMAT
 
 
-@cli.group(
+@click.group(
     epilog="Example:\n\n\b\n  annotator corpus fetch conllpp --dest data/conllpp\n"
     "  annotator corpus stats data/conllpp"
 )

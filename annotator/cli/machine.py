@@ -6,12 +6,11 @@ from typing import Any
 
 import click
 
-from annotator.cli import cli
 from annotator.cli.options import DEVICE, MODEL
 from annotator.errors import AnnotatorError
 
 
-@cli.command(
+@click.command(
     short_help="Versions, device and the default model.", epilog="Example:\n\n\b\n  annotator info"
 )
 def info() -> None:
@@ -21,7 +20,7 @@ def info() -> None:
     click.echo(describe_environment())
 
 
-@cli.command(
+@click.command(
     short_help="Words/s of Flair, spaCy and annotator.",
     epilog="Example:\n\n\b\n  annotator bench --docs 50 --repeat 3 --json bench.json",
 )

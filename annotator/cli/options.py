@@ -1,13 +1,10 @@
-"""Options that several commands share, and the checks they run before anything loads."""
+"""Options that several commands share."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
-
-from annotator.errors import UsageError
 
 COLUMN_FORMAT = click.option(
     "--column-format",
@@ -45,11 +42,11 @@ PROGRESS = click.option(
 )
 
 
-def _show(progress: bool | None) -> bool:
+def show_progress(progress: bool | None) -> bool:
     return progress if progress is not None else sys.stderr.isatty()
 
 
-def _input_options(command):
+def input_options(command):
     """How documents are read: the same flags for `annotate` and `view`."""
     command = click.option(
         "--id-field",
@@ -76,12 +73,3 @@ MODEL = click.option(
     "absent), or a hub name (`name`, `org/name`). A value that looks like a path (it starts "
     "with / . ~, ends in .pt, or its folder exists) must exist.",
 )
-
-
-def _check_parent(path: str | Path | None, flag: str) -> None:
-    """An output whose folder does not exist is a usage error, found before anything loads."""
-    if path is None or str(path) == "-":
-        return
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: no such directory {parent}")

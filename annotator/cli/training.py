@@ -9,19 +9,12 @@ from typing import Any
 
 import click
 
-from annotator.cli import cli
-from annotator.cli.options import (
-    COLUMN_FORMAT,
-    DEVICE,
-    PRECISION,
-    PROGRESS,
-    _check_parent,
-    _show,
-)
+from annotator.cli.options import COLUMN_FORMAT, DEVICE, PRECISION, PROGRESS, show_progress
+from annotator.files import check_parent
 from annotator.records import percent
 
 
-@cli.command(
+@click.command(
     short_help="Train a tagger on a CoNLL corpus.",
     epilog="Example:\n\n\b\n  annotator train data/conllpp --preset offline -o runs/offline\n"
     "  annotator train data/conllpp -o runs/offline --resume",
@@ -118,7 +111,7 @@ def train(
     if flags.get("device") == "auto" and resume:
         flags.pop("device")
     config = resolve_config(preset, config_file, flags)
-    result = run(corpus_dir, output, config, resume=resume, progress=_show(progress))
+    result = run(corpus_dir, output, config, resume=resume, progress=show_progress(progress))
     if not result.finished:
         click.echo(
             f"stopped after epoch {result.epochs}; continue with: annotator train "
@@ -140,7 +133,7 @@ def train(
         click.echo(f"test micro-F1 {percent(result.test['micro']['f1'])}")
 
 
-@cli.command(
+@click.command(
     short_help="Precision, recall and F1 of a model.",
     epilog="Example:\n\n\b\n  annotator evaluate runs/offline data/conllpp --split test "
     "--report runs/offline/report\n  annotator evaluate default data/conllpp\n"
@@ -209,7 +202,7 @@ def evaluate(
     from annotator.models import resolve_model
 
     resolve_model(model)  # a mistyped path fails here, before anything loads
-    _check_parent(json_file, "--json")
+    check_parent(json_file, "--json")
     if raw:
         from annotator.tagging.precision import check_precision
 
@@ -222,10 +215,19 @@ def evaluate(
         from annotator.evaluation import evaluation_report
 
         result = evaluation_report(
-            model, corpus_dir, report_dir, split, column_format, batch_size, device, _show(progress)
+            model,
+            corpus_dir,
+            report_dir,
+            split,
+            column_format,
+            batch_size,
+            device,
+            show_progress(progress),
         )
     elif not raw:
-        result = run(model, corpus_dir, split, column_format, batch_size, device, _show(progress))
+        result = run(
+            model, corpus_dir, split, column_format, batch_size, device, show_progress(progress)
+        )
     if result is not None:
         click.echo(format_table(result))
     if raw:
@@ -252,7 +254,7 @@ def evaluate(
         json_file.write_text(json.dumps(data, indent=2))
 
 
-@cli.command(
+@click.command(
     short_help="Make a model's span scores probabilities.",
     epilog="Example:\n\n\b\n  annotator calibrate runs/offline data/conllpp -o calibrated.pt\n"
     "  annotator calibrate default my-sample.conll --column-format text,ner -o mine.pt",
@@ -306,7 +308,7 @@ def calibrate(
     from annotator.models import resolve_model
 
     resolve_model(model)  # a mistyped path fails here, before anything loads
-    _check_parent(output, "--output")
+    check_parent(output, "--output")
     from annotator.raw_evaluation import calibrate as fit
 
     outcome = fit(model, corpus_dir, output, split, column_format, unit, device, method)
@@ -323,7 +325,7 @@ def calibrate(
     click.echo(f"ECE on spans left out of the fit (5 folds, 5 repeats): {checked}")
 
 
-@cli.command(
+@click.command(
     "package-model",
     hidden=True,  # the maintainers' step of `make model`
     epilog="Example:\n\n\b\n  annotator package-model build/default-model "

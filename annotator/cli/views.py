@@ -9,14 +9,13 @@ from pathlib import Path
 
 import click
 
-from annotator.cli import cli
-from annotator.cli.options import _check_parent, _input_options
+from annotator.cli.options import input_options
 from annotator.errors import AnnotatorError, UsageError
-from annotator.files import write_atomically
+from annotator.files import check_parent, write_atomically
 from annotator.io.readers import check_outputs_apart
 
 
-@cli.command(
+@click.command(
     short_help="Redraw a training run's curves.",
     epilog="Example:\n\n\b\n  annotator plot runs/offline -o curves.png\n"
     "  annotator plot default -o training.png   # the packaged model's own run",
@@ -39,7 +38,7 @@ def plot(model_dir: Path, output: Path | None) -> None:
     packaged = str(model_dir) == DEFAULT_NAME
     if packaged and output is None:
         raise UsageError("plot default: give -o FILE.png (the package folder is not for writing)")
-    _check_parent(output, "-o")
+    check_parent(output, "-o")
     if packaged and not DEFAULT_METRICS.exists():
         raise AnnotatorError(
             f"{DEFAULT_METRICS}: the packaged model's training metrics are not in this "
@@ -66,7 +65,7 @@ def _no_torch() -> Iterator[None]:
         del sys.modules["torch"]
 
 
-@cli.command(
+@click.command(
     short_help="An HTML page of annotate output.",
     epilog="Example:\n\n\b\n  annotator view entities.parquet --docs documents.jsonl "
     "-o view.html --label PER",
@@ -94,7 +93,7 @@ def _no_torch() -> Iterator[None]:
     multiple=True,
     help="Only entities of this type, and only documents that have one (repeatable).",
 )
-@_input_options
+@input_options
 def view(
     spans: str,
     docs: tuple[str, ...],
@@ -106,7 +105,7 @@ def view(
     id_field: str,
 ) -> None:
     """Write an HTML page of SPANS (an `annotate` output) with its entities highlighted."""
-    _check_parent(output, "-o")
+    check_parent(output, "-o")
     try:
         check_outputs_apart([spans, *docs], {"-o": output})
     except AnnotatorError as exc:

@@ -52,9 +52,8 @@ class ReaderOptions:
 
 
 #: What a folder gives: files with these suffixes (before .gz/.zst), others are skipped and
-#: counted. `--include-suffix` (ANNOTATOR_INCLUDE_SUFFIXES, comma-separated) widens it.
+#: counted. `--include-suffix` widens it.
 FOLDER_SUFFIXES = (".txt", ".text", ".jsonl", ".ndjson", ".json", ".parquet")
-INCLUDE_ENV = "ANNOTATOR_INCLUDE_SUFFIXES"
 
 
 class InputPath(str):
@@ -81,16 +80,12 @@ def _suffix_of(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _wanted_suffixes(include: tuple[str, ...] | None) -> set[str]:
-    if include is None:
-        include = tuple(os.environ.get(INCLUDE_ENV, "").split(","))
+def _wanted_suffixes(include: tuple[str, ...]) -> set[str]:
     extra = {s.strip().lower() for s in include if s.strip()}
     return set(FOLDER_SUFFIXES) | {s if s.startswith(".") else f".{s}" for s in extra}
 
 
-def expand_inputs(
-    inputs: list[str] | tuple[str, ...], include: tuple[str, ...] | None = None
-) -> list[str]:
+def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] = ()) -> list[str]:
     """Files, folders (recursively, sorted; known suffixes only, what is skipped is logged)
     and globs → a list of files; no input means stdin."""
     if not inputs:
@@ -399,7 +394,7 @@ def _identity(path: str) -> tuple[int, int] | str:
 def check_outputs_apart(
     inputs: list[str] | tuple[str, ...],
     outputs: dict[str, str | None],
-    include: tuple[str, ...] | None = None,
+    include: tuple[str, ...] = (),
 ) -> None:
     """Refuse outputs (flag → path; a directory output included) that would overwrite an input
     file, share a path with another output, or lie inside an input folder where that folder's

@@ -11,8 +11,9 @@ deletes part files the manifest does not name and continues from the cursor, so 
 of the parts equals an uninterrupted run's output: nothing missing, nothing twice.
 
 Sharded runs into one directory prefix their files with ``shard-K-of-N-``, so N jobs (or N
-worker processes) can share the directory, each with its own manifest. This module wraps
-`annotator.pipeline.annotate` through its `Hooks`; it reads, tags and writes nothing itself.
+worker processes) can share the directory, each with its own manifest. This module hands
+`annotator.pipeline.run_pipeline` a source that remembers positions and a sink that writes
+parts; it reads and tags nothing itself.
 """
 
 from __future__ import annotations
@@ -23,23 +24,22 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from annotator import __version__
 from annotator.errors import AnnotatorError
 from annotator.files import DirectoryLock, fingerprint, fsync_dir, write_json_atomically
-from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
-from annotator.io.writers import STDOUT, WriteFailed, open_writer
-from annotator.pipeline import AnnotateOptions, Annotator, Hooks, Summary, _ErrorReport, annotate
-from annotator.records import Document, Record, RecordError
-from annotator.runs.shards import Shard, Source, local_source
+from annotator.io.readers import ReaderOptions
+from annotator.io.sinks import ErrorReport, Sink
+from annotator.io.writers import WriteFailed, open_writer
+from annotator.pipeline import Annotator, run_pipeline
+from annotator.records import Document, Record, RecordError, Summary
+from annotator.runs.request import AnnotateOptions, AnnotateRequest
+from annotator.runs.shards import FileSource, Positioned, Shard, Source
+from annotator.version import __version__
 
 log = logging.getLogger("annotator")
-
-
-PART_SIZE = 10_000
 
 
 MANIFEST_VERSION = 1
@@ -64,19 +64,19 @@ SETTING_FIELDS = (
 class _Tracker:
     """Remembers the position of each document between reading and writing.
 
-    The pipeline reads ahead (in another thread); the part writer, which sees documents in
+    The pipeline reads ahead (in another thread); the part sink, which sees documents in
     input order, pops their positions here to know how far a committed part reaches.
     """
 
-    def __init__(self, source: Source, cursor: tuple[int, int], shard: Shard, errors: int) -> None:
-        self.source, self.cursor, self.shard = source, cursor, shard
+    def __init__(self, source: Source, cursor: tuple[int, int], errors: int) -> None:
+        self.source, self.cursor = source, cursor
         self.errors = errors  # bad records seen so far (in shard), committed ones included
         self.late = 0  # documents read well that failed later (split, tag, write)
         self.pending: deque = deque()
 
-    def records(self, files: list[str], options: ReaderOptions) -> Iterator[Record]:
+    def records(self, options: ReaderOptions) -> Iterator[Record]:
         last = self.cursor
-        for index, number, record in self.source(files, options, self.cursor, self.shard):
+        for index, number, record in self.source.positioned(options, self.cursor):
             if (index, number) <= last:
                 raise RuntimeError(f"records out of order: {(index, number)} after {last}")
             last = (index, number)
@@ -98,6 +98,31 @@ class _Tracker:
         return index, number, errors + self.late
 
 
+class _ResumedSource:
+    """A source read from a manifest's cursor on, each record's position remembered."""
+
+    def __init__(self, source: Source, manifest: Manifest) -> None:
+        self.source, self.manifest, self.files = source, manifest, source.files
+        self.tracker = _Tracker(source, manifest.cursor, manifest.data["skipped"])
+
+    def positioned(self, options: ReaderOptions, cursor: tuple[int, int]) -> Iterator[Positioned]:
+        return self.source.positioned(options, cursor)
+
+    def records(self, options: ReaderOptions) -> Iterator[Record]:
+        return self.tracker.records(options)
+
+    def total(self, options: ReaderOptions) -> int | None:
+        try:
+            count = self.source.total(options)
+        except (OSError, AnnotatorError):  # e.g. URIs of the Ray backend: the bar has no total
+            return None
+        manifest = self.manifest
+        return None if count is None else count - manifest.documents - manifest.data["skipped"]
+
+    def tag(self, annotator: Annotator, documents: Iterable[Document]) -> Iterable[Any]:
+        return self.source.tag(annotator, documents)
+
+
 def _manifest_name(shard: Shard) -> str:
     return f"{shard.prefix}manifest.json"
 
@@ -112,7 +137,7 @@ def _shard_counts(directory: Path) -> dict[str, int]:
     return found
 
 
-def _settings(files: list[str], options: AnnotateOptions, shard: Shard) -> dict[str, Any]:
+def run_settings(files: list[str], options: AnnotateOptions, shard: Shard) -> dict[str, Any]:
     """What a run writes depends on exactly these; a resume must match them."""
     from annotator.models import model_info
 
@@ -300,26 +325,28 @@ def _write_error(path: Path, exc: OSError | WriteFailed, manifest: Manifest) -> 
     )
 
 
-class PartWriter:
-    """The pipeline's writer for a directory: numbered parts, committed one by one."""
+class PartSink(Sink):
+    """The output of a directory run: numbered parts, committed one by one to the manifest."""
 
     def __init__(
         self,
         manifest: Manifest,
         tracker: _Tracker,
-        fmt: str,
-        layout: str,
-        metadata: dict[str, Any],
-        drop_fields: bool,
+        options: AnnotateOptions,
         part_size: int,
     ) -> None:
         self.manifest, self.tracker = manifest, tracker
-        self.fmt, self.layout, self.metadata, self.drop_fields = fmt, layout, metadata, drop_fields
-        self.part_size = max(1, part_size)
+        self.fmt, self.layout = options.output_format, options.layout
+        self.drop_fields = options.drop_fields
+        self.part_size = part_size
+        self.metadata: dict[str, Any] = {}
         self.current: Any = None
         self.path: Path | None = None
         self.documents = self.rows = 0
         self.last: tuple[int, int, int] | None = None
+
+    def open(self, metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
 
     def _open(self) -> None:
         self.path = self.manifest.directory / self.manifest.part_name(
@@ -385,7 +412,7 @@ class PartWriter:
         except (OSError, WriteFailed) as exc:
             raise _write_error(self.manifest.path, exc, self.manifest) from None
 
-    def close(self) -> None:
+    def close(self, summary: Summary) -> None:
         """The input is exhausted: commit the last part and mark the run complete."""
         self._commit(complete=True)
 
@@ -397,8 +424,11 @@ class PartWriter:
                 pass
             self.current = None
 
+    def error_report(self, path: str | None) -> ErrorReport:
+        return _ResumedErrors(path, self.manifest.data["skipped"])
 
-class _ResumedErrors(_ErrorReport):
+
+class _ResumedErrors(ErrorReport):
     """--errors FILE of a resumed run: keeps the lines of committed bad records, appends the
     rest."""
 
@@ -422,70 +452,39 @@ def part_files(directory: str | Path) -> list[Path]:
     ]
 
 
-def is_directory_output(output: str | None) -> bool:
-    """`-o DIR/` (a trailing slash) or an existing directory."""
-    return (
-        bool(output)
-        and output != STDOUT
-        and (output.endswith(("/", os.sep)) or os.path.isdir(output))
-    )
-
-
 def annotate_directory(
-    inputs: Iterable[str],
-    directory: str | Path,
-    options: AnnotateOptions,
-    shard: Shard = Shard(),
-    resume: bool = False,
-    part_size: int = PART_SIZE,
+    request: AnnotateRequest,
+    source: Source | None = None,
     annotator: Annotator | None = None,
-    on_document: Callable[[Document, list], None] | None = None,
-    source: Source = local_source,
-    tag: Callable | None = None,
-    expand: Callable[[list[str]], list[str]] = expand_inputs,
+    watchers: Sequence[Sink] = (),
     lock: bool = True,
 ) -> Summary:
-    """Annotate `inputs` into numbered part files in `directory`, resuming where it stopped.
+    """Annotate `request`'s inputs into numbered part files in its output directory, resuming
+    where it stopped. `source`: a `FileSource` of the request's shard unless given (Ray's).
 
     The run holds the directory's lock (of its shard) while it lives; `lock=False` when the
     caller holds it."""
-    directory = Path(directory)
-    options = options.for_output(None, directory=True)
-    if part_size < 1:
-        raise AnnotatorError("--part-size must be at least 1")
-    files = expand(list(inputs))
-    lock = lock_directory(directory, shard) if lock else None
+    directory = Path(request.output)
+    if source is None:
+        source = FileSource(request.input_files(), request.shard)
+    held = lock_directory(directory, request.shard) if lock else None
     try:
-        return _annotate_directory(
-            files,
-            directory,
-            options,
-            shard,
-            resume,
-            part_size,
-            annotator,
-            on_document,
-            source,
-            tag,
-        )
+        return _annotate_directory(request, directory, source, annotator, watchers)
     finally:
-        if lock is not None:
-            lock.release()
+        if held is not None:
+            held.release()
 
 
 def _annotate_directory(
-    files: list[str],
+    request: AnnotateRequest,
     directory: Path,
-    options: AnnotateOptions,
-    shard: Shard,
-    resume: bool,
-    part_size: int,
-    annotator: Annotator | None,
-    on_document: Callable[[Document, list], None] | None,
     source: Source,
-    tag: Callable | None,
+    annotator: Annotator | None,
+    watchers: Sequence[Sink],
 ) -> Summary:
-    manifest = Manifest.open(directory, shard, _settings(files, options, shard), resume)
+    shard = request.shard
+    settings = run_settings(source.files, request.options, shard)
+    manifest = Manifest.open(directory, shard, settings, request.resume)
     if manifest.complete:
         log.info(
             "%s: already complete (%d documents in %d parts); nothing to do",
@@ -493,6 +492,8 @@ def _annotate_directory(
             manifest.documents,
             len(manifest.parts),
         )
+        for watcher in watchers:  # an --html page of no documents says so
+            watcher.close(Summary())
         return Summary()
     if manifest.parts:
         log.info(
@@ -501,30 +502,6 @@ def _annotate_directory(
             manifest.documents,
             len(manifest.parts),
         )
-    tracker = _Tracker(source, manifest.cursor, shard, manifest.data["skipped"])
-
-    def total(files: list[str], reader_options: ReaderOptions) -> int | None:
-        try:
-            count = count_documents(files, reader_options) if shard.count == 1 else None
-        except (OSError, AnnotatorError):  # e.g. URIs of the Ray backend: the bar has no total
-            return None
-        return None if count is None else count - manifest.documents - manifest.data["skipped"]
-
-    hooks = Hooks(
-        expand=lambda _: files,
-        records=tracker.records,
-        open_writer=lambda metadata: PartWriter(
-            manifest,
-            tracker,
-            options.output_format,
-            options.layout,
-            metadata,
-            options.drop_fields,
-            part_size,
-        ),
-        errors=lambda path: _ResumedErrors(path, manifest.data["skipped"]),
-        total=total,
-    )
-    if tag is not None:
-        hooks.tag = tag
-    return annotate(files, str(directory), options, annotator, on_document, hooks)
+    resumed = _ResumedSource(source, manifest)
+    sink = PartSink(manifest, resumed.tracker, request.options, request.part_size)
+    return run_pipeline(request, resumed, sink, annotator, watchers)

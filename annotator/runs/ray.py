@@ -8,10 +8,10 @@
 Reading runs in Ray tasks with `annotator.readers`, so ids, rows, bad records and compressed
 or Parquet inputs are exactly what the local backend sees (Ray's own `read_json` and
 `read_parquet` cannot say which line a row came from, so `source_row` and SOURCE:ROW ids
-would differ). Each actor loads the tagger once. The driver receives the results in input
-order (`preserve_order`) and writes them with the local backend's writers — the same files,
-the same schema (`annotator.writers.SPANS_SCHEMA`), and for a directory output the same part
-files and manifest, so `--resume` and `--shard` work here too.
+would differ). Each actor loads the tagger once, from the run's request. The driver receives
+the results in input order (`preserve_order`) and writes them with the local backend's sinks —
+the same files, the same schema (`annotator.io.writers.SPANS_SCHEMA`), and for a directory
+output the same part files and manifest, so `--resume` and `--shard` work here too.
 
 Inputs are local (or shared-filesystem) paths, or URIs pyarrow's filesystems open (s3://,
 gs://, hdfs://...); a remote file is copied to the reading worker's temp dir and read there.
@@ -34,10 +34,11 @@ from typing import Any
 from annotator import logs
 from annotator.errors import AnnotatorError
 from annotator.io.readers import ReaderOptions, expand_inputs
-from annotator.pipeline import Annotated, AnnotateOptions, Annotator, Hooks, Summary, annotate
-from annotator.records import Document, Entity, RecordError
-from annotator.runs.directory import PART_SIZE, annotate_directory, is_directory_output
-from annotator.runs.shards import Positioned, Shard, local_source
+from annotator.pipeline import Annotated, Annotator, file_sink, run_pipeline
+from annotator.records import Document, Entity, RecordError, Summary
+from annotator.runs.directory import annotate_directory
+from annotator.runs.request import AnnotateRequest
+from annotator.runs.shards import FileSource, Positioned, Shard
 
 log = logging.getLogger("annotator")
 
@@ -64,14 +65,14 @@ def _is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def expand_any(inputs: list[str]) -> list[str]:
+def expand_any(inputs: list[str], include: tuple[str, ...] = ()) -> list[str]:
     """Local files, folders and globs as `expand_inputs` finds them; URIs of files or folders."""
     from pyarrow import fs
 
     files: list[str] = []
     for item in inputs:
         if not _is_uri(item):
-            files.extend(expand_inputs([item]))
+            files.extend(expand_inputs([item], include))
             continue
         filesystem, path = fs.FileSystem.from_uri(item)
         info = filesystem.get_file_info(path)
@@ -122,11 +123,11 @@ def _records_of(
     path: str, skip: int, shard: Shard, options: ReaderOptions
 ) -> Iterator[tuple[int, Any]]:
     if not _is_uri(path):
-        for _, number, record in local_source([path], options, (0, skip), shard):
+        for _, number, record in FileSource([path], shard).positioned(options, (0, skip)):
             yield number, record
         return
     with _local_copy(path) as local:
-        for _, number, record in local_source([local], options, (0, skip), Shard()):
+        for _, number, record in FileSource([local]).positioned(options, (0, skip)):
             record = _as_from(record, local, path)
             if shard.holds(record):
                 yield number, record
@@ -206,13 +207,13 @@ class _Tagger:
     """Ray actor: loads the tagger once, then tags batches of documents."""
 
     def __init__(
-        self, options: AnnotateOptions, model_bytes: Any, device: str, threads: int, keep_text: bool
+        self, request: AnnotateRequest, model_bytes: Any, device: str, threads: int
     ) -> None:
         import torch
 
         logs.quiet_flair()
         torch.set_num_threads(max(1, threads))
-        options = replace(options, device=device)
+        options = replace(request.options, device=device)
         if model_bytes is not None:  # a local model file, shipped through the object store
             import ray
 
@@ -223,7 +224,7 @@ class _Tagger:
                 handle.write(model_bytes)
         # one CPU per actor: no splitter process beside it
         self.annotator = Annotator.from_options(options, split_process=False)
-        self.keep_text = keep_text
+        self.keep_text = options.layout == "documents"
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -256,12 +257,6 @@ class _TaggedDocument(Document):
     tokens: int = 0
 
 
-def _tagged(annotator: Annotator, documents: Iterable[Document]) -> Iterator[Annotated]:
-    """The pipeline's `tag` hook: the work was done on the cluster."""
-    for doc in documents:
-        yield Annotated(doc, doc.entities, doc.sentences, doc.tokens)
-
-
 def _annotator_error(exc: BaseException) -> AnnotatorError | None:
     """The user error inside a Ray task's exception, if that is what it is."""
     seen = set()
@@ -275,25 +270,44 @@ def _annotator_error(exc: BaseException) -> AnnotatorError | None:
 
 
 class RaySource:
-    """A `runs.Source` whose records come back from the cluster already tagged."""
+    """A source whose records are read and tagged on the cluster and come back in input
+    order, each with its entities."""
 
     def __init__(
         self,
         ray,
-        options: AnnotateOptions,
+        request: AnnotateRequest,
+        files: list[str],
         actors: int,
         gpus_per_actor: float,
         cpus_per_actor: float,
         show_progress: bool,
     ) -> None:
-        self.ray, self.options = ray, options
+        self.ray, self.request, self.files, self.shard = ray, request, files, request.shard
         self.actors, self.gpus, self.cpus = actors, gpus_per_actor, cpus_per_actor
         self.show_progress = show_progress
 
-    def __call__(
-        self, files: list[str], reader_options: ReaderOptions, cursor: tuple[int, int], shard: Shard
+    def records(self, reader_options: ReaderOptions) -> Iterator[Any]:
+        return (record for _, _, record in self.positioned(reader_options, (0, 0)))
+
+    def total(self, reader_options: ReaderOptions) -> int | None:
+        return None
+
+    def tag(self, annotator: Annotator, documents: Iterable[Document]) -> Iterator[Annotated]:
+        """The work was done on the cluster."""
+        for doc in documents:
+            yield Annotated(doc, doc.entities, doc.sentences, doc.tokens)
+
+    def positioned(
+        self, reader_options: ReaderOptions, cursor: tuple[int, int]
     ) -> Iterator[Positioned]:
-        ray, options = self.ray, self.options
+        ray, request, options, files, shard = (
+            self.ray,
+            self.request,
+            self.request.options,
+            self.files,
+            self.shard,
+        )
         items = [{"file": i, "path": p} for i, p in enumerate(files) if i >= cursor[0]]
         if not items:
             return
@@ -330,11 +344,10 @@ class RaySource:
             num_gpus=self.gpus or None,
             num_cpus=self.cpus,
             fn_constructor_kwargs={
-                "options": options,
+                "request": request,
                 "model_bytes": model_bytes,
                 "device": device,
                 "threads": int(self.cpus),
-                "keep_text": layout_documents,
             },
         )
         try:
@@ -384,30 +397,21 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def annotate_with_ray(
-    inputs: Iterable[str],
-    output: str,
-    options: AnnotateOptions,
-    shard: Shard = Shard(),
-    resume: bool = False,
-    part_size: int = PART_SIZE,
-    workers: int | None = None,
-    address: str | None = None,
-) -> Summary:
-    """Annotate `inputs` on a Ray cluster into `output` (a file or a directory of parts);
-    `workers` tagger actors (default: one per GPU, else one per CPU but one), at `address`."""
+def annotate_with_ray(request: AnnotateRequest) -> Summary:
+    """Annotate `request` on a Ray cluster into its output (a file or a directory of parts):
+    `--workers` tagger actors (default: one per GPU, else one per CPU but one), at
+    `--ray-address`."""
     ray = _import_ray()
-    directory = is_directory_output(output)
-    options = options.for_output(output, directory)
-    files = expand_any(list(inputs))
-    started_here = _connect(ray, address)
+    options = request.options
+    files = expand_any(list(request.inputs), request.include_suffixes)
+    started_here = _connect(ray, request.ray_address)
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) if options.device != "cpu" else 0
         cpus = resources.get("CPU", 1)
-        actors = workers or (int(gpus) if gpus >= 1 else max(1, int(cpus) - 1))
+        actors = request.workers or (int(gpus) if gpus >= 1 else max(1, int(cpus) - 1))
         show = options.progress if options.progress is not None else False
-        source = RaySource(ray, options, actors, 1 if gpus >= 1 else 0, 1.0, show)
+        source = RaySource(ray, request, files, actors, 1 if gpus >= 1 else 0, 1.0, show)
         log.info(
             "Ray: %d tagger actor(s) on %s",
             actors,
@@ -415,33 +419,9 @@ def annotate_with_ray(
         )
         # the driver loads the model too: for the label check and the files' provenance
         driver = Annotator.from_options(replace(options, device="cpu"), split_process=False)
-        if directory:
-            return annotate_directory(
-                files,
-                output,
-                options,
-                shard,
-                resume,
-                part_size,
-                annotator=driver,
-                source=source,
-                tag=_tagged,
-                expand=lambda _: files,
-            )
-        return annotate(
-            files,
-            output,
-            options,
-            driver,
-            hooks=Hooks(
-                expand=lambda _: files,
-                tag=_tagged,
-                records=lambda files, reader_options: (
-                    record for _, _, record in source(files, reader_options, (0, 0), shard)
-                ),
-                total=lambda files, reader_options: None,
-            ),
-        )
+        if request.directory:
+            return annotate_directory(request, source, annotator=driver)
+        return run_pipeline(request, source, file_sink(request), driver)
     finally:
         if started_here:
             ray.shutdown()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from annotator.errors import AnnotatorError
-from annotator.io.readers import ReaderOptions, read_documents
+from annotator.io.readers import ReaderOptions, count_documents, read_documents
 from annotator.records import Document, Record
 
 
@@ -63,16 +64,52 @@ class Shard:
 Positioned = tuple[int, int, Record]
 
 
-#: (files, reader options, cursor (file, records done), shard) -> positioned records of the shard.
-Source = Callable[[list[str], ReaderOptions, tuple[int, int], Shard], Iterable[Positioned]]
+class Source(Protocol):
+    """What the pipeline reads from: the input files' records of one shard, in input order,
+    and how they are tagged (here, or already on a cluster)."""
+
+    files: list[str]
+
+    def positioned(self, options: ReaderOptions, cursor: tuple[int, int]) -> Iterator[Positioned]:
+        """The records after `cursor`, each with its position (what a resume continues from)."""
+        ...
+
+    def records(self, options: ReaderOptions) -> Iterable[Record]:
+        """Every record, in input order."""
+        ...
+
+    def total(self, options: ReaderOptions) -> int | None:
+        """How many records the progress bar counts to (None: not known up front)."""
+        ...
+
+    def tag(self, annotator: Any, documents: Iterable[Document]) -> Iterable[Any]:
+        """`annotator.pipeline.Annotated` results, in input order."""
+        ...
 
 
-def local_source(
-    files: list[str], options: ReaderOptions, cursor: tuple[int, int], shard: Shard
-) -> Iterator[Positioned]:
-    """The records of `shard` after `cursor`, read here with `annotator.readers`."""
-    for index in range(cursor[0], len(files)):
-        skip = cursor[1] if index == cursor[0] else 0
-        for number, record in enumerate(read_documents([files[index]], options), start=1):
-            if number > skip and shard.holds(record):
-                yield index, number, record
+class FileSource:
+    """The records of input files read here with `annotator.io.readers` and tagged here: the
+    local backend's source. `annotator.runs.ray.RaySource` reads and tags on a cluster."""
+
+    def __init__(self, files: list[str], shard: Shard = Shard()) -> None:
+        self.files, self.shard = files, shard
+
+    def positioned(self, options: ReaderOptions, cursor: tuple[int, int]) -> Iterator[Positioned]:
+        """The records of the shard after `cursor`, each with its position."""
+        for index in range(cursor[0], len(self.files)):
+            skip = cursor[1] if index == cursor[0] else 0
+            for number, record in enumerate(read_documents([self.files[index]], options), start=1):
+                if number > skip and self.shard.holds(record):
+                    yield index, number, record
+
+    def records(self, options: ReaderOptions) -> Iterable[Record]:
+        """Every record of the shard, in input order."""
+        if self.shard.count == 1:
+            return read_documents(self.files, options)
+        return (record for _, _, record in self.positioned(options, (0, 0)))
+
+    def total(self, options: ReaderOptions) -> int | None:
+        return count_documents(self.files, options) if self.shard.count == 1 else None
+
+    def tag(self, annotator: Any, documents: Iterable[Document]) -> Iterable[Any]:
+        return annotator.annotate_documents(documents)

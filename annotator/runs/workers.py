@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,12 @@ from typing import Any
 from annotator import logs
 from annotator.errors import AnnotatorError
 from annotator.files import die_with_parent
-from annotator.io.readers import ReaderOptions, count_documents, expand_inputs
-from annotator.pipeline import AnnotateOptions, Summary
-from annotator.records import Document
-from annotator.runs.directory import (
-    PART_SIZE,
-    Manifest,
-    _settings,
-    annotate_directory,
-    lock_directory,
-)
-from annotator.runs.shards import Shard
+from annotator.io.readers import ReaderOptions, count_documents
+from annotator.io.sinks import Sink
+from annotator.records import Document, Entity, Summary
+from annotator.runs.directory import Manifest, annotate_directory, lock_directory, run_settings
+from annotator.runs.request import AnnotateRequest
+from annotator.runs.shards import FileSource, Shard
 
 
 def _errors_path(path: str | None, shard: Shard) -> str | None:
@@ -36,13 +30,27 @@ def _errors_path(path: str | None, shard: Shard) -> str | None:
     return f"{base}.{shard.prefix.rstrip('-')}{ext}"
 
 
+class _Progress(Sink):
+    """A worker's documents, counted to the parent's progress bar a few times a second."""
+
+    def __init__(self, number: int, messages: Any) -> None:
+        self.number, self.messages = number, messages
+        self.done, self.sent = 0, time.monotonic()
+
+    def write(self, doc: Document, entities: list[Entity]) -> None:
+        self.done += 1
+        if time.monotonic() - self.sent > 0.2:
+            self.close(None)
+
+    def close(self, summary: Summary | None) -> None:
+        self.messages.put(("progress", self.number, self.done))
+        self.done, self.sent = 0, time.monotonic()
+
+
 def _worker(
     number: int,
-    files: list[str],
-    directory: str,
-    options: AnnotateOptions,
-    shard: Shard,
-    part_size: int,
+    request: AnnotateRequest,
+    source: FileSource,
     threads: int,
     messages: Any,
     parent: int | None = None,
@@ -53,20 +61,9 @@ def _worker(
 
     torch.set_num_threads(threads)
     logs.configure(label=f"annotator[{number}]")  # as the command line logs, tagged by worker
-    done, sent = 0, time.monotonic()
-
-    def progress(doc: Document, entities: list) -> None:
-        nonlocal done, sent
-        done += 1
-        if time.monotonic() - sent > 0.2:
-            messages.put(("progress", number, done))
-            done, sent = 0, time.monotonic()
-
+    progress = _Progress(number, messages)
     try:
-        summary = annotate_directory(
-            files, directory, options, shard, resume=True, part_size=part_size, on_document=progress
-        )
-        messages.put(("progress", number, done))
+        summary = annotate_directory(request, source, watchers=[progress])
         messages.put(("done", number, summary))
     except AnnotatorError as exc:
         messages.put(("error", number, str(exc)))
@@ -87,49 +84,33 @@ def _merge(summaries: list[Summary], seconds: float, work_seconds: float | None 
     return total
 
 
-def annotate_with_workers(
-    inputs: Iterable[str],
-    directory: str | Path,
-    options: AnnotateOptions,
-    devices: list[str],
-    shard: Shard = Shard(),
-    resume: bool = False,
-    part_size: int = PART_SIZE,
-) -> Summary:
+def annotate_with_workers(request: AnnotateRequest) -> Summary:
     """One process per device (spawned), each over a disjoint sub-shard, one progress bar."""
-    directory = Path(directory)
-    options = options.for_output(None, directory=True)
-    files = expand_inputs(list(inputs))
-    shards = shard.split(len(devices))
+    directory = Path(request.output)
+    files = request.input_files()
     # every check and every refusal up front, before any process starts; this run holds the
     # directory's lock for its life, and each worker that of its sub-shard
-    lock = lock_directory(directory, shard)
+    lock = lock_directory(directory, request.shard)
     try:
-        return _run_workers(files, directory, options, devices, shard, shards, resume, part_size)
+        return _run_workers(request, files, directory)
     finally:
         lock.release()
 
 
-def _run_workers(
-    files: list[str],
-    directory: Path,
-    options: AnnotateOptions,
-    devices: list[str],
-    shard: Shard,
-    shards: list[Shard],
-    resume: bool,
-    part_size: int,
-) -> Summary:
+def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) -> Summary:
     import multiprocessing
     import queue
 
     from tqdm import tqdm
 
+    options, devices = request.options, request.devices
+    shards = request.shard.split(len(devices))
     manifests = []
     for part in shards:
         # a worker of a killed earlier run dies with it: wait a moment for its lock
         lock_directory(directory, part, wait=10).release()
-        manifests.append(Manifest.open(directory, part, _settings(files, options, part), resume))
+        settings = run_settings(files, options, part)
+        manifests.append(Manifest.open(directory, part, settings, request.resume))
     already = sum(m.documents for m in manifests)
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     context = multiprocessing.get_context("spawn")
@@ -139,21 +120,15 @@ def _run_workers(
         worker_options = replace(
             options, device=device, progress=False, errors=_errors_path(options.errors, part)
         )
+        # each worker continues the manifest just opened for it
+        worker = replace(
+            request, options=worker_options, shard=part, devices=(device,), resume=True
+        )
         process = context.Process(
             target=_worker,
             name=f"annotator-worker-{number}",
             daemon=True,
-            args=(
-                number,
-                files,
-                str(directory),
-                worker_options,
-                part,
-                part_size,
-                threads,
-                messages,
-                os.getpid(),
-            ),
+            args=(number, worker, FileSource(files, part), threads, messages, os.getpid()),
         )
         process.start()
         processes.append(process)
@@ -162,7 +137,7 @@ def _run_workers(
         total=count_documents(
             files, ReaderOptions(options.input_format, options.text_field, options.id_field)
         )
-        if show and shard.count == 1
+        if show and request.shard.count == 1
         else None,
         initial=already,
         unit="doc",
