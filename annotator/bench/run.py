@@ -165,6 +165,27 @@ class _Runner:
         return result
 
 
+def _per_precision(
+    base: dict[str, Any],
+    precisions: tuple[str, ...],
+    rows: list[tuple[str, str, str, dict[str, Any]]],
+) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """Each of `rows` (key, label, what is timed, spec) once per precision of the fast engine:
+    fp32's with the plain key, the others' as KEY@PRECISION, labelled [PRECISION]."""
+    plans = []
+    for precision in precisions:
+        tag = "" if precision == "fp32" else f"@{precision}"
+        for key, label, timed, spec in rows:
+            spec = {**base, **spec, "precision": precision}
+            if "output" in spec:  # one output file per precision
+                path = Path(spec["output"])
+                name = path.stem + tag.replace("@", "-") + path.suffix
+                spec["output"] = str(path.with_name(name))
+            suffix = f" [{precision}]" if tag else ""
+            plans.append((f"{key}{tag}", f"{label}{suffix}", timed, "", spec))
+    return plans
+
+
 def run_section(
     name: str,
     model: str,
@@ -213,19 +234,19 @@ def run_section(
             {**flair_base, "kind": "tagger", "engine": "flair", "batch_size": 32},
         )
     )
-    for precision in options.precisions:
-        tag = "" if precision == "fp32" else f"@{precision}"
-        label = "" if precision == "fp32" else f" [{precision}]"
-        fast = {**base, "precision": precision}
-        plans.append(
+    annotate = {"kind": "annotate", "output": str(workdir / f"{name}-out.parquet")}
+    plans += _per_precision(
+        base,
+        options.precisions,
+        [
             (
-                f"3{tag}",
-                f"(3) annotator annotate, end to end{label}",
+                "3",
+                "(3) annotator annotate, end to end",
                 "read JSONL > split > tag > Parquet",
-                "",
-                {**fast, "kind": "annotate", "output": str(workdir / f"{name}{tag}-out.parquet")},
+                annotate,
             )
-        )
+        ],
+    )
     if options.annotate_workers > 1:
         plans.append(
             (
@@ -243,28 +264,24 @@ def run_section(
                 },
             )
         )
-    for precision in options.precisions:
-        tag = "" if precision == "fp32" else f"@{precision}"
-        label = "" if precision == "fp32" else f" [{precision}]"
-        fast = {**base, "precision": precision}
-        plans.append(
+    plans += _per_precision(
+        base,
+        options.precisions,
+        [
             (
-                f"3p{tag}",
-                f"(3p) fast engine predict only{label}",
+                "3p",
+                "(3p) fast engine predict only",
                 "predict on pre-split sentences",
-                "",
-                {**fast, "kind": "tagger", "engine": "auto"},
-            )
-        )
-        plans.append(
+                {"kind": "tagger", "engine": "auto"},
+            ),
             (
-                f"4{tag}",
-                f"(4) forward pass only (ceiling){label}",
+                "4",
+                "(4) forward pass only (ceiling)",
                 "torch forward on prepared batches",
-                "",
-                {**fast, "kind": "forward"},
-            )
-        )
+                {"kind": "forward"},
+            ),
+        ],
+    )
     plans.append(
         (
             "1",
