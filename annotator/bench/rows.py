@@ -264,7 +264,9 @@ def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
     precision = spec.get("precision", "fp32")
     annotator = Annotator(spec["model"], device=spec["device"], precision=precision)
     list(annotator.annotate_texts(WARMUP_TEXTS))
-    options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
+    options = AnnotateOptions(
+        model=spec["model"], device=spec["device"], progress=False, precision=precision
+    )
     output = spec["output"]
     helpers = (annotator.splitter.pid,) if annotator.splitter is not None else ()
     with _Clock(annotator.device, helpers) as clock:
@@ -311,7 +313,12 @@ def _row_annotate_workers(spec: dict[str, Any]) -> dict[str, Any]:
     from annotator.runs.workers import annotate_with_workers
 
     device = choose_device(spec["device"])
-    options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
+    options = AnnotateOptions(
+        model=spec["model"],
+        device=spec["device"],
+        progress=False,
+        precision=spec.get("precision", "fp32"),  # as row 3's
+    )
     docs = spec["docs"]
     if spec.get("copies", 1) > 1:  # more work per worker: their staggered starts weigh little
         docs = f"{spec['output']}-docs.jsonl"

@@ -335,7 +335,10 @@ class CharComponent(Component):
                 if self._encodings is not None:
                     grown[: self._encodings.size(0)] = self._encodings
                 self._encodings = grown
-            self._encodings[torch.from_numpy(unique[missing]).to(fresh.device)] = fresh
+            # under autocast, torch's LSTM answers in bfloat16 or float32 by its input's layout
+            self._encodings[torch.from_numpy(unique[missing]).to(fresh.device)] = fresh.to(
+                self._encodings.dtype
+            )
             self._encoded[unique[missing]] = True
         assert self._encodings is not None
         return self._encodings[torch.from_numpy(unique).to(self._encodings.device)]
@@ -503,6 +506,6 @@ class FlairComponent(Component):
                 found = self.states(run["ids"])[run["rows"], run["columns"]]
                 if out is None:
                     out = found.new_empty(inputs["n_tokens"], found.size(1))
-                out = out.index_copy(0, run["tokens"], found)
+                out = out.index_copy(0, run["tokens"], found.to(out.dtype))
         assert out is not None
         return out.to(device)
