@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CONLLPP ?= ../shared/data/conllpp
 
-.PHONY: install lint format test bench demo model tools clean
+.PHONY: install lint format test bench demo model tools clean docs docs-serve
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,16 @@ format: install
 	$(VENV)/bin/ruff check --fix annotator tests examples scripts
 	$(VENV)/bin/ruff format annotator tests examples scripts
 
-test: install tools lint
+test: install tools lint docs
 	$(PY) -m pytest -q tests
+
+# The documentation site (mkdocs.yml, docs/): built offline into build/site; --strict fails on a
+# broken link, a missing page or a command the CLI reference cannot find. docs-serve previews it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 # The main job on the packaged default model: examples/ in, Parquet and JSONL out.
 demo: install
@@ -69,7 +77,7 @@ model: install $(MD_MODEL)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# The README's pictures, redrawn from the packaged default model: docs/view.png (the example
+# The documentation's pictures, redrawn from the packaged default model: docs/view.png (the example
 # documents annotated by it; the page shows each score on hover), docs/training.png (the
 # curves of its own training run, annotator/data/default-model.metrics.json, which
 # `make model` packages), and scores.png, confusion.png and errors.png (its evaluation on
@@ -123,12 +131,12 @@ bench: install
 		--memory --stand-in tutorial --json $(BENCH_DIR)/bench.json $(BENCH_ARGS) > $(BENCH_DIR)/bench.txt
 	@cat $(BENCH_DIR)/bench.txt
 
-# The GPU check (issue #17): what a lent GPU machine lacks travels with the working tree.
+# The GPU check: what a lent GPU machine lacks travels with the working tree.
 # gpu-wheels: flair, spaCy and their import closure minus the device's packages as wheels in
 # .whl/ (compiled ones stripped, unused network features stubbed), checked against the 64 MiB
 # the device tool carries; GPU_WHEELS_ARGS=--dry-run checks the budget offline from recorded
 # sizes. gpu-carry: the same, plus CoNLL++ packed into .gpu-data/. Then, on the device:
-# `bash scripts/gpu-check.sh` (see the README's "GPU check").
+# `bash scripts/gpu-check.sh` (see docs/how-to/gpus.md).
 GPU_PYTHON := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 GPU_WHEELS_ARGS ?=
 .PHONY: gpu-wheels gpu-carry

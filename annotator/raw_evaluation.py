@@ -188,6 +188,11 @@ def evaluate_raw(
     if holds_out(corpus_dir, split, annotator.tagger):
         numbers = list(range(len(documents)))
         documents = held_out_dev(documents, numbers, annotator.tagger, "documents")
+    return score_documents(annotator, documents, unit)
+
+
+def score_documents(annotator, documents: list[list[Tagged]], unit: str = "document") -> RawResult:
+    """An `Annotator` scored on labelled documents given as raw text (see `rebuild`)."""
     texts = rebuild(documents, unit)
     predicted = [
         [(e.start, e.end, e.label, e.score) for e in entities]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue #17, in one go (see the README's "GPU check"):
+# The GPU check, in one go (see docs/how-to/gpus.md):
 #
 #   bash scripts/gpu-check.sh               on the lent GPU machine, from the repository root,
 #                                           with .whl and .gpu-data carried (`make gpu-carry`)

@@ -1,4 +1,4 @@
-"""The measuring steps of `scripts/gpu-check.sh` (issue #17) that are not `annotator bench`, and
+"""The measuring steps of `scripts/gpu-check.sh` that are not `annotator bench`, and
 the summary that judges every figure against the goals.
 
     gpu_check.py epochs --corpus DIR --device cuda --out epochs.json    one epoch of each trainer

@@ -1,4 +1,4 @@
-"""The wheels a lent GPU machine lacks, for `make gpu-wheels` and `make gpu-carry` (issue #17).
+"""The wheels a lent GPU machine lacks, for `make gpu-wheels` and `make gpu-carry`.
 
 The device image (Python 3.12, torch 2.11 + CUDA 13, transformers 5.x; the package list in
 /work/.library/device/KINDS.md, copied below) has neither flair nor spaCy, and nothing can be

@@ -71,21 +71,23 @@ def sentences(count: int, seed: int = 0, scheme: str = "bio") -> list[list[tuple
     """`count` sentences of (token, tag) pairs drawn from the templates."""
     rng = random.Random(seed)
     pools = {"PER": PEOPLE, "ORG": ORGS, "LOC": PLACES, "MISC": MISC}
-    result = []
-    for _ in range(count):
-        pairs: list[tuple[str, str]] = []
-        for piece in rng.choice(TEMPLATES).split(" "):
-            if piece.startswith("{"):
-                label = piece[1:-1]
-                words = rng.choice(pools[label]).split(" ")
-                if words[0] == "the":
-                    pairs.append(("the", "O"))
-                    words = words[1:]
-                pairs.extend(zip(words, _tags(words, label, scheme)))
-            else:
-                pairs.append((piece, "O"))
-        result.append(pairs)
-    return result
+    return [_filled(rng.choice(TEMPLATES), pools, rng, scheme) for _ in range(count)]
+
+
+def _filled(template: str, pools: dict[str, list[str]], rng, scheme: str = "bio"):
+    """A template's slots filled from `pools`, as (token, tag) pairs (a leading `the` is O)."""
+    pairs: list[tuple[str, str]] = []
+    for piece in template.split(" "):
+        if piece.startswith("{"):
+            label = piece[1:-1]
+            words = rng.choice(pools[label]).split(" ")
+            if words[0] == "the":
+                pairs.append(("the", "O"))
+                words = words[1:]
+            pairs.extend(zip(words, _tags(words, label, scheme)))
+        else:
+            pairs.append((piece, "O"))
+    return pairs
 
 
 def write_corpus(
@@ -101,3 +103,41 @@ def write_corpus(
             lines.append("")
         (folder / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+# Another domain for `adapt`: contracts, with names and sentence shapes the news corpus lacks
+# and a convention of its own (a contract's parties are persons, whatever their names look like)
+PARTIES = ["Kestrel Holdings", "Barnaby Quill", "Orlov Trading", "Ines Wexford", "Tamsin Vale"]
+FIRMS = ["Halvorsen Ltd", "Quarry Partners", "Zentrix AG", "Mossgreen LLP"]
+VENUES = ["Delaware", "Ontario", "Bavaria", "Queensland"]
+CONTRACT_TEMPLATES = [
+    "This Agreement is made between {PER} and {PER} .",
+    "{PER} shall indemnify {PER} against all claims .",
+    "Notices to {PER} shall be sent care of {ORG} , {LOC} .",
+    "This Agreement is governed by the laws of {LOC} .",
+    "The Seller shall pay all fees within thirty days .",
+]
+
+
+def contract_documents(
+    count: int, seed: int = 0, sentences_per_document: int = 3
+) -> list[list[list[tuple[str, str]]]]:
+    """`count` documents of contract sentences of (token, BIO tag) pairs."""
+    rng = random.Random(seed)
+    pools = {"PER": PARTIES, "ORG": FIRMS, "LOC": VENUES}
+    return [
+        [_filled(rng.choice(CONTRACT_TEMPLATES), pools, rng) for _ in range(sentences_per_document)]
+        for _ in range(count)
+    ]
+
+
+def write_column_file(path: Path, documents) -> Path:
+    """`token TAG` lines, a blank line after each sentence, `-DOCSTART- O` before each document
+    (the column file `review export` writes and `adapt` reads)."""
+    lines = []
+    for document in documents:
+        lines += ["-DOCSTART- O", ""]
+        for sentence in document:
+            lines += [f"{token} {tag}" for token, tag in sentence] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

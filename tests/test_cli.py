@@ -22,6 +22,7 @@ COMMANDS = [
     ["corpus", "stats"],
     ["train"],
     ["evaluate"],
+    ["adapt"],
     ["plot"],
     ["view"],
     ["annotate"],

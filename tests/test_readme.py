@@ -1,18 +1,12 @@
-"""The README's examples run as written: every fenced block whose info string is
-`bash runnable` runs in a copy of examples/, with the tiny tagger as the model."""
+"""The README is a screen or two a newcomer reads first: `make demo` and `make test` come first,
+it stays short, and every link in it leads to a file of the repository (its runnable blocks run
+in tests/test_docs.py)."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-BLOCKS = re.findall(r"^```bash runnable\n(.*?)^```", README, re.S | re.M)
 
 
 def test_the_first_block_is_what_a_newcomer_needs():
@@ -21,27 +15,15 @@ def test_the_first_block_is_what_a_newcomer_needs():
         "make demo",
         "make test",
     ]
-    assert len(BLOCKS) >= 2
+    assert len(re.findall(r"^```bash runnable\n", README, re.M)) >= 1
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.split()[1])
-def test_readme_block_runs(block, tiny_model, tmp_path):
-    shutil.copytree(
-        ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("output")
-    )
-    env = {
-        **os.environ,
-        "ANNOTATOR_MODEL": str(tiny_model),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT),
-    }
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
+def test_the_readme_is_short():
+    assert len(README.splitlines()) <= 150
+
+
+def test_every_link_leads_to_a_file():
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [target for target in targets if "://" not in target]
+    assert len(local) >= 10  # the README points into the docs
+    assert [target for target in local if not (ROOT / target).exists()] == []

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from annotator import logs
+from annotator.cli.adapt import adapt
 from annotator.cli.annotate import annotate, tag
 from annotator.cli.corpus import corpus
 from annotator.cli.machine import bench, info
@@ -79,6 +80,7 @@ for command in (
     train,
     evaluate,
     calibrate,
+    adapt,
     package_model,
     plot,
     view,

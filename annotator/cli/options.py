@@ -37,8 +37,7 @@ PRECISION = click.option(
 PROGRESS = click.option(
     "--progress/--no-progress",
     default=None,
-    help="A progress bar on stderr (default: when stderr is a terminal; else one line per "
-    "epoch or file).",
+    help="A progress bar on stderr (default: when stderr is a terminal).",
 )
 
 

@@ -53,9 +53,9 @@ ENTITY_TYPE = pa.struct(
 )
 
 
-#: One row per entity. Documented in the README: add columns, never change these. Names need
-#: no quoting in SQL and mean one thing in both layouts; run_id and model_sha keep each row's
-#: provenance after an INSERT into a warehouse.
+#: One row per entity. Documented in docs/reference/schemas.md: add columns, never change these.
+#: Names need no quoting in SQL and mean one thing in both layouts; run_id and model_sha keep each
+#: row's provenance after an INSERT into a warehouse.
 SPANS_SCHEMA = pa.schema(
     [
         pa.field("doc_id", pa.string(), nullable=False),

@@ -63,7 +63,8 @@ class TrainConfig:
     # offline preset
     word_embedding_dim: int = 100
     min_word_freq: int = 2
-    # 50/50 rather than Flair's 25/25: the better of the two on CoNLL++ dev (README, Accuracy)
+    # 50/50 rather than Flair's 25/25: the better of the two on CoNLL++ dev
+    # (docs/explanation/findings.md)
     char_embedding_dim: int = 50
     char_hidden_size: int = 50
     spacy_vectors: str = ""  # a spaCy pipeline (name or folder) whose word vectors are stacked in

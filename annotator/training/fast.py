@@ -306,11 +306,14 @@ class FastTrainer:
         return self.loss(self._emissions(batch, given), layout), layout.num_tokens
 
     # ------------------------------------------------------------------ an epoch
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """This epoch's mini-batches of training-sentence ids (``batch_size`` sentences each)."""
-        n = len(self.train_split)
+    def batches(self, epoch: int, sentence_ids: np.ndarray | None = None) -> list[np.ndarray]:
+        """This epoch's mini-batches of training-sentence ids (``batch_size`` sentences each),
+        drawn from `sentence_ids` where given (an epoch of a subset: adapt's replay mixes)."""
+        n = len(self.train_split) if sentence_ids is None else len(sentence_ids)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=generator).numpy()
+        if sentence_ids is not None:
+            order = np.asarray(sentence_ids)[order]
         size = self.batch_size
         if self.batching == "shuffle":  # Flair's DataLoader(shuffle=True)
             return [order[i : i + size] for i in range(0, n, size)]
@@ -331,9 +334,11 @@ class FastTrainer:
         max_grad_norm: float | None = MAX_GRAD_NORM,
         progress: bool = False,
         epochs: int | None = None,
+        sentence_ids: np.ndarray | None = None,
     ) -> float:
-        """One pass over the training split; returns the loss per token (Flair's train loss).
-        `progress`: a bar on stderr labelled with the epoch: batches, loss, rate, ETA."""
+        """One pass over the training split (or its `sentence_ids`); returns the loss per token
+        (Flair's train loss). `progress`: a bar on stderr labelled with the epoch: batches, loss,
+        rate, ETA."""
         from tqdm import tqdm
 
         tagger = self.tagger
@@ -341,7 +346,7 @@ class FastTrainer:
         parameters = list(tagger.parameters())
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = 0
-        batches = self.batches(epoch)
+        batches = self.batches(epoch, sentence_ids)
         log_every = max(1, len(batches) // 10)
         started = time.time()
         bar = tqdm(
