@@ -93,6 +93,7 @@ def test_a_foreign_pt_is_named_trusted_code_once(tmp_path, monkeypatch, caplog):
     path = tmp_path / "tagger.pt"
     VARIANTS["word+char bilstm crf"]().save(path)
     monkeypatch.setattr(models, "_noticed", set())
+    monkeypatch.delenv(models.TRUST_ENV, raising=False)
     with caplog.at_level(logging.WARNING, logger="annotator"):
         models.load_model(path, device="cpu")
         models.load_model(path, device="cpu")

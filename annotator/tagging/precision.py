@@ -67,11 +67,11 @@ def resolve_precision(
         raise UsageError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
+    if precision == "auto" and not worthwhile:
+        log.debug("precision auto: float32 (bfloat16 is no faster for this model)")
+        return None
     reason = bf16_unsupported(device)
     if reason is None:
-        if precision == "auto" and not worthwhile:
-            log.info("precision auto: float32 (bfloat16 is no faster for this model)")
-            return None
         import torch
 
         return torch.bfloat16
