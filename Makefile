@@ -20,10 +20,14 @@ $(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# command-line tools the examples use (jq for the pipeline example)
+# command-line tools the examples and tests use: jq for the pipeline example; Chromium and its
+# driver (Debian's) for the review page's browser test
 tools:
 	@command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq >/dev/null) \
 		|| echo "jq not installed: the pipeline example's test will be skipped"
+	@(command -v chromium && command -v chromedriver) >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "chromium not installed: the review page's browser test will be skipped"
 
 # One code dialect (pyproject.toml's [tool.ruff]): lint and formatting are checked by `make test`.
 lint: install
@@ -81,8 +85,8 @@ clean:
 # documents annotated by it; the page shows each score on hover), docs/training.png (the
 # curves of its own training run, annotator/data/default-model.metrics.json, which
 # `make model` packages), and scores.png, confusion.png and errors.png (its evaluation on
-# CoNLL++ test when $(CONLLPP) is there, else on a small synthetic corpus). SCREENSHOT_MODEL
-# names another model to use. Pages are photographed by headless Chromium (Debian's package,
+# CoNLL++ test when $(CONLLPP) is there, else on a small synthetic corpus), and review.png
+# (the review page on the example documents). SCREENSHOT_MODEL names another model to use. Pages are photographed by headless Chromium (Debian's package,
 # installed here when missing).
 SHOTS ?= build/screenshots
 SCREENSHOT_MODEL ?= default
@@ -107,6 +111,8 @@ screenshots: install
 		--screenshot=docs/view.png file://$(abspath $(SHOTS))/view.html 2>/dev/null
 	chromium $(CHROMIUM_FLAGS) --user-data-dir=$(abspath $(SHOTS))/chromium-errors \
 		--screenshot=docs/errors.png file://$(abspath $(SHOTS))/report/errors.html 2>/dev/null
+	$(PY) scripts/review_screenshot.py examples/documents.jsonl --model $(SCREENSHOT_MODEL) \
+		--out $(SHOTS)/review -o docs/review.png
 	@ls -l docs/*.png
 
 # Words/s side by side on the same ~76k words of CoNLL++ news text (200 generated documents):

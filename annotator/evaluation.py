@@ -97,6 +97,7 @@ def flair_bars(show: bool = False, label: str = "evaluating") -> Iterator[None]:
 def evaluate_tagger(tagger, sentences, batch_size: int = 64, progress: bool = False) -> EvalResult:
     """Run Flair's evaluation (exact span match per type) and keep its classification report."""
     sentences = list(sentences)
+    _check_known_types(tagger, sentences)
     with flair_bars(progress):
         result = tagger.evaluate(
             sentences,
@@ -121,6 +122,26 @@ def evaluate_tagger(tagger, sentences, batch_size: int = 64, progress: bool = Fa
         sentences=len(sentences),
         loss=float(result.loss),
     )
+
+
+def _check_known_types(tagger, sentences: list) -> None:
+    """Gold entity types the model has no tag for cannot be scored (Flair fails on them with a
+    bare IndexError): refused, naming them."""
+    dictionary = tagger.label_dictionary
+    if dictionary.add_unk:
+        return
+    known = {item.split("-", 1)[-1] for item in dictionary.get_items()}
+    gold = Counter(
+        label.value for sentence in sentences for label in sentence.get_labels(tagger.label_type)
+    )
+    unknown = {kind: count for kind, count in gold.items() if kind not in known}
+    if unknown:
+        listed = ", ".join(f"{kind} ({count} spans)" for kind, count in sorted(unknown.items()))
+        types = ", ".join(sorted(known - {"O", "<START>", "<STOP>"}))
+        raise AnnotatorError(
+            f"the corpus has entity types the model has no tag for: {listed}; the model knows "
+            f"{types}: evaluate on a corpus of the model's types, or train on this one"
+        )
 
 
 def evaluate(

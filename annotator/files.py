@@ -28,12 +28,17 @@ def sha256_file(path: str | Path) -> str:
 
 
 def check_parent(path: str | Path | None, flag: str) -> None:
-    """An output whose folder does not exist is a usage error, found before anything loads."""
+    """An output whose folder does not exist, or takes no new file, is a usage error found
+    before anything loads (not after a model has loaded and a run has gone by)."""
     if path is None or str(path) == "-":
         return
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise UsageError(f"{flag} {path}: no such directory {parent}")
+    if not Path(path).exists() or Path(path).is_file():  # a device or FIFO is written in place
+        reason = probe_folder(parent)
+        if reason:
+            raise UsageError(f"{flag} {path}: cannot write in {parent} ({reason})")
 
 
 def fsync_dir(path: Path) -> None:
@@ -50,7 +55,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -149,14 +154,24 @@ def _is_special(path: Path) -> bool:
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """`.NAME.PID.tmp` files beside `path` whose process is gone (a killed run's): removed."""
+    return _remove_dead(path.parent, f".{glob.escape(path.name)}.*.tmp")
+
+
+def remove_dead_temporaries(folder: Path) -> list[Path]:
+    """Every `.NAME.PID.tmp` file in `folder` whose process is gone: removed (a worker stopped
+    or killed before it could remove its own)."""
+    return _remove_dead(folder, ".*.tmp")
+
+
+def _remove_dead(folder: Path, pattern: str) -> list[Path]:
     removed = []
     try:
-        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+        candidates = list(folder.glob(pattern))
     except OSError:
         return removed
     for candidate in candidates:
-        pid = candidate.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        pid = candidate.name[: -len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             try:
                 candidate.unlink()
                 removed.append(candidate)
@@ -165,19 +180,56 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def probe_folder(folder: Path) -> str | None:
+    """Why `folder` takes no new file (read-only, no permission), or None: found by creating
+    (and removing) a file there, the one test that holds for root and read-only mounts too."""
+    probe = folder / f".annotator-probe.{os.getpid()}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    probe.unlink(missing_ok=True)
+    return None
+
+
+class WriteFailed(AnnotatorError):
+    """A write failed (disk full, file too large, read-only folder); `strerror` says why."""
+
+    def __init__(self, message: str, strerror: str) -> None:
+        super().__init__(message)
+        self.strerror = strerror
+
+
+def write_failed(path: Any, exc: OSError) -> WriteFailed:
+    """One line for a failed write; the temporary file is removed by the caller's abort."""
+    reason = exc.strerror or str(exc)
+    kept = "; the previous file of that name is kept" if Path(str(path)).is_file() else ""
+    return WriteFailed(f"cannot write {path}: {reason}{kept}", reason)
+
+
 def write_atomically(path: str | Path, text: str, durable: bool = False) -> Path:
-    with AtomicFile(path, durable) as target:
-        target.tmp.write_text(text, encoding="utf-8")
+    """`text` as the whole of `path`; a write that fails (a full disk, a read-only folder) is
+    one `WriteFailed`, and the previous file, if any, stays as it was."""
+    try:
+        with AtomicFile(path, durable) as target:
+            target.tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise write_failed(path, exc) from None
     return target.path
 
 
-def write_json_atomically(path: str | Path, data: Any, durable: bool = False) -> Path:
+def json_text(data: Any) -> str:
+    """`data` as the JSON files the tool writes (manifests, cards): indented, UTF-8."""
     text = json.dumps(data, indent=1, ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (an undecodable file name): written escaped
         text = json.dumps(data, indent=1)
-    return write_atomically(path, text + "\n", durable)
+    return text + "\n"
+
+
+def write_json_atomically(path: str | Path, data: Any, durable: bool = False) -> Path:
+    return write_atomically(path, json_text(data), durable)
 
 
 # --- processes and locks ------------------------------------------------------------------

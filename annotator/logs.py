@@ -81,3 +81,11 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def say(line: str, err: bool = True) -> None:
+    """A message for the terminal, its control characters (line breaks aside) escaped as the
+    log lines' are: a path argument may hold an escape sequence (`\\e[2J` clears a screen)."""
+    import click
+
+    click.echo("\n".join(printable(part) for part in line.split("\n")), err=err)

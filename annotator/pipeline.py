@@ -25,7 +25,6 @@ from typing import Any
 from tqdm import tqdm
 
 from annotator.errors import AnnotatorError, RecordFailed, UsageError
-from annotator.io.readers import ReaderOptions
 from annotator.io.sinks import ErrorReport, FileSink, Sink
 from annotator.logs import printable
 from annotator.records import Document, Entity, Record, RecordError, Sentence, Summary
@@ -350,7 +349,7 @@ def run_pipeline(
     """Read `source`, tag, write into `sink`; the
     `watchers` see the same documents. A bad record is `--on-error`'s to decide."""
     options = request.options
-    reader_options = ReaderOptions(options.input_format, options.text_field, options.id_field)
+    reader_options = options.reader_options()
     annotator = annotator or Annotator.from_options(options)
     labels = set(options.labels)
     unknown = labels - set(annotator.labels)

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, UsageError
 from annotator.files import die_with_parent
 from annotator.records import Sentence
 
@@ -47,6 +47,24 @@ def rule_labels(list_markers: bool = False, line_breaks: bool = False) -> str:
     return (" + line breaks" if line_breaks else "") + (" + list markers" if list_markers else "")
 
 
+def check_pipeline(spacy_model: str | None) -> None:
+    """A spaCy pipeline neither installed nor a folder is refused here, before any process or
+    model starts (a splitter child would fail on it in a traceback of its own)."""
+    if spacy_model is None or spacy_model.startswith("blank:") or os.path.isdir(spacy_model):
+        return
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(spacy_model) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is no package
+        found = False
+    if not found:
+        raise UsageError(
+            f"--spacy-model {spacy_model!r}: no spaCy pipeline of that name is installed and no "
+            f"folder has that path (install it: python -m spacy download {spacy_model})"
+        )
+
+
 class Segmenter:
     """A blank English pipeline with the rule-based sentencizer, or an installed pipeline.
 
@@ -71,6 +89,7 @@ class Segmenter:
             raise AnnotatorError("--max-sentence-tokens must be at least 1")
         self.max_sentence_tokens = max_sentence_tokens
         self.batch_size = batch_size
+        check_pipeline(spacy_model)
         if spacy_model is None:
             self.nlp = spacy.blank("en")
             self.nlp.add_pipe("sentencizer")
@@ -171,6 +190,7 @@ class SplitterProcess:
         list_markers: bool = False,
         line_breaks: bool = False,
     ) -> None:
+        check_pipeline(spacy_model)
         settings = json.dumps(
             {
                 "spacy_model": spacy_model,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.objectstore import object_store  # noqa: F401  (a session's S3 server)
 from tests.synthetic import write_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -14,11 +14,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "annotator"
 
 #: Packages whose `__init__` is a namespace: it imports nothing, so it sits in the first stage.
-NAMESPACES = ["io", "runs", "tagging", "training", "views", "bench"]
+NAMESPACES = ["io", "runs", "tagging", "training", "views", "bench", "review"]
 
 #: Stages in data-flow order: a module may import its own stage or an earlier one.
 STAGES = [
-    ["errors", "records", "files", "logs", "version", *NAMESPACES],
+    ["errors", "records", "files", "logs", "streams", "version", *NAMESPACES],
     # loading a model: Flair's, or its Flair-free export with the fast engine's components
     [
         "models",
@@ -37,7 +37,7 @@ STAGES = [
     ["tagging.*"],
     ["pipeline"],
     ["runs.directory", "runs.workers", "runs.ray", "views.*"],
-    ["evaluation", "raw_evaluation", "training.*"],
+    ["evaluation", "raw_evaluation", "training.*", "review.*"],
     ["bench.*"],
     ["cli", "cli.*", "runs.dispatch", "__main__", "__init__"],
 ]

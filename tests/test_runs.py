@@ -245,11 +245,11 @@ def test_crash_between_part_rename_and_manifest_leaves_an_orphan_that_resume_rem
     ]
     real_save, calls = runs.Manifest.save, []
 
-    def save(self):
+    def save(self, data=None):
         calls.append(1)
         if len(calls) == 3:  # the initial manifest, part 0, then part 1's: die before it
             raise _Crash()
-        real_save(self)
+        real_save(self, data)
 
     monkeypatch.setattr(runs.Manifest, "save", save)
     with pytest.raises(_Crash):

@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from annotator.cli.options import DEVICE, MODEL, PRECISION, PROGRESS, input_options
+from annotator.io.readers import MAX_RECORD_BYTES
+from annotator.streams import drop_stdout
 
 EXIT_SKIPPED = 3
 
@@ -18,15 +20,6 @@ def _a_number(ctx: click.Context, param: Any, value: float) -> float:
     if math.isnan(value):
         raise click.BadParameter("nan is not a number from 0 to 1", param=param)
     return value
-
-
-def _exit_quietly_on_broken_pipe() -> None:
-    """`annotator annotate | head` ends quietly: stdout closed early is no error to report."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(141)
 
 
 @click.command(
@@ -40,7 +33,7 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--output",
     "-o",
     help="Output file (.jsonl or .parquet), - for stdout (default), or a "
-    "directory (DIR/ or an existing one) for part files and a "
+    "directory (DIR/, an existing one, or s3://bucket/prefix/) for part files and a "
     "manifest that --resume continues.",
 )
 @MODEL
@@ -66,6 +59,14 @@ def _exit_quietly_on_broken_pipe() -> None:
     "--spacy-model",
     help="Installed spaCy pipeline whose parser/senter finds sentences "
     "(default: a blank English pipeline with the sentencizer).",
+)
+@click.option(
+    "--max-record-bytes",
+    default=MAX_RECORD_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="A larger record (JSON line, text file, Parquet text) is a bad record: memory stays "
+    "bounded whatever the input.",
 )
 @click.option(
     "--max-sentence-tokens",
@@ -190,7 +191,7 @@ def annotate(
     include_suffixes: tuple[str, ...],
     **options: Any,
 ) -> None:
-    """Find the entities in INPUTS (files, folders, globs; none or - for stdin).
+    """Find the entities in INPUTS (files, folders, globs, s3:// URIs; none or - for stdin).
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
@@ -220,7 +221,8 @@ def annotate(
     try:
         summary = annotate_run(request)
     except BrokenPipeError:
-        _exit_quietly_on_broken_pipe()
+        drop_stdout()  # `annotator annotate | head` ends quietly: no error to report
+        sys.exit(141)
     click.echo(summary.line(), err=True)
     if summary.skipped:
         sys.exit(EXIT_SKIPPED)

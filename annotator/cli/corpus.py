@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from annotator.cli.options import COLUMN_FORMAT
+from annotator.logs import say
 
 
 @click.group(
@@ -41,7 +42,7 @@ def corpus_fetch(name: str, dest: Path, source: Path | None) -> None:
     from annotator.corpus import fetch_corpus
 
     for path in fetch_corpus(name, dest, source=source, progress=sys.stderr.isatty()):
-        click.echo(f"{path}  ok", err=True)
+        say(f"{path}  ok")
 
 
 @corpus.command(
@@ -68,4 +69,4 @@ def corpus_stats(corpus_dir: Path, column_format: str) -> None:
             )
     if {"train", "dev", "test"} <= set(stats) and column_format == "text,pos,chunk,ner":
         for line in reference_warnings(stats):
-            click.echo(f"Warning: {line}", err=True)
+            say(f"Warning: {line}")

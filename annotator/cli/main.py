@@ -12,6 +12,7 @@ from annotator.cli.adapt import adapt
 from annotator.cli.annotate import annotate, tag
 from annotator.cli.corpus import corpus
 from annotator.cli.machine import bench, info
+from annotator.cli.review import review
 from annotator.cli.training import calibrate, evaluate, package_model, train
 from annotator.cli.views import plot, view
 from annotator.errors import AnnotatorError
@@ -33,8 +34,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:  # shown by Click: a value it quotes may hold escapes
+            exc.message = logs.printable(exc.message)
+            raise
         except AnnotatorError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            logs.say(f"Error: {exc}")
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo(f"Interrupted (Ctrl-C): {_STOPPED}", err=True)
@@ -66,9 +70,28 @@ def cli(verbose: bool) -> None:
 
 def main() -> None:
     import signal
+    import sys
 
+    from annotator import streams
+
+    streams.guard()
     signal.signal(signal.SIGTERM, _on_sigterm)
-    cli(prog_name="annotator")
+    try:
+        cli(prog_name="annotator")
+    except SystemExit as done:
+        code = done.code
+    except streams.StreamFailed as exc:  # in Click's own output (--help, a usage message)
+        logs.say(f"Error: {exc}")
+        code = 1
+    try:  # what is still buffered fails here, not in the interpreter's exit
+        sys.stdout.flush()
+    except streams.StreamFailed as exc:
+        logs.say(f"Error: {exc}")
+        code = code or 1
+    except BrokenPipeError:
+        streams.drop_stdout()
+        code = code or 141
+    sys.exit(code)
 
 
 for command in (
@@ -84,5 +107,6 @@ for command in (
     package_model,
     plot,
     view,
+    review,
 ):
     cli.add_command(command)

@@ -11,6 +11,7 @@ import click
 
 from annotator.cli.options import COLUMN_FORMAT, DEVICE, PRECISION, PROGRESS, show_progress
 from annotator.files import check_parent
+from annotator.logs import say
 from annotator.records import percent
 
 
@@ -113,10 +114,9 @@ def train(
     config = resolve_config(preset, config_file, flags)
     result = run(corpus_dir, output, config, resume=resume, progress=show_progress(progress))
     if not result.finished:
-        click.echo(
+        say(
             f"stopped after epoch {result.epochs}; continue with: annotator train "
-            f"{corpus_dir} --output {output} --resume",
-            err=True,
+            f"{corpus_dir} --output {output} --resume"
         )
         sys.exit(1)
     scored = not config.train_with_dev or config.dev_holdout
@@ -128,7 +128,7 @@ def train(
     )
     model = output / ("best-model.pt" if scored else "final-model.pt")
     epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
-    click.echo(f"trained {epochs} in {result.seconds:.0f} s; {selection}; model: {model}")
+    say(f"trained {epochs} in {result.seconds:.0f} s; {selection}; model: {model}", err=False)
     if result.test:
         click.echo(f"test micro-F1 {percent(result.test['micro']['f1'])}")
 
@@ -352,4 +352,4 @@ def package_model(
     from annotator.training.package import package_default_model
 
     packaged = package_default_model(run_dir, command, corpus_dir, model_file)
-    click.echo(f"packaged {packaged}", err=True)
+    say(f"packaged {packaged}")

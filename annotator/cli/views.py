@@ -13,6 +13,7 @@ from annotator.cli.options import input_options
 from annotator.errors import AnnotatorError, UsageError
 from annotator.files import check_parent, write_atomically
 from annotator.io.readers import check_outputs_apart
+from annotator.logs import say
 
 
 @click.command(
@@ -48,7 +49,7 @@ def plot(model_dir: Path, output: Path | None) -> None:
     folder = run_folder(source)
     metrics = read_metrics(source if str(source).endswith(".json") else folder)
     name = "packaged default model" if packaged else folder.name
-    click.echo(str(plot_training(metrics, output or folder / TRAINING_PNG, name)), err=True)
+    say(str(plot_training(metrics, output or folder / TRAINING_PNG, name)))
 
 
 @contextlib.contextmanager
@@ -127,12 +128,11 @@ def view(
     write_atomically(output, page.html)
     warnings = page.warnings()
     for line in warnings[:20]:
-        click.echo(f"Warning: {line}", err=True)
+        say(f"Warning: {line}")
     if len(warnings) > 20:
         click.echo(f"Warning: ... and {len(warnings) - 20} more (listed in the page)", err=True)
     types = ", ".join(f"{label} {count}" for label, count in sorted(page.counts.items()))
-    click.echo(
+    say(
         f"{output}: {page.shown} of {page.eligible} documents, "
-        f"{sum(page.counts.values())} entities ({types or 'none'})",
-        err=True,
+        f"{sum(page.counts.values())} entities ({types or 'none'})"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from annotator.errors import AnnotatorError
+from annotator.io.storage import is_remote, open_remote, open_remote_file, remote_files, remote_info
 from annotator.records import Document, Record, RecordError
 
 FORMATS = ("jsonl", "text", "parquet")
@@ -44,11 +46,22 @@ _EXTENSIONS = {
 }
 
 
+#: The largest record read (a JSON line, a text file, a Parquet text): splitting and tagging
+#: one document costs memory in proportion to its size (docs/reference/data-integrity.md has
+#: the figures), so a bigger one is a bad record, never a crash.
+MAX_RECORD_BYTES = 10_000_000
+
+
 @dataclass(frozen=True)
 class ReaderOptions:
     input_format: str | None = None
     text_field: str = "text"
     id_field: str = "id"
+    max_record_bytes: int = MAX_RECORD_BYTES
+
+
+def _too_large(limit: int) -> str:
+    return f"larger than the record size limit ({limit:,} bytes; --max-record-bytes raises it)"
 
 
 #: What a folder gives: files with these suffixes (before .gz/.zst), others are skipped and
@@ -95,6 +108,8 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] 
     for item in inputs:
         if item == STDIN:
             files.append(STDIN)
+        elif is_remote(item):
+            files.extend(_remote_inputs(item, wanted))
         elif os.path.isdir(item):
             root = Path(item)
             found = sorted(  # a link to nothing too: its reader reports it, never a silent skip
@@ -103,18 +118,7 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] 
                 if (p.is_file() or p.is_symlink() and not p.exists())
                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
-            skipped = Counter(
-                _suffix_of(p) or "(none)" for p in found if _suffix_of(p) not in wanted
-            )
-            if skipped:
-                counts = ", ".join(f"{s} {n}" for s, n in sorted(skipped.items()))
-                logging.getLogger("annotator").info(
-                    "%s: skipped %d file%s by suffix (%s); --include-suffix takes them",
-                    item,
-                    sum(skipped.values()),
-                    "" if sum(skipped.values()) == 1 else "s",
-                    counts,
-                )
+            _log_skipped(item, [_suffix_of(p) for p in found], wanted)
             chosen = [
                 InputPath(str(p), p.relative_to(root).as_posix())
                 for p in found
@@ -135,6 +139,32 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], include: tuple[str, ...] 
         else:
             raise AnnotatorError(f"{item}: no such file or directory")
     return files
+
+
+def _log_skipped(item: str, suffixes: list[str], wanted: set[str]) -> None:
+    skipped = Counter(suffix or "(none)" for suffix in suffixes if suffix not in wanted)
+    if skipped:
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(skipped.items()))
+        logging.getLogger("annotator").info(
+            "%s: skipped %d file%s by suffix (%s); --include-suffix takes them",
+            item,
+            sum(skipped.values()),
+            "" if sum(skipped.values()) == 1 else "s",
+            counts,
+        )
+
+
+def _remote_inputs(item: str, wanted: set[str]) -> list[str]:
+    """An object (s3://bucket/key) or every object under a prefix, chosen as a folder's files
+    are; ids of text objects are their names under the prefix, as in a folder."""
+    kind = remote_info(item)
+    if kind == "file":
+        return [InputPath(item, item.rsplit("/", 1)[-1])]
+    if kind is None:
+        raise AnnotatorError(f"{item}: no such object or prefix")
+    found = remote_files(item)
+    _log_skipped(item, [_suffix_of(Path(name)) for _, name in found], wanted)
+    return [InputPath(uri, name) for uri, name in found if _suffix_of(Path(name)) in wanted]
 
 
 def _unreadable_folders(root: str) -> list[str]:
@@ -192,7 +222,10 @@ class _Prefixed(io.RawIOBase):
 
 
 def _open_binary(path: str, compression: str | None) -> IO[bytes]:
-    raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")
+    if path == STDIN:
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        raw = open_remote(path) if is_remote(path) else open(path, "rb")
     if path == STDIN and compression is None:  # no extension: the first bytes tell
         head = raw.read(4)  # waits for them, however slowly a pipe brings them
         compression = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
@@ -200,11 +233,65 @@ def _open_binary(path: str, compression: str | None) -> IO[bytes]:
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if compression == "zstd":
+        return io.BufferedReader(_Zstd(raw))  # type: ignore[return-value]
+    return raw
+
+
+class _Zstd(io.RawIOBase):
+    """zstd frames, one after another, decoded as a stream; a frame cut short is an EOFError
+    (as gzip's is), never a quiet end of file, and undecodable data an OSError.
+
+    (zstandard's own stream reader ends quietly at a cut frame: a truncated file would read as
+    a shorter one.) Compressed data is fed in small pieces so that what one piece expands to
+    stays small whatever the ratio.
+    """
+
+    PIECE = 1024  # expands to at most 32 MiB (a zstd block of 128 KiB can be 4 bytes)
+
+    def __init__(self, source: IO[bytes]) -> None:
         import zstandard
 
-        # line iteration needs a buffered reader around zstd's raw stream
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore
-    return raw
+        self.source = source
+        # what a pipe holds now, not a full piece: a slow stream's records come promptly
+        self.read = getattr(source, "read1", source.read)
+        self.zstd = zstandard
+        self.frame = zstandard.ZstdDecompressor().decompressobj()
+        self.started = False  # bytes of the current frame have been fed
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.source is not sys.stdin.buffer:
+            self.source.close()
+        super().close()
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            data = self.read(self.PIECE)
+            if not data:
+                if self.started:
+                    raise EOFError("the compressed file ended before its end-of-frame marker")
+                return 0
+            self.pending = memoryview(self._decode(data))
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+    def _decode(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            try:
+                out.append(self.frame.decompress(data))
+            except self.zstd.ZstdError as exc:
+                raise OSError(f"damaged zstd data ({exc})") from None
+            self.started = not self.frame.eof
+            if not self.frame.eof:
+                break
+            data = self.frame.unused_data  # the next frame begins here
+            self.frame = self.zstd.ZstdDecompressor().decompressobj()
+        return b"".join(out)
 
 
 def read_documents(inputs: list[str], options: ReaderOptions = ReaderOptions()) -> Iterator[Record]:
@@ -253,6 +340,9 @@ def _document(record: dict[str, Any], source: str, row: int, options: ReaderOpti
         return RecordError(
             source, row, f"field {options.text_field!r} is {type(text).__name__}, not a string"
         )
+    limit = options.max_record_bytes  # a character is 1 to 4 bytes: most texts need no count
+    if len(text) > limit // 4 and len(text.encode("utf-8", "surrogatepass")) > limit:
+        return RecordError(source, row, _too_large(limit))
     doc_id = record.get(options.id_field)
     if doc_id is None:
         doc_id = _stable_id(source, row)
@@ -266,9 +356,45 @@ def _document(record: dict[str, Any], source: str, row: int, options: ReaderOpti
     return Document(id=str(doc_id), text=text, source=source, row=row, fields=fields)
 
 
+class _Endless(Exception):
+    """A line with NUL bytes that runs past the record size limit: binary data, not text."""
+
+
+def _lines(handle: IO[bytes], limit: int) -> Iterator[bytes | None]:
+    """The lines of `handle`, None for one longer than `limit` (skipped to its end, never held
+    whole); a long line of NUL bytes (a device, a binary file) raises `_Endless`, as it may
+    never end."""
+    while line := handle.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        if b"\0" in line:
+            raise _Endless
+        while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
 def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
+    limit = options.max_record_bytes
     with _open_binary(path, compression) as handle:
-        for number, raw in enumerate(handle, start=1):
+        lines = _lines(handle, limit)
+        for number in itertools.count(1):
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except _Endless:
+                yield RecordError(
+                    path,
+                    number,
+                    f"{_too_large(limit)}, and NUL bytes: not JSON lines, "
+                    "the rest of this input is not read",
+                )
+                return
+            if raw is None:
+                yield RecordError(path, number, _too_large(limit))
+                continue
             if number == 1:
                 raw = raw.removeprefix(_BOM)  # written by some Windows tools; not JSON
             if not raw.strip():
@@ -324,7 +450,10 @@ def _not_unicode(record: Any) -> str | None:
 
 def _read_text(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
     with _open_binary(path, compression) as handle:
-        data = handle.read()
+        data = handle.read(options.max_record_bytes + 1)
+    if len(data) > options.max_record_bytes:
+        yield RecordError(path, 0, _too_large(options.max_record_bytes))
+        return
     try:
         text = data.removeprefix(_BOM).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -343,7 +472,7 @@ def _read_parquet(path: str, compression: str | None, options: ReaderOptions) ->
             f"{path}: Parquet is read from a plain file (not stdin, not compressed)"
         )
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(open_remote_file(path) if is_remote(path) else path)
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError for the same bad file
         yield RecordError(path, 0, f"not a readable Parquet file ({exc})")
         return
@@ -363,7 +492,7 @@ def count_documents(inputs: list[str], options: ReaderOptions = ReaderOptions())
     """How many records the inputs hold (for a progress bar's ETA); None when it can't be known."""
     total = 0
     for path in inputs:
-        if path == STDIN:
+        if path == STDIN or is_remote(path):  # counting would read an object twice
             return None
         fmt, compression = detect_format(path, options.input_format)
         if fmt == "parquet":
@@ -377,7 +506,8 @@ def count_documents(inputs: list[str], options: ReaderOptions = ReaderOptions())
             total += 1
         else:
             with _open_binary(path, compression) as handle:
-                total += sum(1 for line in handle if line.strip())
+                lines = _lines(handle, options.max_record_bytes)
+                total += sum(1 for line in lines if line is None or line.strip())
     return total
 
 

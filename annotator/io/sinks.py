@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
+from annotator.files import write_failed
 from annotator.io.writers import open_writer
 from annotator.logs import printable
 from annotator.records import Document, Entity, RecordError, Summary
@@ -20,23 +22,50 @@ log = logging.getLogger("annotator")
 
 
 class ErrorReport:
-    """Where skipped records go: a JSONL file with --errors, else one line each on stderr."""
+    """Where skipped records go: a JSONL file with --errors, else one line each on stderr.
 
-    def __init__(self, path: str | None) -> None:
-        self.handle = open(path, "w", encoding="utf-8") if path else None
+    The file grows a whole line at a time, flushed as it comes (a resumed run keeps the
+    lines of its committed parts): a write that fails (a full disk) is one error, and the
+    file is cut back to its last whole line, never left ending mid-line.
+    """
+
+    def __init__(self, path: str | None, append: bool = False) -> None:
+        self.path, self.handle = path, None
+        if path:
+            try:
+                self.handle = open(path, "a" if append else "w", encoding="utf-8")
+                self.whole = self.handle.tell()  # where the last whole line ends
+            except OSError as exc:
+                raise write_failed(path, exc) from None
 
     def add(self, error: RecordError) -> None:
         if self.handle:
             line = json.dumps(error.to_dict(), ensure_ascii=False)
             if not line.isascii():  # a lone surrogate in a reason must not stop the report
                 line = json.dumps(error.to_dict())
-            self.handle.write(line + "\n")
-            self.handle.flush()
+            try:
+                self.handle.write(line + "\n")
+                self.handle.flush()
+            except OSError as exc:
+                self._cut_back()
+                raise write_failed(self.path, exc) from None
+            self.whole = self.handle.tell()
         else:
             log.warning("skipped %s", printable(str(error)))
 
+    def _cut_back(self) -> None:
+        handle, self.handle = self.handle, None
+        try:
+            os.truncate(handle.fileno(), self.whole)
+        except OSError:  # a FIFO or a device: nothing to cut
+            pass
+        try:
+            handle.close()
+        except OSError:  # what is still buffered fails again: it is not wanted
+            pass
+
     def close(self) -> None:
-        if self.handle:
+        if self.handle:  # every line was flushed as it came: nothing is left to fail
             self.handle.close()
 
 

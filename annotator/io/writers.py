@@ -16,7 +16,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from annotator.errors import AnnotatorError, RecordFailed
-from annotator.files import AtomicFile
+from annotator.files import AtomicFile, write_failed
 from annotator.records import Document, Entity
 
 LAYOUTS = ("documents", "spans")
@@ -177,21 +177,6 @@ def _dumps(record: dict[str, Any]) -> str:
     return line
 
 
-class WriteFailed(AnnotatorError):
-    """A write failed (disk full, file too large, read-only folder); `strerror` says why."""
-
-    def __init__(self, message: str, strerror: str) -> None:
-        super().__init__(message)
-        self.strerror = strerror
-
-
-def write_failed(path: Any, exc: OSError) -> WriteFailed:
-    """One line for a failed write; the temporary file is removed by the caller's abort."""
-    reason = exc.strerror or str(exc)
-    kept = "; the previous file of that name is kept" if Path(str(path)).is_file() else ""
-    return WriteFailed(f"cannot write {path}: {reason}{kept}", reason)
-
-
 class JsonlWriter:
     """One JSON object a line; `documents` keeps the input's fields, `spans` is a row an entity."""
 
@@ -269,6 +254,40 @@ class JsonlWriter:
             self.atomic.abort()
 
 
+class _Unseekable:
+    """A pipe or device to write Parquet to: Parquet is written front to back (its footer
+    last), but its writer asks where it stands, and on a pipe lseek fails; the position is
+    counted here instead."""
+
+    closed = False
+
+    def __init__(self, target: AtomicFile) -> None:
+        fd = target.descriptor
+        self.handle = os.fdopen(os.dup(fd), "wb") if fd is not None else open(target.tmp, "wb")
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data)
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        self.closed = True
+
+
 class ParquetWriter:
     """Typed Parquet (zstd, bounded row groups) with provenance in the file metadata."""
 
@@ -285,7 +304,12 @@ class ParquetWriter:
         self.output = output
         self.atomic = AtomicFile(output)
         try:
-            self.writer = pq.ParquetWriter(self.atomic.tmp, self.schema, compression="zstd")
+            # a FIFO, a device, /dev/stdout: written as it goes, closed by us
+            self.sink = (
+                pa.PythonFile(_Unseekable(self.atomic), mode="w") if self.atomic.streamed else None
+            )
+            target = self.sink if self.sink is not None else self.atomic.tmp
+            self.writer = pq.ParquetWriter(target, self.schema, compression="zstd")
         except OSError as exc:
             self.atomic.abort()
             raise write_failed(output, exc) from None
@@ -326,6 +350,8 @@ class ParquetWriter:
         self._write_row_group()
         try:
             self.writer.close()
+            if self.sink is not None:
+                self.sink.close()
             self.atomic.commit()
         except OSError as exc:
             self.atomic.abort()
@@ -334,6 +360,8 @@ class ParquetWriter:
     def abort(self) -> None:
         try:
             self.writer.close()
+            if self.sink is not None:
+                self.sink.close()
         except OSError:
             pass
         self.atomic.abort()

@@ -29,10 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from annotator.errors import AnnotatorError
-from annotator.files import DirectoryLock, fingerprint, fsync_dir, write_json_atomically
+from annotator.files import WriteFailed, fingerprint, json_text, sha256_file
 from annotator.io.readers import ReaderOptions
 from annotator.io.sinks import ErrorReport, Sink
-from annotator.io.writers import WriteFailed, open_writer
+from annotator.io.storage import (
+    Folder,
+    LocalFolder,
+    RemoteFolder,
+    folder_of,
+    is_remote,
+    remote_fingerprint,
+)
+from annotator.io.writers import open_writer
 from annotator.pipeline import Annotator, run_pipeline
 from annotator.records import Document, Record, RecordError, Summary
 from annotator.runs.request import AnnotateOptions, AnnotateRequest
@@ -127,13 +135,13 @@ def _manifest_name(shard: Shard) -> str:
     return f"{shard.prefix}manifest.json"
 
 
-def _shard_counts(directory: Path) -> dict[str, int]:
+def _shard_counts(folder: Folder) -> dict[str, int]:
     """Manifest file name -> the number of shards its run was split into."""
     found = {}
-    for path in directory.glob("*manifest.json"):
-        match = re.fullmatch(r"(?:shard-(\d+)-of-(\d+)-)?manifest\.json", path.name)
+    for name in folder.names():
+        match = re.fullmatch(r"(?:shard-(\d+)-of-(\d+)-)?manifest\.json", name)
         if match:
-            found[path.name] = int(match[2]) if match[2] else 1
+            found[name] = int(match[2]) if match[2] else 1
     return found
 
 
@@ -153,33 +161,36 @@ def run_settings(files: list[str], options: AnnotateOptions, shard: Shard) -> di
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 
 
-def _make_directory(directory: Path) -> None:
-    """The output directory, created where missing; a failure is one line naming it."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AnnotatorError(
-            f"{directory}: cannot create the output directory ({exc.strerror or exc})"
-        ) from None
+def _folder(directory: str | Path | Folder) -> Folder:
+    return (
+        directory
+        if isinstance(directory, (LocalFolder, RemoteFolder))
+        else folder_of(str(directory))
+    )
 
 
-def lock_directory(directory: Path, shard: Shard, wait: float = 0.0) -> DirectoryLock:
+def lock_directory(directory: str | Path | Folder, shard: Shard, wait: float = 0.0) -> Any:
     """The lock that keeps a second run (of this shard) out of `directory` while this one
-    lives; refused with the holder's pid, host and start time."""
-    _make_directory(directory)
-    what = f"{directory}" + (f" (shard {shard})" if shard.count > 1 else "")
-    return DirectoryLock(directory / f".{shard.prefix}annotator.lock", what).acquire(wait)
+    lives; refused with the holder's pid, host and start time. Its `release` ends it."""
+    folder = _folder(directory)
+    folder.make()
+    what = f"{folder}" + (f" (shard {shard})" if shard.count > 1 else "")
+    return folder.lock(f".{shard.prefix}annotator.lock", what, wait)
+
+
+def _fingerprint(path: str) -> dict[str, Any] | None:
+    return remote_fingerprint(path) if is_remote(path) else fingerprint(path)
 
 
 def _fingerprints(files: list[str]) -> list[dict[str, Any] | None]:
-    return [fingerprint(path) for path in files]
+    return [_fingerprint(path) for path in files]
 
 
 def _changed_inputs(old: list[Any], files: list[str]) -> list[str]:
     """Inputs that differ from what the run started on (size, time or content)."""
     changed = []
     for path, before in zip(files, old):
-        now = fingerprint(path)
+        now = _fingerprint(path)
         if before is not None and now != before:
             if now is None:
                 changed.append(f"{path} (now unreadable)")
@@ -202,9 +213,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class Manifest:
     """`manifest.json` of one run (or of one shard of it) in `directory`."""
 
-    def __init__(self, directory: Path, shard: Shard, data: dict[str, Any]) -> None:
-        self.directory, self.shard, self.data = directory, shard, data
-        self.path = directory / _manifest_name(shard)
+    def __init__(self, folder: Folder, shard: Shard, data: dict[str, Any]) -> None:
+        self.folder, self.shard, self.data = folder, shard, data
+        self.name = _manifest_name(shard)
+        self.path = f"{folder}{'' if str(folder).endswith('/') else os.sep}{self.name}"
 
     @property
     def parts(self) -> list[dict[str, Any]]:
@@ -225,16 +237,48 @@ class Manifest:
     def part_name(self, number: int, fmt: str) -> str:
         return f"{self.shard.prefix}part-{number:05d}.{fmt}"
 
-    def save(self) -> None:
-        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json_atomically(self.path, self.data, durable=True)
+    def save(self, data: dict[str, Any] | None = None) -> None:
+        """Write `data` (by default the current state) and make it the current state, only
+        once it is stored: after a failed write the state is what the file still holds."""
+        data = dict(self.data if data is None else data)
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.folder.write_text(self.name, json_text(data))
+        self.data = data
+
+    def verify_parts(self) -> None:
+        """Each committed part as the manifest records it: there, of its size and sha256. The
+        first that is not, and the parts after it, are redone: the manifest is rolled back to
+        the part before it (a resume trusts no part it has not checked)."""
+        for index, part in enumerate(self.parts):
+            problem = _part_problem(self.folder, part)
+            if problem is None:
+                continue
+            kept = self.parts[:index]
+            if kept and "skipped" not in kept[-1]:  # written by an annotator that kept no count
+                raise AnnotatorError(
+                    f"cannot resume {self.folder}: {part['file']} is {problem}; start the "
+                    "run again in another output directory"
+                )
+            log.warning(
+                "%s%s is %s: it and the %d part(s) after it are redone",
+                self.folder,
+                part["file"],
+                problem,
+                len(self.parts) - index - 1,
+            )
+            through = kept[-1]["through"] if kept else {"file": 0, "records": 0}
+            data = dict(self.data, parts=kept, cursor=dict(through), complete=False)
+            data["skipped"] = kept[-1]["skipped"] if kept else 0
+            self.save(data)
+            return
 
     @classmethod
     def open(
-        cls, directory: Path, shard: Shard, settings: dict[str, Any], resume: bool
+        cls, directory: str | Path | Folder, shard: Shard, settings: dict[str, Any], resume: bool
     ) -> Manifest:
         """Check the directory, then start a new manifest or continue (and tidy) an old one."""
-        _make_directory(directory)
+        directory = _folder(directory)
+        directory.make()
         name = _manifest_name(shard)
         others = {n: c for n, c in _shard_counts(directory).items() if c != shard.count}
         if others:
@@ -244,16 +288,16 @@ class Manifest:
                 f"one into {shard.count}: continue it with the same --shard/--workers/--devices, "
                 "or use another output directory"
             )
-        path = directory / name
-        if path.exists():
+        path = f"{directory}{'' if str(directory).endswith('/') else os.sep}{name}"
+        if directory.exists(name):
             if not resume:
                 raise AnnotatorError(
                     f"{directory} already holds a run ({name}); use --resume to "
                     "continue it, or another output directory"
                 )
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+                data = json.loads(directory.read_text(name))
+            except (OSError, ValueError, AnnotatorError) as exc:
                 raise AnnotatorError(f"{path}: unreadable manifest ({exc})") from None
             if data.get("version") != MANIFEST_VERSION:
                 raise AnnotatorError(
@@ -278,9 +322,11 @@ class Manifest:
                     "the input, or start a new run in another output directory"
                 )
             manifest = cls(directory, shard, data)
+            manifest._finish_publishing()
+            manifest.verify_parts()
             manifest._remove_uncommitted()
             return manifest
-        own = [p.name for p in directory.iterdir() if p.name.startswith(f"{shard.prefix}part-")]
+        own = [n for n in directory.names() if n.startswith(f"{shard.prefix}part-")]
         if own:
             raise AnnotatorError(
                 f"{directory} holds part files ({own[0]}, ...) but no {name}; "
@@ -303,6 +349,13 @@ class Manifest:
         manifest.save()
         return manifest
 
+    def _finish_publishing(self) -> None:
+        """Parts the manifest names that a crash kept from their place (object storage:
+        copied from their pending name after the manifest was written) are put there now."""
+        for part in self.parts:
+            if not self.folder.exists(part["file"]):
+                self.folder.publish(part["file"])
+
     def _remove_uncommitted(self) -> None:
         """Part files (and temporary files) of this shard that the manifest does not name."""
         keep = {part["file"] for part in self.parts}
@@ -311,15 +364,34 @@ class Manifest:
             f".{self.shard.prefix}part-",
             f".{_manifest_name(self.shard)}.",
         )
-        for path in self.directory.iterdir():
-            if path.name.startswith(prefixes) and path.name not in keep and path.is_file():
-                log.info("removing %s: not recorded in the manifest (an interrupted part)", path)
-                path.unlink()
+        for name in self.folder.names():
+            if name.startswith(prefixes) and name not in keep:
+                log.info(
+                    "removing %s%s: not recorded in the manifest (an interrupted part)",
+                    self.folder,
+                    name,
+                )
+                self.folder.delete(name)
 
 
-def _write_error(path: Path, exc: OSError | WriteFailed, manifest: Manifest) -> AnnotatorError:
+def _part_problem(folder: Folder, part: dict[str, Any]) -> str | None:
+    """What is wrong with a committed part file, or None (a part recorded without a size or
+    checksum is checked for what was recorded)."""
+    found = folder.digest(part["file"], with_sha256="sha256" in part)
+    if found is None:
+        return "missing"
+    size, digest = found
+    if "bytes" in part and size != part["bytes"]:
+        return f"damaged ({size:,} bytes, {part['bytes']:,} recorded)"
+    if "sha256" in part and digest != part["sha256"]:
+        return "damaged (its sha256 is not the one recorded)"
+    return None
+
+
+def _write_error(path: str, exc: OSError | AnnotatorError, manifest: Manifest) -> AnnotatorError:
+    reason = getattr(exc, "strerror", None) or exc
     return AnnotatorError(
-        f"cannot write {path}: {exc.strerror or exc}. The {len(manifest.parts)} part(s) "
+        f"cannot write {path}: {reason}. The {len(manifest.parts)} part(s) "
         f"recorded in {manifest.path} are intact; fix the cause (disk space, permissions) and "
         "rerun with --resume"
     )
@@ -341,7 +413,8 @@ class PartSink(Sink):
         self.part_size = part_size
         self.metadata: dict[str, Any] = {}
         self.current: Any = None
-        self.path: Path | None = None
+        self.name = ""
+        self.path = ""  # where the part's writer writes it (object storage: a local scratch)
         self.documents = self.rows = 0
         self.last: tuple[int, int, int] | None = None
 
@@ -349,12 +422,11 @@ class PartSink(Sink):
         self.metadata = metadata
 
     def _open(self) -> None:
-        self.path = self.manifest.directory / self.manifest.part_name(
-            len(self.manifest.parts), self.fmt
-        )
+        self.name = self.manifest.part_name(len(self.manifest.parts), self.fmt)
+        self.path = self.manifest.folder.writable_path(self.name)
         try:
             self.current = open_writer(
-                str(self.path), self.fmt, self.layout, self.metadata, self.drop_fields
+                self.path, self.fmt, self.layout, self.metadata, self.drop_fields
             )
         except (OSError, WriteFailed) as exc:
             raise _write_error(self.path, exc, self.manifest) from None
@@ -381,24 +453,32 @@ class PartSink(Sink):
         """Parts are committed whole; nothing is promised before that."""
 
     def _commit(self, complete: bool = False) -> None:
-        data = self.manifest.data
+        """Close the part, note its size and sha256, stage it (durable; object storage:
+        uploaded under a pending name), record it in the manifest, then publish it (object
+        storage: copied to its name)."""
+        data = dict(self.manifest.data, parts=list(self.manifest.parts))
+        folder = self.manifest.folder
+        committed = None
         if self.current is not None:
             try:
                 self.current.close()  # temporary file -> part name
-                with open(self.path, "rb") as handle:
-                    os.fsync(handle.fileno())
-                fsync_dir(self.manifest.directory)
-            except (OSError, WriteFailed) as exc:
+                size, digest = os.path.getsize(self.path), sha256_file(self.path)
+                folder.stage(self.name)
+            except (OSError, AnnotatorError) as exc:
                 self.abort()
                 raise _write_error(self.path, exc, self.manifest) from None
             self.current = None
+            committed = self.name
             index, number, errors = self.last
             data["parts"].append(
                 {
-                    "file": self.path.name,
+                    "file": self.name,
                     "documents": self.documents,
                     "rows": self.rows,
                     "through": {"file": index, "records": number},
+                    "skipped": errors,
+                    "bytes": size,
+                    "sha256": digest,
                 }
             )
             data["cursor"] = {"file": index, "records": number}
@@ -408,9 +488,11 @@ class PartSink(Sink):
             data["skipped"] = self.tracker.errors
             data["complete"] = True
         try:
-            self.manifest.save()
-        except (OSError, WriteFailed) as exc:
+            self.manifest.save(data)
+        except (OSError, AnnotatorError) as exc:
             raise _write_error(self.manifest.path, exc, self.manifest) from None
+        if committed is not None:
+            folder.publish(committed)
 
     def close(self, summary: Summary) -> None:
         """The input is exhausted: commit the last part and mark the run complete."""
@@ -438,7 +520,7 @@ class _ResumedErrors(ErrorReport):
                 kept = [line for _, line in zip(range(keep), handle)]
             with open(path, "w", encoding="utf-8") as handle:
                 handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-            self.handle = open(path, "a", encoding="utf-8")
+            super().__init__(path, append=True)
         else:
             super().__init__(path)
 
@@ -464,7 +546,7 @@ def annotate_directory(
 
     The run holds the directory's lock (of its shard) while it lives; `lock=False` when the
     caller holds it."""
-    directory = Path(request.output)
+    directory = folder_of(request.output)
     if source is None:
         source = FileSource(request.input_files(), request.shard)
     held = lock_directory(directory, request.shard) if lock else None
@@ -477,7 +559,7 @@ def annotate_directory(
 
 def _annotate_directory(
     request: AnnotateRequest,
-    directory: Path,
+    directory: Folder,
     source: Source,
     annotator: Annotator | None,
     watchers: Sequence[Sink],

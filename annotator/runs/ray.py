@@ -13,8 +13,8 @@ the results in input order (`preserve_order`) and writes them with the local bac
 the same files, the same schema (`annotator.io.writers.SPANS_SCHEMA`), and for a directory
 output the same part files and manifest, so `--resume` and `--shard` work here too.
 
-Inputs are local (or shared-filesystem) paths, or URIs pyarrow's filesystems open (s3://,
-gs://, hdfs://...); a remote file is copied to the reading worker's temp dir and read there.
+Inputs are local (or shared-filesystem) paths, or s3:// URIs that the read tasks stream
+(`annotator.io.storage`); the workers need the same AWS settings as the driver.
 """
 
 from __future__ import annotations
@@ -23,17 +23,15 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from annotator import logs
 from annotator.errors import AnnotatorError
-from annotator.io.readers import ReaderOptions, expand_inputs
+from annotator.io.readers import ReaderOptions
 from annotator.pipeline import Annotated, Annotator, file_sink, run_pipeline
 from annotator.records import Document, Entity, RecordError, Summary
 from annotator.runs.directory import annotate_directory
@@ -61,76 +59,11 @@ def _import_ray():
     return ray
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def expand_any(inputs: list[str], include: tuple[str, ...] = ()) -> list[str]:
-    """Local files, folders and globs as `expand_inputs` finds them; URIs of files or folders."""
-    from pyarrow import fs
-
-    files: list[str] = []
-    for item in inputs:
-        if not _is_uri(item):
-            files.extend(expand_inputs([item], include))
-            continue
-        filesystem, path = fs.FileSystem.from_uri(item)
-        info = filesystem.get_file_info(path)
-        scheme = item.split("://", 1)[0]
-        if info.type == fs.FileType.Directory:
-            found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-            files.extend(
-                sorted(
-                    f"{scheme}://{f.path}"
-                    for f in found
-                    if f.type == fs.FileType.File and not os.path.basename(f.path).startswith(".")
-                )
-            )
-        elif info.type == fs.FileType.File:
-            files.append(item)
-        else:
-            raise AnnotatorError(f"{item}: no such file or directory")
-    return files
-
-
-@contextmanager
-def _local_copy(uri: str) -> Iterator[str]:
-    """A remote file copied into a temp dir (keeping its name, so its extensions still count)."""
-    from pyarrow import fs
-
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    folder = tempfile.mkdtemp(prefix="annotator-")
-    local = os.path.join(folder, os.path.basename(path))
-    try:
-        with filesystem.open_input_stream(path) as source, open(local, "wb") as target:
-            shutil.copyfileobj(source, target, 8 << 20)
-        yield local
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _as_from(record: Any, local: str, uri: str) -> Any:
-    """A record read from a local copy, as if read from `uri` (source and SOURCE:ROW id)."""
-    if isinstance(record, RecordError):
-        return RecordError(uri, record.row, record.reason.replace(local, uri))
-    if record.id in (f"{local}:{record.row}", local):
-        record.id = record.id.replace(local, uri, 1)
-    record.source = uri
-    return record
-
-
 def _records_of(
     path: str, skip: int, shard: Shard, options: ReaderOptions
 ) -> Iterator[tuple[int, Any]]:
-    if not _is_uri(path):
-        for _, number, record in FileSource([path], shard).positioned(options, (0, skip)):
-            yield number, record
-        return
-    with _local_copy(path) as local:
-        for _, number, record in FileSource([local]).positioned(options, (0, skip)):
-            record = _as_from(record, local, path)
-            if shard.holds(record):
-                yield number, record
+    for _, number, record in FileSource([path], shard).positioned(options, (0, skip)):
+        yield number, record
 
 
 def _schema(tagged: bool):
@@ -382,6 +315,13 @@ def _connect(ray, address: str | None) -> bool:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
+    import signal
+    import threading
+
+    # Ray's init puts its own SIGTERM handler in place (a stack dump, exit 15): ours stay, so
+    # that SIGTERM and Ctrl-C stop a Ray run as any other, 143 and 130 with one line
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:
         ray.init(
             address=address,
@@ -394,6 +334,10 @@ def _connect(ray, address: str | None) -> bool:
             f"cannot start or join Ray{f' at {address}' if address else ''}: "
             f"{type(exc).__name__}: {exc}"
         ) from None
+    finally:
+        for number, handler in handlers.items():
+            if handler is not None:
+                signal.signal(number, handler)
     return True
 
 
@@ -403,7 +347,7 @@ def annotate_with_ray(request: AnnotateRequest) -> Summary:
     `--ray-address`."""
     ray = _import_ray()
     options = request.options
-    files = expand_any(list(request.inputs), request.include_suffixes)
+    files = request.input_files()
     started_here = _connect(ray, request.ray_address)
     try:
         resources = ray.cluster_resources()

@@ -14,8 +14,14 @@ from dataclasses import dataclass, field, replace
 
 from annotator.errors import AnnotatorError, UsageError
 from annotator.files import check_parent
-from annotator.io.readers import STDIN, check_outputs_apart, expand_inputs
-from annotator.io.storage import STDOUT, is_directory_output
+from annotator.io.readers import (
+    MAX_RECORD_BYTES,
+    STDIN,
+    ReaderOptions,
+    check_outputs_apart,
+    expand_inputs,
+)
+from annotator.io.storage import STDOUT, is_directory_output, is_remote, remote_info
 from annotator.io.writers import default_layout, output_format
 from annotator.runs.shards import Shard
 from annotator.tagging.precision import DEFAULT_PRECISION, check_precision
@@ -40,6 +46,7 @@ class AnnotateOptions:
     input_format: str | None = None
     text_field: str = "text"
     id_field: str = "id"
+    max_record_bytes: int = MAX_RECORD_BYTES
     output_format: str | None = None
     layout: str | None = None
     drop_fields: bool = False
@@ -49,6 +56,11 @@ class AnnotateOptions:
     errors: str | None = None
     progress: bool | None = None
     precision: str = DEFAULT_PRECISION  # the fast engine's (annotator.tagging.precision)
+
+    def reader_options(self) -> ReaderOptions:
+        return ReaderOptions(
+            self.input_format, self.text_field, self.id_field, self.max_record_bytes
+        )
 
     def for_output(self, output: str | None, directory: bool = False) -> AnnotateOptions:
         """These options with the output format and layout settled: `--format`, else the
@@ -124,6 +136,7 @@ class AnnotateRequest:
         if options.on_error not in ("fail", "skip"):
             raise UsageError("--on-error is fail or skip")
         directory = is_directory_output(output)
+        _check_remote_output(inputs, output, directory)
         if options.output_format is None and not directory and output not in (None, STDOUT):
             try:
                 output_format(output, None)
@@ -204,6 +217,10 @@ class AnnotateRequest:
 
 def _check_inputs(inputs: tuple[str, ...]) -> None:
     for item in inputs:
+        if is_remote(item):
+            if remote_info(item) is None:  # no such bucket, no access: AnnotatorError (exit 1)
+                raise UsageError(f"{item}: no such object or prefix")
+            continue
         if item != STDIN and not glob.has_magic(item) and not os.path.exists(item):
             raise UsageError(f"{item}: no such file or directory")
         if (
@@ -214,6 +231,21 @@ def _check_inputs(inputs: tuple[str, ...]) -> None:
             raise UsageError(f"{item}: no file matches this pattern")
     if inputs.count(STDIN) > 1:
         raise UsageError("- (stdin) is given more than once: it can be read only once")
+
+
+def _check_remote_output(inputs: tuple[str, ...], output: str | None, directory: bool) -> None:
+    """An s3:// output is a directory of parts (an object store cannot replace a file whole
+    in place of a temporary one), and not under an input prefix that would read it back."""
+    if not is_remote(output):
+        return
+    if not directory:
+        raise UsageError(f"-o {output}: an s3:// output is a directory of parts; end it with /")
+    for item in inputs:
+        if is_remote(item) and output.startswith(item.rstrip("/") + "/"):
+            raise UsageError(
+                f"-o {output} lies under the input {item}, whose next read would take it for "
+                "input: write it elsewhere"
+            )
 
 
 def _worker_devices(

@@ -13,8 +13,8 @@ from typing import Any
 
 from annotator import logs
 from annotator.errors import AnnotatorError
-from annotator.files import die_with_parent
-from annotator.io.readers import ReaderOptions, count_documents
+from annotator.files import die_with_parent, remove_dead_temporaries
+from annotator.io.readers import count_documents
 from annotator.io.sinks import Sink
 from annotator.records import Document, Entity, Summary
 from annotator.runs.directory import Manifest, annotate_directory, lock_directory, run_settings
@@ -43,8 +43,17 @@ class _Progress(Sink):
             self.close(None)
 
     def close(self, summary: Summary | None) -> None:
-        self.messages.put(("progress", self.number, self.done))
+        self.messages.send(("progress", self.number, self.done))
         self.done, self.sent = 0, time.monotonic()
+
+
+class _Stopped(BaseException):
+    """SIGTERM in a worker (the parent stopping it): raised where it stands, so that its
+    unfinished part file is removed on the way out."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped()
 
 
 def _worker(
@@ -56,7 +65,12 @@ def _worker(
     parent: int | None = None,
 ) -> None:
     """One worker process: its own shard, its own part files and manifest in the directory."""
+    import signal
+
     die_with_parent(parent)  # a killed parent leaves no worker behind to race its resume
+    # Ctrl-C reaches the whole process group: the parent handles it and stops each worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
     import torch
 
     torch.set_num_threads(threads)
@@ -64,13 +78,15 @@ def _worker(
     progress = _Progress(number, messages)
     try:
         summary = annotate_directory(request, source, watchers=[progress])
-        messages.put(("done", number, summary))
+        messages.send(("done", number, summary))
     except AnnotatorError as exc:
-        messages.put(("error", number, str(exc)))
+        messages.send(("error", number, str(exc)))
+    except _Stopped:
+        pass
     except BaseException as exc:  # a bug: report it with its traceback rather than hang the parent
         import traceback
 
-        messages.put(("error", number, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        messages.send(("error", number, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
 def _merge(summaries: list[Summary], seconds: float, work_seconds: float | None = None) -> Summary:
@@ -99,7 +115,7 @@ def annotate_with_workers(request: AnnotateRequest) -> Summary:
 
 def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) -> Summary:
     import multiprocessing
-    import queue
+    from multiprocessing.connection import wait
 
     from tqdm import tqdm
 
@@ -114,12 +130,15 @@ def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) ->
     already = sum(m.documents for m in manifests)
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
+    # a pipe per worker, not a Queue: no semaphores for a stopped run to leak, and a worker's
+    # end of file says it has gone
+    channels: dict[Any, int] = {}
     processes = []
     for number, (device, part) in enumerate(zip(devices, shards)):
         worker_options = replace(
             options, device=device, progress=False, errors=_errors_path(options.errors, part)
         )
+        receiver, sender = context.Pipe(duplex=False)
         # each worker continues the manifest just opened for it
         worker = replace(
             request, options=worker_options, shard=part, devices=(device,), resume=True
@@ -128,15 +147,15 @@ def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) ->
             target=_worker,
             name=f"annotator-worker-{number}",
             daemon=True,
-            args=(number, worker, FileSource(files, part), threads, messages, os.getpid()),
+            args=(number, worker, FileSource(files, part), threads, sender, os.getpid()),
         )
         process.start()
+        sender.close()  # the worker's copy is the one that counts: its end is our EOF
+        channels[receiver] = number
         processes.append(process)
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     bar = tqdm(
-        total=count_documents(
-            files, ReaderOptions(options.input_format, options.text_field, options.id_field)
-        )
+        total=count_documents(files, options.reader_options())
         if show and request.shard.count == 1
         else None,
         initial=already,
@@ -150,25 +169,27 @@ def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) ->
     ends: dict[int, float] = {}
     try:
         while len(summaries) < len(processes):
-            try:
-                kind, number, value = messages.get(timeout=0.5)
-            except queue.Empty:
-                for number, process in enumerate(processes):
-                    if number not in summaries and process.exitcode is not None:
-                        time.sleep(0.5)  # its last message may still be on the way
-                        if messages.empty():
-                            raise AnnotatorError(
-                                f"worker {number} ({devices[number]}) died with exit code "
-                                f"{process.exitcode}; committed parts are kept: rerun with --resume"
-                            ) from None
-                continue
-            if kind == "progress":
-                bar.update(value)
-            elif kind == "done":
-                summaries[number] = value
-                ends[number] = time.perf_counter()
-            else:
-                raise AnnotatorError(f"worker {number} ({devices[number]}): {value}")
+            for channel in wait(list(channels), timeout=0.5):
+                number = channels[channel]
+                try:
+                    kind, _, value = channel.recv()
+                except EOFError:  # the worker has gone
+                    del channels[channel]
+                    if number in summaries:
+                        continue
+                    processes[number].join(timeout=5)
+                    raise AnnotatorError(
+                        f"worker {number} ({devices[number]}) died with exit code "
+                        f"{processes[number].exitcode}; committed parts are kept: rerun with "
+                        "--resume"
+                    ) from None
+                if kind == "progress":
+                    bar.update(value)
+                elif kind == "done":
+                    summaries[number] = value
+                    ends[number] = time.perf_counter()
+                else:
+                    raise AnnotatorError(f"worker {number} ({devices[number]}): {value}")
     finally:
         bar.close()
         for process in processes:
@@ -176,6 +197,9 @@ def _run_workers(request: AnnotateRequest, files: list[str], directory: Path) ->
                 process.terminate()
         for process in processes:
             process.join(timeout=30)
+        for channel in channels:
+            channel.close()
+        remove_dead_temporaries(directory)  # a worker killed before it could remove its own
     # each worker's own seconds leave out its start and model loading: the span from the first
     # one starting on its documents to the last one done
     work = max(ends.values(), default=started) - min(

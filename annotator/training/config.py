@@ -33,6 +33,59 @@ TRAINERS = ("auto", "fast", "flair")
 CHOICES = {"trainer": TRAINERS, "batching": ("shuffle", "bucket")}
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a number setting may take; an open end excludes its bound. A float with no
+    upper bound must still be finite (NaN is in no range)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if value != value or value in (float("inf"), float("-inf")):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self, floats: bool) -> str:
+        low = f"{'above' if self.low_open else 'at least'} {self.low}"
+        if self.high is None:
+            return f"a finite number {low}" if floats else low
+        if not (self.low_open or self.high_open):
+            return f"from {self.low} to {self.high}"
+        return f"{low} and {'below' if self.high_open else 'at most'} {self.high}"
+
+
+_SHARE = Range(0, 1, high_open=True)
+_WIDTH = Range(1, 8192)  # wider layers exhaust memory long before they help
+#: What each number setting may be: a value out of range is a usage error when the config is
+#: read, never a traceback (or a silent no-op) later in training.
+RANGES = {
+    "hidden_size": _WIDTH,
+    "rnn_layers": Range(1, 16),
+    "dropout": _SHARE,
+    "word_dropout": _SHARE,
+    "locked_dropout": _SHARE,
+    "word_embedding_dim": _WIDTH,
+    "min_word_freq": Range(0),
+    "char_embedding_dim": _WIDTH,
+    "char_hidden_size": _WIDTH,
+    "glove_words": Range(0),
+    "learning_rate": Range(0, low_open=True),
+    "batch_size": Range(1),
+    "max_epochs": Range(1),
+    "patience": Range(0),
+    "anneal_factor": Range(0, 1, low_open=True, high_open=True),
+    "min_learning_rate": Range(0),
+    "anneal_after": Range(1),
+    "dev_holdout": _SHARE,
+    "seed": Range(0, 2**32 - 1),  # numpy's seeds
+}
+
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -128,14 +181,20 @@ class TrainConfig:
             if value is None:
                 continue
             expected = type(getattr(self, key))
-            if expected is float and isinstance(value, int):
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if (
                 not isinstance(value, expected)
+                or isinstance(value, bool) is not (expected is bool)  # TOML's true is no number
                 or expected is list
                 and not all(isinstance(item, int) and not isinstance(item, bool) for item in value)
             ):
                 what = "a list of integers" if expected is list else expected.__name__
+                raise UsageError(f"{origin}: {key} must be {what}, not {value!r}")
+            allowed = RANGES.get(key)
+            if allowed and not all(v in allowed for v in (value if expected is list else [value])):
+                what = allowed.describe(expected is float)
+                what = f"a list of integers of {what}" if expected is list else what
                 raise UsageError(f"{origin}: {key} must be {what}, not {value!r}")
             if key in CHOICES and value not in CHOICES[key]:
                 raise UsageError(
@@ -169,10 +228,6 @@ def resolve_config(
     config.update(overrides or {}, "command line")
     if config.keep_corpus_tokens and not config.retokenize:
         raise UsageError("keep_corpus_tokens = true needs retokenize = true")
-    if not 0 <= config.dev_holdout < 1:
-        raise UsageError(
-            f"dev_holdout must be a share of at least 0 and below 1, not {config.dev_holdout}"
-        )
     if config.dev_holdout and not config.train_with_dev:
         raise UsageError("dev_holdout > 0 needs train_with_dev = true")
     return config
