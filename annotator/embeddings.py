@@ -11,7 +11,6 @@ class is registered with Flair, so a saved tagger loads with `SequenceTagger.loa
 
 from __future__ import annotations
 
-import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,11 @@ from flair.data import Sentence
 from flair.embeddings import TokenEmbeddings
 from flair.embeddings.base import register_embeddings
 
-_DIGIT = re.compile(r"\d")
-
-
-def lookup_key(word: str) -> str:
-    """The key vectors are stored under: lower case (case is the character encoder's job)."""
-    return word.lower()
+from annotator.vectors import VectorLookup, lookup_key
 
 
 @register_embeddings
-class SharedVectorEmbeddings(TokenEmbeddings):
+class SharedVectorEmbeddings(VectorLookup, TokenEmbeddings):
     """Frozen vectors where many words share one row; unknown words get a zero vector."""
 
     def __init__(
@@ -114,32 +108,6 @@ class SharedVectorEmbeddings(TokenEmbeddings):
     @property
     def embedding_length(self) -> int:
         return self.__embedding_length
-
-    @property
-    def unknown_row(self) -> int:
-        return self.codes.shape[0] - 1
-
-    def index(self) -> dict[str, int]:
-        """word → row, rebuilt from the compact buffers on first use."""
-        if self._index is None:
-            words = (
-                zlib.decompress(bytes(self.word_bytes.cpu().numpy())).decode("utf-8").split("\n")
-                if self.word_bytes.numel()
-                else []
-            )
-            self._index = dict(zip(words, self.word_rows.tolist()))
-        return self._index
-
-    def row_of(self, word: str) -> int:
-        index = self.index()
-        key = lookup_key(word)
-        row = index.get(key)
-        if row is None and _DIGIT.search(key):
-            row = index.get(_DIGIT.sub("#", key), index.get(_DIGIT.sub("0", key)))
-        return self.unknown_row if row is None else row
-
-    def vectors_of(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.codes[rows].float() * self.scales[rows, None]
 
     def _add_embeddings_internal(self, sentences: list[Sentence]) -> list[Sentence]:
         tokens = [token for sentence in sentences for token in sentence.tokens]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from annotator.logs import flair_imported, flair_quieted
 log = logging.getLogger("annotator")
 
 DATA_DIR = Path(__file__).parent / "data"
-DEFAULT_MODEL = DATA_DIR / "default-model.pt"
+# an export (`annotator.tagging.export`): safetensors weights, its description in the header
+DEFAULT_MODEL = DATA_DIR / "default-model.safetensors"
 DEFAULT_MODEL_CARD = DATA_DIR / "MODEL_CARD.md"
 DEFAULT_METRICS = DATA_DIR / "default-model.metrics.json"  # its training run (`plot default`)
 DEFAULT_NAME = "default"  # `--model default` names the packaged model wherever a model is taken
@@ -72,13 +75,151 @@ def model_info(model: str | Path | None) -> ModelInfo:
     resolved = resolve_model(model)
     if isinstance(resolved, Path):
         return ModelInfo(
-            name=str(model) if model is not None else DEFAULT_NAME, sha256=sha256_file(resolved)
+            name=str(model) if model is not None else DEFAULT_NAME, sha256=file_sha256(resolved)
         )
     return ModelInfo(name=resolved, sha256=None)
 
 
+def file_sha256(path: Path) -> str:
+    """A model file's sha256, computed once per process for its size and modification time."""
+    stat = path.stat()
+    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+#: set to 1, the one-line notice that a Flair .pt file runs code when loaded is not printed
+TRUST_ENV = "ANNOTATOR_TRUST_MODELS"
+EXPORT_SUFFIX = ".safetensors"
+
+
+def is_export(path: Path) -> bool:
+    return path.suffix.lower() == EXPORT_SUFFIX
+
+
+def cached_export(path: Path) -> Path:
+    """Where the export of the Flair file `path` is cached: beside it (`x.pt.safetensors`)."""
+    return path.with_name(path.name + EXPORT_SUFFIX)
+
+
+def _user_cache(sha256: str) -> Path:
+    """The export cache for models in folders this user cannot write to."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "annotator" / "exports" / f"{sha256}{EXPORT_SUFFIX}"
+
+
+def valid_export(path: Path, sha256: str) -> Path | None:
+    """The cached export of `path` made from its current content (its sha256), if one exists."""
+    from annotator.tagging.export_header import read_description
+
+    for candidate in (cached_export(path), _user_cache(sha256)):
+        try:
+            description = read_description(candidate) if candidate.is_file() else None
+        except Exception:  # a damaged or foreign file there: rebuilt, never trusted
+            description = None
+        if description and description.get("source_sha256") == sha256:
+            return candidate
+    return None
+
+
+def export_model(path: Path) -> Path | None:
+    """The export of Flair file `path`, built and cached the first time it is used (and
+    rebuilt when its sha256 changes); None where it holds what an export cannot (it then stays
+    a `.pt`, loaded by Flair)."""
+    from annotator.tagging.export import ExportError, write_export
+
+    sha256 = file_sha256(path)
+    found = valid_export(path, sha256)
+    if found is not None:
+        return found
+    pickle_notice(path)
+    flair_imported()
+    for target in (cached_export(path), _user_cache(sha256)):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with flair_quieted():
+                return write_export(path, target, sha256)
+        except ExportError as exc:
+            log.info("%s: no export (%s); Flair loads it", path, exc)
+            return None
+        except OSError as exc:  # a read-only folder: the user's cache, else no cache
+            log.debug("cannot cache the export at %s: %s", target, exc)
+        except Exception as exc:  # an unpickling failure: said by Flair's load, which follows
+            log.debug("cannot export %s: %s", path, exc)
+            return None
+    return None
+
+
+_noticed: set[Path] = set()
+
+
+def pickle_notice(path: Path) -> None:
+    """One line, once per file and process, before a Flair `.pt` from outside the package is
+    unpickled: a pickle runs code, so a model file is code. Not for the package's own files,
+    nor with ANNOTATOR_TRUST_MODELS=1."""
+    path = path.resolve()
+    if os.environ.get(TRUST_ENV) == "1" or path in _noticed or DATA_DIR.resolve() in path.parents:
+        return
+    _noticed.add(path)
+    from annotator.logs import printable
+
+    log.warning(
+        "note: %s is a Flair .pt file, a pickle that runs code when loaded: use only model "
+        "files you trust (%s=1 hides this note)",
+        printable(str(path)),
+        TRUST_ENV,
+    )
+
+
+def model_card(model: str | Path | None) -> dict | None:
+    """The model card, read from an export's header without loading the model (None where
+    the model has no export yet)."""
+    from annotator.tagging.export_header import read_description
+
+    try:
+        resolved = resolve_model(model)
+        if not isinstance(resolved, Path):
+            return None
+        export = resolved if is_export(resolved) else valid_export(resolved, file_sha256(resolved))
+        description = read_description(export) if export is not None else None
+    except Exception:  # the load that follows says what is wrong with the model
+        return None
+    return (description or {}).get("model", {}).get("model_card")
+
+
+def model_export(resolved: str | Path) -> Path | None:
+    """The export to load a resolved model from (None: a hub name, or a file Flair loads)."""
+    if not isinstance(resolved, Path):
+        return None
+    if is_export(resolved):
+        return resolved
+    return export_model(resolved)
+
+
+def load_model(model: str | Path | None = None, device: str = "auto", engine: str = "auto"):
+    """The model for `annotate`: a FlatTagger from its export where the fast engine covers it
+    (no `import flair`, no unpickling), else Flair's SequenceTagger (`load_tagger`)."""
+    if engine != "flair":
+        resolved = resolve_model(model)
+        export = model_export(resolved)
+        if export is not None:
+            from annotator.tagging.export import ExportError, flat_tagger
+
+            try:
+                return flat_tagger(export).to(choose_device(device))
+            except ExportError as exc:
+                log.info("the fast engine does not cover %s (%s)", resolved, exc)
+            except Exception as exc:
+                raise ModelError(f"cannot load file {resolved}: {exc}") from None
+    return load_tagger(model, device)
+
+
 def load_tagger(model: str | Path | None = None, device: str = "auto"):
-    """Load a SequenceTagger onto `device`; every failure is one ModelError naming the model."""
+    """Load a Flair SequenceTagger onto `device` (from an export, or by unpickling a `.pt`);
+    every failure is one ModelError naming the model."""
     import flair
     from flair.models import SequenceTagger
 
@@ -89,7 +230,15 @@ def load_tagger(model: str | Path | None = None, device: str = "auto"):
     flair.device = choose_device(device)
     try:
         with flair_quieted():
-            tagger = SequenceTagger.load(resolved)
+            export = model_export(resolved)
+            if export is not None:
+                from annotator.tagging.export import flair_tagger, read_export
+
+                tagger = flair_tagger(*read_export(export))
+            else:
+                if isinstance(resolved, Path):
+                    pickle_notice(resolved)
+                tagger = SequenceTagger.load(resolved)
     except Exception as exc:  # unpickling, hub and torch errors all mean "cannot use this model"
         where = "file" if isinstance(resolved, Path) else "hub model"
         hint = (

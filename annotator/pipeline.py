@@ -30,8 +30,16 @@ from annotator.logs import printable
 from annotator.records import Document, Entity, Record, RecordError, Sentence, Summary
 from annotator.runs.request import AnnotateOptions, AnnotateRequest
 from annotator.runs.shards import FileSource, Source
-from annotator.segmentation import Segmenter, SplitterProcess, segmenter_settings
+from annotator.segmentation import (
+    BLANK_NAME,
+    Segmenter,
+    SplitterProcess,
+    card_settings,
+    rule_labels,
+    segmenter_settings,
+)
 from annotator.tagging.engines import entities_of, make_engine
+from annotator.tagging.precision import DEFAULT_PRECISION
 from annotator.version import __version__
 
 log = logging.getLogger("annotator")
@@ -68,21 +76,26 @@ class Annotator:
         engine: str = "auto",
         split_process: bool | None = None,
         span_scores: str = "auto",
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         """`split_process`: split sentences in a child process, beside tagging (default: when
-        this process has more than one CPU). `span_scores`: see
-        `annotator.tagging.engines.make_engine`."""
-        from annotator.models import choose_device, load_tagger, model_info
+        this process has more than one CPU). `span_scores`, `precision` (fp32, bf16, auto):
+        see `annotator.tagging.engines.make_engine`."""
+        from annotator.models import choose_device, load_model, model_card, model_info
 
         if split_process is None:
             split_process = SplitterProcess.worthwhile()
-        # started first: the child loads spaCy while this process loads the model
-        self.splitter = SplitterProcess(spacy_model, max_sentence_tokens) if split_process else None
+        # the model's sentence rules, from an export's header where it has one: the child then
+        # loads spaCy with them while this process loads the model
+        early = card_settings(model_card(model)) if engine != "flair" else {}
+        self.splitter = (
+            SplitterProcess(spacy_model, max_sentence_tokens, **early) if split_process else None
+        )
         self.device = choose_device(device)
         self.model = model_info(model)
-        self.tagger = load_tagger(model, device=str(self.device))
-        rules = segmenter_settings(self.tagger)  # sentence rules the model was trained for
-        if rules and self.splitter is not None:
+        self.tagger = load_model(model, device=str(self.device), engine=engine)
+        rules = segmenter_settings(self.tagger)
+        if rules != early and self.splitter is not None:
             self.splitter.close()
             self.splitter = SplitterProcess(spacy_model, max_sentence_tokens, **rules)
         self.engine = make_engine(
@@ -91,8 +104,10 @@ class Annotator:
             device=self.device,
             engine=engine,
             span_scores=span_scores,
+            precision=precision,
         )
-        self.segmenter = Segmenter(spacy_model, max_sentence_tokens, **rules)
+        self._segmenter_options = (spacy_model, max_sentence_tokens, rules)
+        self._segmenter: Segmenter | None = None
         # the model, its vocabularies and spaCy live as long as this object: moving them out of
         # the cyclic garbage collector's view keeps its collections (which the many small
         # objects of tagging trigger) from rescanning them
@@ -110,7 +125,28 @@ class Annotator:
             options.max_sentence_tokens,
             options.engine,
             split_process,
+            precision=options.precision,
         )
+
+    @property
+    def segmenter(self) -> Segmenter:
+        """This process's splitter, made on first use (with a splitter process, a run that
+        never splits in line never loads spaCy here)."""
+        if self._segmenter is None:
+            spacy_model, max_sentence_tokens, rules = self._segmenter_options
+            self._segmenter = Segmenter(spacy_model, max_sentence_tokens, **rules)
+        return self._segmenter
+
+    @property
+    def splitter_name(self) -> str:
+        """The segmenter's name for the output's metadata, without loading spaCy here where
+        the name is known (the blank pipeline)."""
+        from importlib.metadata import version
+
+        spacy_model, _, rules = self._segmenter_options
+        if spacy_model is None and self._segmenter is None:
+            return BLANK_NAME.format(version=version("spacy")) + rule_labels(**rules)
+        return self.segmenter.name
 
     def close(self) -> None:
         """End the sentence-splitter process (if any; later calls split in this process).
@@ -288,8 +324,7 @@ def _filtered(entities: list[Entity], labels: set[str], min_score: float) -> lis
 
 def _metadata(annotator: Annotator, options: AnnotateOptions, run_id: str) -> dict[str, Any]:
     import datetime
-
-    import flair
+    from importlib.metadata import version
 
     return {
         "run_id": run_id,
@@ -297,9 +332,9 @@ def _metadata(annotator: Annotator, options: AnnotateOptions, run_id: str) -> di
         "model": annotator.model.name,
         "model_sha256": annotator.model.sha256,
         "annotator_version": __version__,
-        "flair_version": flair.__version__,
+        "flair_version": version("flair"),
         "engine": annotator.engine.name,
-        "splitter": annotator.segmenter.name,
+        "splitter": annotator.splitter_name,
         "options": asdict(options),
     }
 

@@ -166,9 +166,10 @@ def evaluate_raw(
     engine: str = "auto",
     span_scores: str = "auto",
     annotator=None,
+    precision: str = "fp32",
 ) -> RawResult:
     """Score the whole annotate pipeline (`Annotator`, or the one given) on a split rebuilt as
-    raw text (`span_scores`: see `annotator.tagging.engines.make_engine`)."""
+    raw text (`span_scores`, `precision`: see `annotator.tagging.engines.make_engine`)."""
     from annotator.pipeline import Annotator
 
     files = find_split_files(corpus_dir)
@@ -181,6 +182,7 @@ def evaluate_raw(
         batch_size=batch_size,
         engine=engine,
         span_scores=span_scores,
+        precision=precision,
     )
     documents = read_tagged_documents(files[split], column_format)
     if holds_out(corpus_dir, split, annotator.tagger):
@@ -273,9 +275,13 @@ def calibrate(
         + f", raw text per {unit}",
         "spans": len(scores),
     }
-    tagger.model_card = {**(getattr(tagger, "model_card", None) or {}), CARD_KEY: card}
+    # saved as Flair saves a tagger (the fast engine's model may be a Flair-free FlatTagger)
+    from annotator.models import load_tagger
+
+    saved = load_tagger(None if model is None else str(model), device="cpu")
+    saved.model_card = {**(getattr(saved, "model_card", None) or {}), CARD_KEY: card}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tagger.save(Path(output))
+    saved.save(Path(output))
     return {
         "before": reliability(scores, correct),
         "after": reliability(apply_map(card, scores), correct),

@@ -39,6 +39,14 @@ SHORT_LINE_SHARE = 0.75
 CARD_KEY = "annotator_segmentation"
 
 
+BLANK_NAME = "spacy.blank('en')+sentencizer (spaCy {version})"
+
+
+def rule_labels(list_markers: bool = False, line_breaks: bool = False) -> str:
+    """The sentence rules' part of a Segmenter's name."""
+    return (" + line breaks" if line_breaks else "") + (" + list markers" if list_markers else "")
+
+
 def check_pipeline(spacy_model: str | None) -> None:
     """A spaCy pipeline neither installed nor a folder is refused here, before any process or
     model starts (a splitter child would fail on it in a traceback of its own)."""
@@ -85,7 +93,7 @@ class Segmenter:
         if spacy_model is None:
             self.nlp = spacy.blank("en")
             self.nlp.add_pipe("sentencizer")
-            self.name = f"spacy.blank('en')+sentencizer (spaCy {spacy.__version__})"
+            self.name = BLANK_NAME.format(version=spacy.__version__)
         else:
             try:
                 nlp = spacy.load(spacy_model)
@@ -105,9 +113,9 @@ class Segmenter:
                 enable=[n for n in nlp.pipe_names if n in keep or n in ("tok2vec", "transformer")]
             )
             self.name = f"{spacy_model} {nlp.meta.get('version', '')} (spaCy {spacy.__version__})"
-        for wanted, component, func, label in (
-            (line_breaks, LINE_BREAKS, break_after_headings, "line breaks"),
-            (list_markers, LIST_MARKERS, join_list_markers, "list markers"),
+        for wanted, component, func in (
+            (line_breaks, LINE_BREAKS, break_after_headings),
+            (list_markers, LIST_MARKERS, join_list_markers),
         ):
             if wanted:
                 from spacy.language import Language
@@ -115,7 +123,7 @@ class Segmenter:
                 if not Language.has_factory(component):
                     Language.component(component, func=func)
                 self.nlp.add_pipe(component, last=True)
-                self.name += f" + {label}"
+        self.name += rule_labels(list_markers, line_breaks)
         self.nlp.max_length = max(self.nlp.max_length, MAX_PIECE_CHARS + 1)
 
     def split(self, texts: Iterable[str]) -> Iterator[list[Sentence]]:
@@ -319,18 +327,23 @@ def segmentation_card(
 def segmenter_settings(tagger) -> dict[str, Any]:
     """The Segmenter options a model was trained for (none for models trained on corpus
     tokens); warns when its tokens came from another spaCy version than the one installed."""
-    import spacy
+    from importlib.metadata import version
 
-    stored = (getattr(tagger, "model_card", None) or {}).get(CARD_KEY)
-    if not stored:
-        return {}
-    if stored.get("spacy_version") != spacy.__version__:
+    card = getattr(tagger, "model_card", None)
+    stored = (card or {}).get(CARD_KEY)
+    if stored and stored.get("spacy_version") != version("spacy"):
         logging.getLogger("annotator").warning(
             "the model was trained on tokens of spaCy %s; spaCy %s is installed (its tokenizer "
             "may split some words differently)",
             stored.get("spacy_version"),
-            spacy.__version__,
+            version("spacy"),
         )
+    return card_settings(card)
+
+
+def card_settings(card: dict[str, Any] | None) -> dict[str, Any]:
+    """The sentence rules a model card names (no warning: see `segmenter_settings`)."""
+    stored = (card or {}).get(CARD_KEY) or {}
     return {rule: True for rule in ("list_markers", "line_breaks") if stored.get(rule)}
 
 

@@ -9,7 +9,8 @@
 #                                           flair and spaCy imported once), under one time limit
 #
 # Steps, each under its own time limit inside the whole check's 8 minutes: (a) pytest -m gpu;
-# (b) `annotator bench` on the device with ~1M generated words; (c) one epoch of each trainer on
+# (b) `annotator bench` on the device with ~1M generated words, and the Flair tutorial's model
+# family (its same-shape stand-in), the fast engine in fp32 and bf16; (c) one epoch of each trainer on
 # CoNLL++ and the projected 50 epochs; (d) CPU scaling of annotate --workers. Then the summary:
 # figures against the goals (scripts/gpu_check.py holds them). Everything lands in $OUT (a
 # temporary folder when OUT is unset), in four files: gpu-check.log (all output), results.json,
@@ -47,7 +48,8 @@ if [[ $MODE == gpu ]]; then
   CORPUS=$WORK/conllpp
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   # ~1M words (row 3w: 4M, 0.5M a worker); Flair's rows on ~57k (its predict: ~4k words/s there)
-  BENCH_ARGS=(--docs 2620 --flair-docs 150 --annotate-workers 8 --workers-copies 4)
+  BENCH_ARGS=(--docs 2620 --flair-docs 150 --annotate-workers 8 --workers-copies 4
+    --stand-in tutorial --stand-in-docs 50 --precision fp32,bf16)
   EPOCH_ARGS=(--flair-sentences 2000 --flair-dev-sentences 1000)  # Flair: ~160 s a whole epoch
   SCALING_ARGS=(--workers 1,4,16 --words-per-worker 150000)
   LIMITS=(90 200 100 80)  # pytest, bench, epochs, scaling
@@ -58,7 +60,8 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   CORPUS=$WORK/corpus
   $PYTHON -c "import sys; from pathlib import Path; from tests.synthetic import write_corpus; write_corpus(Path(sys.argv[1]))" "$CORPUS"
-  BENCH_ARGS=(--docs 6 --flair-docs 3 --annotate-workers 2 --workers-copies 2 --no-isolate --threads 1)
+  BENCH_ARGS=(--docs 6 --flair-docs 3 --annotate-workers 2 --workers-copies 2 --no-isolate --threads 1
+    --stand-in tutorial --stand-in-docs 1 --stand-in-vocab 2000 --precision fp32,bf16)
   EPOCH_ARGS=(--max-sentences 60 --flair-sentences 30 --flair-dev-sentences 20)
   SCALING_ARGS=(--workers 1,2 --words-per-worker 1000)
   LIMITS=(60 280)  # pytest; bench, epochs and scaling together

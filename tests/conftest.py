@@ -14,6 +14,8 @@ from tests.synthetic import write_corpus
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the tests' .pt files are their own: no trust notice (tests/test_export.py checks it)
+os.environ.setdefault("ANNOTATOR_TRUST_MODELS", "1")
 
 SHARED_CONLLPP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conllpp"
 _LOCAL = ("127.0.0.1", "::1", "localhost")

@@ -19,7 +19,18 @@ NAMESPACES = ["io", "runs", "tagging", "training", "views", "bench", "review"]
 #: Stages in data-flow order: a module may import its own stage or an earlier one.
 STAGES = [
     ["errors", "records", "files", "logs", "streams", "version", *NAMESPACES],
-    ["models", "embeddings", "corpus"],
+    # loading a model: Flair's, or its Flair-free export with the fast engine's components
+    [
+        "models",
+        "embeddings",
+        "corpus",
+        "vectors",
+        "tagging.export",
+        "tagging.export_header",
+        "tagging.components",
+        "tagging.packed",
+        "tagging.precision",
+    ],
     ["io.readers", "io.writers", "io.outputs", "io.storage", "io.sinks"],
     ["runs.shards", "runs.request"],
     ["segmentation"],

@@ -38,7 +38,10 @@ def _documents(path: Path, count: int = 3) -> Path:
     return path
 
 
-def test_bench_prints_every_row_writes_json_and_reports_identical_output(tiny_model, tmp_path):
+def test_bench_prints_every_row_writes_json_and_reports_identical_output(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(bench_run, "FIRST_ANSWER_RUNS", 1)
     source = _documents(tmp_path / "docs.jsonl")
     out = tmp_path / "results" / "bench.json"
     result = CliRunner().invoke(
@@ -84,8 +87,12 @@ def test_bench_prints_every_row_writes_json_and_reports_identical_output(tiny_mo
         assert rows[key]["identical"] is True, rows[key]["comparison"]
     assert rows["3"]["engine"] == "fast" and rows["3"]["entities"] > 0
     assert rows["5"]["skipped"] and rows["5"]["words_per_second"] is None
-    assert [goal["target"] for goal in section["goals"]] == [3.0, 2.0, 0.7]
+    assert [goal["target"] for goal in section["goals"]] == [3.0, 2.0, 0.7, 1.5]
+    assert section["goals"][3]["met"] is None  # no bf16 rows: not judged
     assert section["goals"][1]["met"] is None  # no spaCy row: not judged
+    first = section["first_answer"]  # one document, a fresh `annotator annotate` process
+    assert 0 < first["usage_error_seconds"] < first["seconds"] and first["usage_error_exit"] == 2
+    assert f"first answer: {first['seconds']:.2f} s" in table
 
 
 def test_rows_run_in_fresh_processes_with_their_own_peak_rss(tiny_model, tmp_path):

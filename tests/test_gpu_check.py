@@ -184,6 +184,10 @@ def test_cpu_dry_run_runs_every_step_and_writes_the_results(tmp_path):
     assert results["pytest"]["failures"] == results["pytest"]["errors"] == 0
     assert set(results["bench_rows"]) >= {"1", "2@32", "2@512", "3", "3w", "3p", "4"}
     assert all(row["words_per_second"] > 0 for row in results["bench_rows"].values())
+    # the Flair tutorial's family (its stand-in), the fast engine in fp32 and, where the CPU
+    # has bfloat16 units, bf16
+    assert set(results["stand_in_rows"]) >= {"2@32", "3", "3p", "4"}
+    assert "stand-in (3) annotator annotate" in (tmp_path / "gpu-check.log").read_text()
     assert [(r["trainer"], r["bf16"]) for r in results["epochs"]["runs"]] == [
         ("fast", False),
         ("flair", False),

@@ -12,6 +12,7 @@ from annotator.errors import ModelError
 from annotator.files import sha256_file
 from annotator.tagging.calibration import CARD_KEY
 from annotator.tagging.engines import FlairEngine
+from annotator.tagging.export import read_export
 from annotator.training.package import (
     HALF_FROM,
     package_default_model,
@@ -24,7 +25,7 @@ from annotator.training.package import (
 def package_dir(tmp_path, monkeypatch):
     """The package's data folder, moved to a temporary one: packaging never touches the real."""
     monkeypatch.setattr(models, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "data" / "default-model.pt")
+    monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "data" / "default-model.safetensors")
     monkeypatch.setattr(models, "DEFAULT_MODEL_CARD", tmp_path / "data" / "MODEL_CARD.md")
     monkeypatch.setattr(models, "DEFAULT_METRICS", tmp_path / "data" / "default-model.metrics.json")
     return tmp_path / "data"
@@ -103,6 +104,8 @@ def test_package_model_writes_the_model_and_its_card(tiny_model, tmp_path, packa
 
 
 def _weights(model) -> dict:
+    if str(model).endswith(".safetensors"):
+        return read_export(model)[1]
     return torch.load(model, weights_only=False)["state_dict"]
 
 

@@ -85,16 +85,20 @@ _ORDER = ["1", "2@32", "2@", "3", "3w", "3p", "4", "5"]
 
 
 def _ordered(rows: dict[str, Row]) -> list[Row]:
-    def rank(row: Row) -> tuple[int, int]:
+    def rank(row: Row) -> tuple[int, int, str]:
         if row.key.startswith("2@") and row.key != "2@32":
-            return (2, int(row.key[2:]))
-        return (_ORDER.index(row.key), 0)
+            return (2, int(row.key[2:]), "")
+        if row.key in _ORDER:
+            return (_ORDER.index(row.key), 0, "")
+        base, _, precision = row.key.partition("@")  # 3@bf16 after 3
+        return (_ORDER.index(base), 0, precision)
 
     return sorted(rows.values(), key=rank)
 
 
-def _goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
-    """The targets of goals.toml, judged on wall-clock words/s (CPU-time ratios alongside)."""
+def _goals(rows: dict[str, Row], section: str = "model") -> list[dict[str, Any]]:
+    """The targets of goals.toml for `section` (a goal without one is every section's),
+    judged on wall-clock words/s (CPU-time ratios alongside)."""
 
     def ratio(key: str, other: str, attribute: str) -> float | None:
         mine, theirs = rows.get(key), rows.get(other)
@@ -104,6 +108,8 @@ def _goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
 
     goals = []
     for goal in GOALS["ratio"]:
+        if goal.get("section", section) != section:
+            continue
         wall = ratio(goal["row"], goal["against"], "words_per_second")
         goals.append(
             {
@@ -214,7 +220,7 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
         mark = "n/a" if goal["met"] is None else ("met" if goal["met"] else "NOT met")
         goals.append(
             f"  {goal['goal']}: {_fmt(goal['ratio'], '.2f', 'x')} (goal >= "
-            f"{goal['target']:.1f}x: {mark}; by CPU time "
+            f"{goal['target']:g}x: {mark}; by CPU time "
             f"{_fmt(goal.get('cpu_ratio'), '.2f', 'x')})"
         )
     lines.append("goals (wall-clock words/s):")
@@ -228,6 +234,15 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
             f"({memory['words_10x']:,} words, {_fmt(memory['words_per_second_10x'], ',.0f')}"
             f" words/s): {_fmt(growth, '+.1f', '%')} (goal < {memory['goal_percent']:.0f}%, "
             f"{'met' if memory['met'] else 'NOT met'})"
+        )
+    first = section.get("first_answer")
+    if first:
+        lines.append(
+            f"first answer: {first['seconds']:.2f} s for one document of {first['characters']} "
+            f"characters through `annotator annotate` in a fresh process (goal <= "
+            f"{first['goal_seconds']:.1f} s); a usage error answers in "
+            f"{first['usage_error_seconds']:.2f} s (goal <= "
+            f"{first['goal_usage_error_seconds']:.1f} s): {'met' if first['met'] else 'NOT met'}"
         )
     if not per_row_rss:
         lines.append("* --no-isolate: peak RSS of the whole process so far, not of the row")

@@ -229,11 +229,16 @@ def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
     from annotator.tagging.engines import FlairEngine, make_engine
 
     device = choose_device(spec["device"])
+    unsupported = _precision_unsupported(spec, device)
+    if unsupported:
+        return {"skipped": unsupported}
     tagger = load_tagger(spec["model"], device=str(device))
     if spec["engine"] == "flair":
         engine = FlairEngine(tagger, batch_size=spec["batch_size"])
     else:
-        engine = make_engine(tagger, device=device, engine="auto")
+        engine = make_engine(
+            tagger, device=device, engine="auto", precision=spec.get("precision", "fp32")
+        )
     texts = _read_texts(spec["docs"])
     per_doc = _load_split(spec["split"])
     flat = [s.tokens for d in per_doc for s in d]
@@ -250,11 +255,18 @@ def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:
+    from annotator.models import choose_device
     from annotator.pipeline import AnnotateOptions, Annotator, annotate
 
-    annotator = Annotator(spec["model"], device=spec["device"])
+    unsupported = _precision_unsupported(spec, choose_device(spec["device"]))
+    if unsupported:
+        return {"skipped": unsupported}
+    precision = spec.get("precision", "fp32")
+    annotator = Annotator(spec["model"], device=spec["device"], precision=precision)
     list(annotator.annotate_texts(WARMUP_TEXTS))
-    options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
+    options = AnnotateOptions(
+        model=spec["model"], device=spec["device"], progress=False, precision=precision
+    )
     output = spec["output"]
     helpers = (annotator.splitter.pid,) if annotator.splitter is not None else ()
     with _Clock(annotator.device, helpers) as clock:
@@ -301,7 +313,12 @@ def _row_annotate_workers(spec: dict[str, Any]) -> dict[str, Any]:
     from annotator.runs.workers import annotate_with_workers
 
     device = choose_device(spec["device"])
-    options = AnnotateOptions(model=spec["model"], device=spec["device"], progress=False)
+    options = AnnotateOptions(
+        model=spec["model"],
+        device=spec["device"],
+        progress=False,
+        precision=spec.get("precision", "fp32"),  # as row 3's
+    )
     docs = spec["docs"]
     if spec.get("copies", 1) > 1:  # more work per worker: their staggered starts weigh little
         docs = f"{spec['output']}-docs.jsonl"
@@ -347,15 +364,20 @@ def _row_forward(spec: dict[str, Any]) -> dict[str, Any]:
     from annotator.tagging.packed import eval_mode
 
     device = choose_device(spec["device"])
+    unsupported = _precision_unsupported(spec, device)
+    if unsupported:
+        return {"skipped": unsupported}
     tagger = load_tagger(spec["model"], device=str(device))
     reason = FastSequenceTagger.unsupported_reason(tagger)
     if reason is not None:
         return {"skipped": f"the fast engine does not support this model ({reason})"}
-    fast = make_engine(tagger, device=device, engine="fast")
+    fast = make_engine(
+        tagger, device=device, engine="fast", precision=spec.get("precision", "fp32")
+    )
     per_doc = _load_split(spec["split"])
     flat = [s.tokens for d in per_doc for s in d]
     fast.emissions(_warm_tokens())
-    with torch.inference_mode(), eval_mode(tagger):
+    with torch.inference_mode(), eval_mode(tagger), fast._autocast():
         prepared = [fast.prepare(batch) for _, batch, _ in fast.batches(flat)]
         with _Clock(device) as clock:
             for batch in prepared:
@@ -367,6 +389,18 @@ def _row_forward(spec: dict[str, Any]) -> dict[str, Any]:
         batches=len(prepared),
         max_tokens_per_batch=fast.max_tokens_per_batch,
     )
+
+
+def _precision_unsupported(spec: dict[str, Any], device) -> str | None:
+    """Why the row's --precision cannot run here (bf16 without bfloat16 units), or None."""
+    from annotator.errors import UsageError
+    from annotator.tagging.precision import resolve_precision
+
+    try:
+        resolve_precision(spec.get("precision", "fp32"), device)
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def spacy_ner_target(option: str | None) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from annotator.cli.options import DEVICE, MODEL, PROGRESS, input_options
+from annotator.cli.options import DEVICE, MODEL, PRECISION, PROGRESS, input_options
 from annotator.io.readers import MAX_RECORD_BYTES
 from annotator.streams import drop_stdout
 
@@ -84,6 +84,7 @@ def _a_number(ctx: click.Context, param: Any, value: float) -> float:
     "fills its batches by tokens (8,192 on a CPU, 16,384 on a GPU).",
 )
 @DEVICE
+@PRECISION
 @click.option(
     "--engine",
     type=click.Choice(["auto", "fast", "flair"]),

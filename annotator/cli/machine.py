@@ -104,7 +104,15 @@ def info() -> None:
     show_default=True,
     help="Row 3w reads the documents this many times over (more work per worker).",
 )
-def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    help="The fast engine's precisions, comma-separated (fp32, bf16, auto): rows 3, 3p and 4 "
+    "run in each (e.g. fp32,bf16 compares them; bf16 rows are skipped where bfloat16 is slow).",
+)
+def bench(inputs: tuple[str, ...], batch_sizes: str, precisions: str, **options: Any) -> None:
     """Words/s of Flair, spaCy and annotator side by side on the same documents (INPUTS: files
     or folders like annotate's; none: generated news-like documents)."""
     from annotator.bench.run import BenchOptions, run_bench
@@ -113,8 +121,9 @@ def bench(inputs: tuple[str, ...], batch_sizes: str, **options: Any) -> None:
         sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
     except ValueError:
         raise AnnotatorError("--batch-sizes: comma-separated integers, e.g. 32,128,512") from None
+    chosen = tuple(dict.fromkeys(p.strip() for p in precisions.split(",") if p.strip()))
     run_bench(
-        BenchOptions(inputs=inputs, batch_sizes=sizes, **options),
+        BenchOptions(inputs=inputs, batch_sizes=sizes, precisions=chosen, **options),
         echo=click.echo,
         log=lambda line: click.echo(line, err=True),
     )

@@ -23,6 +23,17 @@ DEVICE = click.option(
 )
 
 
+PRECISION = click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "auto"]),
+    default="auto",
+    show_default=True,
+    help="The fast engine's arithmetic: fp32 (exactly Flair's spans), bf16 (matrix work in "
+    "bfloat16: a CPU with AMX or AVX512-BF16, or a GPU; refused elsewhere), auto (bf16 where "
+    "it is fast, else fp32).",
+)
+
+
 PROGRESS = click.option(
     "--progress/--no-progress",
     default=None,

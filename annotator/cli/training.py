@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from annotator.cli.options import COLUMN_FORMAT, DEVICE, PROGRESS, show_progress
+from annotator.cli.options import COLUMN_FORMAT, DEVICE, PRECISION, PROGRESS, show_progress
 from annotator.files import check_parent
 from annotator.logs import say
 from annotator.records import percent
@@ -178,6 +178,7 @@ def train(
 )
 @COLUMN_FORMAT
 @DEVICE
+@PRECISION
 @PROGRESS
 def evaluate(
     model: str,
@@ -187,6 +188,7 @@ def evaluate(
     batch_size: int,
     column_format: str,
     device: str,
+    precision: str,
     report_dir: Path | None,
     raw: bool,
     unit: str,
@@ -201,6 +203,10 @@ def evaluate(
 
     resolve_model(model)  # a mistyped path fails here, before anything loads
     check_parent(json_file, "--json")
+    if raw:
+        from annotator.tagging.precision import check_precision
+
+        check_precision(precision, device)
     from annotator.evaluation import evaluate as run
     from annotator.evaluation import format_table
 
@@ -227,7 +233,9 @@ def evaluate(
     if raw:
         from annotator.raw_evaluation import evaluate_raw, format_raw, write_raw_report
 
-        raw_result = evaluate_raw(model, corpus_dir, split, column_format, unit, device=device)
+        raw_result = evaluate_raw(
+            model, corpus_dir, split, column_format, unit, device=device, precision=precision
+        )
         heading = "\nend to end on raw text:\n" if result is not None else ""
         click.echo(heading + format_raw(raw_result))
         if report_dir is not None:

@@ -24,6 +24,7 @@ from annotator.io.readers import (
 from annotator.io.storage import STDOUT, is_directory_output, is_remote, remote_info
 from annotator.io.writers import default_layout, output_format
 from annotator.runs.shards import Shard
+from annotator.tagging.precision import DEFAULT_PRECISION, check_precision
 
 PART_SIZE = 10_000
 
@@ -54,6 +55,7 @@ class AnnotateOptions:
     on_error: str = "fail"
     errors: str | None = None
     progress: bool | None = None
+    precision: str = DEFAULT_PRECISION  # the fast engine's (annotator.tagging.precision)
 
     def reader_options(self) -> ReaderOptions:
         return ReaderOptions(
@@ -141,6 +143,8 @@ class AnnotateRequest:
             except AnnotatorError as exc:
                 raise UsageError(str(exc)) from None
         devices = _worker_devices(options.device, devices, workers, backend)
+        for device in devices:  # bf16 where it is not fast: refused before any model loads
+            check_precision(options.precision, device)
         if len(devices) == 1:  # one process: the one device given with --devices too
             options = replace(options, device=devices[0])
         request = cls(

@@ -79,38 +79,55 @@ GPU_TOKENS_PER_BATCH = 16384
 
 
 def make_engine(
-    tagger, batch_size: int = 32, device=None, engine: str = "auto", span_scores: str = "auto"
+    tagger,
+    batch_size: int = 32,
+    device=None,
+    engine: str = "auto",
+    span_scores: str = "auto",
+    precision: str = "fp32",
 ) -> Engine:
     """The fast engine where it supports the model, else Flair's predict (said once, in the log).
 
     `span_scores`: "auto" scores spans by their calibrated CRF marginals where the model carries
     a calibration map (else Flair's scores); "marginal" by uncalibrated marginals; "flair" by
-    Flair's scores.
+    Flair's scores. `precision`: the fast engine's (`annotator.tagging.precision`); Flair's
+    predict runs in float32.
     """
     from annotator.tagging.calibration import SpanScorer
 
-    chosen = _make_engine(tagger, batch_size, device, engine)
+    chosen = _make_engine(tagger, batch_size, device, engine, precision)
     chosen.span_scorer = SpanScorer.for_tagger(tagger, span_scores)
     return chosen
 
 
-def _make_engine(tagger, batch_size: int, device, engine: str) -> Engine:
+def _make_engine(tagger, batch_size: int, device, engine: str, precision: str) -> Engine:
     if engine == "flair":
-        return FlairEngine(tagger, batch_size)
+        return _flair_engine(tagger, batch_size, precision)
     import torch
 
     from annotator.tagging.fast import FastSequenceTagger
+    from annotator.tagging.precision import resolve_precision
 
     reason = FastSequenceTagger.unsupported_reason(tagger)
     if reason is None:
         where = torch.device(device) if device is not None else tagger.linear.weight.device
         tokens = CPU_TOKENS_PER_BATCH if where.type == "cpu" else GPU_TOKENS_PER_BATCH
-        return FastSequenceTagger(tagger, device=device, max_tokens_per_batch=tokens)
+        fast = FastSequenceTagger(tagger, device=device, max_tokens_per_batch=tokens)
+        # bfloat16 pays where a character language model's large LSTM is the work
+        heavy = any(component.contextual for component in fast.components)
+        fast.autocast_dtype = resolve_precision(precision, where, worthwhile=heavy)
+        return fast
     if engine == "fast":
         from annotator.errors import ModelError
 
         raise ModelError(f"the fast engine does not support this model: {reason}")
     log.info("fast engine unavailable for this model (%s); using Flair's predict", reason)
+    return _flair_engine(tagger, batch_size, precision)
+
+
+def _flair_engine(tagger, batch_size: int, precision: str) -> FlairEngine:
+    if precision == "bf16":
+        log.warning("--precision bf16 applies to the fast engine; Flair's predict runs in float32")
     return FlairEngine(tagger, batch_size)
 
 

@@ -70,8 +70,10 @@ class FastSequenceTagger:
     tagger is moved there with ``tagger.to(device)`` (flair keeps ``force_cpu`` word-embedding
     tables
     on the CPU; their lookups are transferred, as flair does).  ``max_tokens_per_batch`` bounds
-    the tokens per forward pass.  ``autocast_dtype`` opts into ``torch.autocast`` for the forward
-    (faster on GPU, but then predictions may differ slightly from flair's).
+    the tokens per forward pass.  ``autocast_dtype`` (``--precision bf16``) runs the forward's
+    matrix work under ``torch.autocast`` (faster where the hardware has bfloat16 units, but
+    then predictions may differ slightly from flair's; an LSTM's recurrence on the CPU stays in
+    float32, see `lstm_packed`).
     """
 
     name = "fast"  # the engine's name in logs and output metadata
@@ -99,12 +101,13 @@ class FastSequenceTagger:
         self.autocast_dtype = autocast_dtype
         self.max_cached_types = max_cached_types
 
-        names = tagger.embeddings.get_names()
-        leaves = {leaf.name: leaf for leaf in leaf_embeddings(tagger.embeddings)}
-        # flair concatenates token embeddings in *sorted name* order (Token.get_each_embedding)
-        self.components: list[Component] = [
-            self._make_component(leaves[name]) for name in sorted(names)
-        ]
+        if getattr(tagger, "flat", False):  # a FlatTagger (annotator.tagging.export)
+            self.components: list[Component] = list(tagger.components)
+        else:
+            names = tagger.embeddings.get_names()
+            leaves = {leaf.name: leaf for leaf in leaf_embeddings(tagger.embeddings)}
+            # flair concatenates token embeddings in *sorted name* order (Token.get_each_embedding)
+            self.components = [self._make_component(leaves[name]) for name in sorted(names)]
         self._column_slices: list[slice] = []
         n_cols = 0
         for component in self.components:
@@ -114,14 +117,14 @@ class FastSequenceTagger:
         self._n_cols = n_cols
         self._reset_type_cache()
         rnn = getattr(tagger, "rnn", None) if tagger.use_rnn else None
-        # on the CPU, inputs are projected once per distinct row (see _forward_distinct); cuDNN's
-        # LSTM on a GPU is left to do its own projection
-        self._distinct_rows: bool = (
-            self.device.type == "cpu"
-            and autocast_dtype is None
-            and type(rnn) is nn.LSTM
-            and not getattr(rnn, "proj_size", 0)
-            and not any(c.contextual for c in self.components)
+        # on the CPU, inference runs the LSTM step by step on packed rows (`_forward_cpu`), and
+        # without contextual embeddings projects each distinct input row once; cuDNN's LSTM on
+        # a GPU is left to do its own projection
+        self._own_lstm: bool = (
+            self.device.type == "cpu" and type(rnn) is nn.LSTM and not getattr(rnn, "proj_size", 0)
+        )
+        self._distinct_rows: bool = self._own_lstm and not any(
+            c.contextual for c in self.components
         )
 
         dictionary = tagger.label_dictionary
@@ -141,6 +144,8 @@ class FastSequenceTagger:
     @staticmethod
     def unsupported_reason(tagger: SequenceTagger) -> str | None:
         """Why this tagger cannot be run by the fast engine, or ``None`` if it can."""
+        if getattr(tagger, "flat", False):
+            return None  # built from an export only where every part is covered
         from flair.embeddings import (
             CharacterEmbeddings,
             FlairEmbeddings,
@@ -220,26 +225,35 @@ class FastSequenceTagger:
         )
 
         kind = type(embedding)
+        name, length = embedding.name, embedding.embedding_length
         if kind is WordEmbeddings:
             return IndexComponent(
-                embedding,
+                name,
+                length,
                 embedding.embedding,
                 getattr(embedding, "layer_norm", None),
                 functools.partial(word_index, embedding.vocab),
             )
         if kind is OneHotEmbeddings:
             return IndexComponent(
-                embedding,
+                name,
+                length,
                 embedding.embedding_layer,
                 getattr(embedding, "layer_norm", None),
                 embedding.vocab_dictionary.get_idx_for_item,
             )
         if kind is CharacterEmbeddings:
-            return CharComponent(embedding)
+            return CharComponent(
+                name,
+                length,
+                embedding.char_dictionary,
+                embedding.char_embedding,
+                embedding.char_rnn,
+            )
         if kind is FlairEmbeddings:
-            return FlairComponent(embedding)
+            return FlairComponent.of_flair(embedding)
         if kind.__name__ == "SharedVectorEmbeddings":
-            return SharedVectorComponent(embedding)
+            return SharedVectorComponent(name, length, embedding)
         raise ValueError(f"unsupported embedding type {kind.__name__}")  # pragma: no cover
 
     # ------------------------------------------------------------------ type cache
@@ -360,8 +374,8 @@ class FastSequenceTagger:
         ``rnn``: computes ``tagger.rnn`` on packed data another way (a trainer's, same math).
         """
         tagger = self.tagger
-        if batch.row_keys is not None and not given and rnn is None and not tagger.training:
-            return self._forward_distinct(batch)
+        if self._own_lstm and not given and rnn is None and not tagger.training:
+            return self._forward_cpu(batch)
         x = self.embed_flat(batch, given)[batch.packed_to_flat]
         x = x.to(tagger.linear.weight.dtype)
         if tagger.training:
@@ -378,22 +392,28 @@ class FastSequenceTagger:
             x = self._train_dropouts(x, batch, word_level=False)
         return tagger.linear(x)
 
-    def _forward_distinct(self, batch: PreparedBatch) -> torch.Tensor:
-        """``forward_packed`` at inference on the CPU, the first layer's input side per distinct
-        row.
+    def _forward_cpu(self, batch: PreparedBatch) -> torch.Tensor:
+        """``forward_packed`` at inference on the CPU: the LSTM step by step on packed rows
+        (`lstm_packed`, whose recurrence stays in float32 under bf16), and with `row_keys`, the
+        first layer's input side per distinct row.
 
         Reprojection and the input weights of the BiLSTM's first layer (most of the model's
-        arithmetic) see each distinct embedding row once, not once per token: a batch of news
-        text has fewer than half as many distinct rows as tokens.  The recurrence then runs
-        on the packed rows with the same equations as ``tagger.rnn``.
+        arithmetic without contextual embeddings) then see each distinct embedding row once,
+        not once per token: a batch of news text has fewer than half as many distinct rows as
+        tokens.
         """
         tagger = self.tagger
-        _, first, group = np.unique(batch.row_keys, return_index=True, return_inverse=True)
-        packed_to_distinct = torch.from_numpy(group.reshape(-1))[batch.packed_to_flat]
-        x = self.embed_flat(batch)[torch.from_numpy(first)].to(tagger.linear.weight.dtype)
+        if batch.row_keys is not None:
+            _, first, group = np.unique(batch.row_keys, return_index=True, return_inverse=True)
+            rows = torch.from_numpy(group.reshape(-1))[batch.packed_to_flat]
+            x = self.embed_flat(batch)[torch.from_numpy(first)]
+        else:
+            rows = None
+            x = self.embed_flat(batch)[batch.packed_to_flat]
+        x = x.to(tagger.linear.weight.dtype)
         if tagger.reproject_embeddings:
             x = tagger.embedding2nn(x)
-        x = lstm_packed(tagger.rnn, x, batch.batch_sizes.tolist(), rows=packed_to_distinct)
+        x = lstm_packed(tagger.rnn, x, batch.batch_sizes.tolist(), rows=rows, exact_state=True)
         return tagger.linear(x)
 
     def _train_dropouts(
@@ -451,7 +471,7 @@ class FastSequenceTagger:
         with torch.inference_mode(), eval_mode(self.tagger), self._autocast():
             for indices, batch_sentences, _ in self.batches(sentences):
                 batch = self.prepare(batch_sentences)
-                flat = self.forward_packed(batch)[batch.flat_to_packed]
+                flat = self.forward_packed(batch).float()[batch.flat_to_packed]
                 for index, piece in zip(indices, torch.split(flat, batch.lengths)):
                     outputs.append((index, piece))
         outputs.sort(key=lambda item: item[0])
@@ -515,8 +535,6 @@ class FastSequenceTagger:
         separately is identical to decoding the full sentence, and the Python work scales with the
         number of entity tokens rather than all tokens.
         """
-        from flair.data import get_spans_from_bio
-
         n_sentences = len(lengths)
         out: list[list[TokenSpan]] = [[] for _ in range(n_sentences)]
         inside = ~self._is_outside[tags]
@@ -540,7 +558,7 @@ class FastSequenceTagger:
             run_tags = [tag_names[t] for t in tags[begin:end].tolist()]
             run_scores = scores[begin:end]
             if self.predict_spans:
-                for token_indices, score, label in get_spans_from_bio(run_tags, run_scores):
+                for token_indices, score, label in spans_from_bio(run_tags, run_scores):
                     out[sentence].append(
                         (base + token_indices[0], base + token_indices[-1] + 1, label, score)
                     )
@@ -548,3 +566,31 @@ class FastSequenceTagger:
                 for k, (tag, score) in enumerate(zip(run_tags, run_scores)):
                     out[sentence].append((base + k, base + k + 1, tag, score))
         return out
+
+
+def spans_from_bio(tags: list[str], scores: list[float]) -> list[tuple[list[int], float, str]]:
+    """Flair 0.15.1's ``get_spans_from_bio``, rule for rule, so that spans are decoded without
+    importing Flair (3 s of a short job's start): B-/S- start a span, and so does I- (or any
+    tag after S-) of another class; a span's label is its tags' classes weighted 1.1 at a start
+    and 1.0 after, its score the mean of its tokens'."""
+    found: list[tuple[list[int], float, str]] = []
+    previous = "O-"
+    span: list[int] = []
+    span_scores: list[float] = []
+    weights: dict[str, float] = {}
+    for index, tag in enumerate([*tags, "O"]):
+        if tag in _OUTSIDE_SPAN_TAGS:
+            tag = "O-"
+        inside = tag != "O-"
+        starts = tag[:2] in {"B-", "S-"} or (
+            inside and previous[2:] != tag[2:] and (tag[:2] == "I-" or previous[2:] == "S-")
+        )
+        if (starts or not inside) and span:
+            found.append((span, sum(span_scores) / len(span_scores), max(weights, key=weights.get)))
+            span, span_scores, weights = [], [], {}
+        if inside:
+            span.append(index)
+            span_scores.append(scores[index])
+            weights[tag[2:]] = weights.get(tag[2:], 0.0) + (1.1 if starts else 1.0)
+        previous = tag
+    return found

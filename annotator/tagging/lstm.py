@@ -160,12 +160,19 @@ def lstm_direction(
 
 
 def lstm_packed(
-    rnn: nn.LSTM, x: torch.Tensor, sizes: Sequence[int], rows: torch.Tensor | None = None
+    rnn: nn.LSTM,
+    x: torch.Tensor,
+    sizes: Sequence[int],
+    rows: torch.Tensor | None = None,
+    exact_state: bool = False,
 ) -> torch.Tensor:
     """``rnn(PackedSequence(x, sizes))[0].data`` (zero initial state), computed step by step.
 
     With `rows`, `x` holds distinct input rows and ``rows[p]`` is packed row p's: the first
     layer's input projection (most of the arithmetic) is then done once per distinct row.
+    `exact_state`: under autocast, only the input projections (the large matrix products) run
+    in low precision; the recurrence and its cell state stay in the weights' precision, so
+    that rounding does not accumulate along a sentence.
     """
     directions = [("", False), ("_reverse", True)] if rnn.bidirectional else [("", False)]
     for layer in range(rnn.num_layers):
@@ -175,7 +182,11 @@ def lstm_packed(
             gx = F.linear(x, w_ih, bias)
             if layer == 0 and rows is not None:
                 gx = torch.index_select(gx, 0, rows)
-            outputs.append(lstm_direction(gx, w_hh, sizes, reverse))
+            if exact_state and gx.dtype != w_hh.dtype:
+                with torch.autocast(gx.device.type, enabled=False):
+                    outputs.append(lstm_direction(gx.to(w_hh.dtype), w_hh, sizes, reverse))
+            else:
+                outputs.append(lstm_direction(gx, w_hh, sizes, reverse))
         x = torch.cat(outputs, 1) if len(outputs) > 1 else outputs[0]
         if layer < rnn.num_layers - 1 and rnn.dropout and rnn.training:
             x = F.dropout(x, rnn.dropout, True)

@@ -290,7 +290,7 @@ def _adapt(
 ) -> AdaptResult:
     import torch
 
-    from annotator.models import model_info, resolve_model
+    from annotator.models import load_tagger, model_info, resolve_model
     from annotator.pipeline import Annotator
     from annotator.raw_evaluation import score_documents
     from annotator.segmentation import CARD_KEY as SEGMENTATION_KEY
@@ -308,7 +308,8 @@ def _adapt(
     before_annotator = Annotator(
         str(resolve_model(model)), device=settings.device, split_process=False
     )
-    tagger = before_annotator.tagger
+    # training needs Flair's tagger (the annotator's may be the Flair-free export)
+    tagger = load_tagger(str(resolve_model(model)), device=settings.device)
     reason = unsupported_reason(tagger)
     if reason is not None:
         raise AnnotatorError(f"adapt trains with the fast trainer, which cannot: {reason}")

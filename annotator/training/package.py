@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from string import Template
 
@@ -17,6 +18,7 @@ from annotator import models
 from annotator.errors import ModelError
 from annotator.files import sha256_file
 from annotator.tagging.calibration import CARD_KEY
+from annotator.tagging.export import write_export
 
 CARD_TEMPLATE = models.DATA_DIR / "MODEL_CARD.template.md"
 # tensors of at least this many elements (weight matrices, vector tables) are packaged in float16;
@@ -30,15 +32,20 @@ def package_default_model(
     corpus_dir: str | Path | None = None,
     model_file: str | Path | None = None,
 ) -> Path:
-    """Copy a finished run's best model (or `model_file` made from it, e.g. calibrated) into the
-    package, with a model card built from the run's files (and the model's raw-text scores on
+    """Export a finished run's best model (or `model_file` made from it, e.g. calibrated) into
+    the package (float16 matrices, `save_half_precision`; safetensors, `write_export`), with a
+    model card built from the run's files (and the model's raw-text scores on
     `corpus_dir`'s test split, where given)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if not metrics.get("finished") or not metrics.get("test"):
         raise ModelError(f"{run_dir}: the run has not finished (no test scores in metrics.json)")
     models.DATA_DIR.mkdir(exist_ok=True)
-    card = save_half_precision(model_file or run_dir / "best-model.pt", models.DEFAULT_MODEL)
+    with tempfile.TemporaryDirectory() as folder:
+        half = Path(folder) / "half.pt"
+        card = save_half_precision(model_file or run_dir / "best-model.pt", half)
+        # shipped as an export: no pickle in the package, and no Flair needed to load it
+        write_export(half, models.DEFAULT_MODEL)
     # its training curve stays drawable (`annotator plot default`, docs/training.png)
     shutil.copyfile(run_dir / "metrics.json", models.DEFAULT_METRICS)
     raw = raw_test_scores(corpus_dir) if corpus_dir else None
