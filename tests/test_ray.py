@@ -95,11 +95,11 @@ def test_ray_resumes_a_sharded_run_the_local_engine_started(
     ]
     real_save, calls = runs.Manifest.save, []
 
-    def save(self):
+    def save(self, data=None):
         calls.append(1)
         if len(calls) == 4:
             raise _Crash()
-        real_save(self)
+        real_save(self, data)
 
     monkeypatch.setattr(runs.Manifest, "save", save)
     with pytest.raises(_Crash):
