@@ -151,6 +151,8 @@ def test_kill_9_then_resume_on_s3_loses_and_repeats_nothing_and_listings_show_on
                     named = {p["file"] for p in json.loads(handle.read())["parts"]}
             except OSError:
                 named = set()
+            except ValueError:  # SeaweedFS serves an object being overwritten as it stands
+                continue
             # a reader listing the output never sees a part the manifest does not name
             assert listed <= named, (listed, named)
             seen_parts = len(named)
