@@ -19,12 +19,19 @@ from annotator.errors import AnnotatorError, UsageError
 CHUNK = 1 << 16
 
 
+def sha256_stream(handle: Any) -> tuple[int, str]:
+    """(bytes read, sha256) of what a binary stream holds from where it stands, read in
+    blocks (a local file and an object-storage stream alike)."""
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: handle.read(CHUNK), b""):
+        size += len(block)
+        digest.update(block)
+    return size, digest.hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_stream(handle)[1]
 
 
 def check_parent(path: str | Path | None, flag: str) -> None:

@@ -9,7 +9,6 @@ ranges), never copied whole to a temporary file first.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,11 +26,11 @@ from typing import IO, Any
 
 from annotator.errors import AnnotatorError
 from annotator.files import (
-    CHUNK,
     DirectoryLock,
     fsync_dir,
     process_alive,
     sha256_file,
+    sha256_stream,
     write_atomically,
 )
 
@@ -300,17 +299,20 @@ class RemoteFolder:
         self._call("cannot delete", name, _s3().delete_file, f"{self.root}/{name}")
 
     def digest(self, name: str, with_sha256: bool = True) -> tuple[int, str | None] | None:
-        """(size, sha256) of a stored object, read back by streaming, or None where missing."""
-        if not self.exists(name):
-            return None
+        """(size, sha256) of a stored object, or None where missing; the sha256 is read back
+        by streaming, the size alone comes from the listing."""
+        from pyarrow import fs
 
-        def read() -> tuple[int, str | None]:
-            digest, size = hashlib.sha256(), 0
-            with _s3().open_input_stream(f"{self.root}/{name}") as handle:
-                for block in iter(lambda: handle.read(CHUNK), b""):
-                    size += len(block)
-                    digest.update(block)
-            return size, digest.hexdigest() if with_sha256 else None
+        key = f"{self.root}/{name}"
+        info = self._call("cannot read", name, _s3().get_file_info, key)
+        if info.type != fs.FileType.File:
+            return None
+        if not with_sha256:
+            return info.size, None
+
+        def read() -> tuple[int, str]:
+            with _s3().open_input_stream(key) as handle:
+                return sha256_stream(handle)
 
         return self._call("cannot read", name, read)
 
