@@ -199,12 +199,38 @@ def model_export(resolved: str | Path) -> Path | None:
     return export_model(resolved)
 
 
-def load_model(model: str | Path | None = None, device: str = "auto", engine: str = "auto"):
-    """The model for `annotate`: a FlatTagger from its export where the fast engine covers it
-    (no `import flair`, no unpickling), else Flair's SequenceTagger (`load_tagger`)."""
+def load_model(
+    model: str | Path | None = None,
+    device: str = "auto",
+    engine: str = "auto",
+    precision: str = "fp32",
+):
+    """The model for `annotate`: from its export where an engine covers it (no `import
+    flair`, no unpickling) -- the numpy engine's NumpyTagger where
+    `annotator.tagging.engines.numpy_engine_wanted` (no `import torch` either), else a
+    FlatTagger -- else Flair's SequenceTagger (`load_tagger`)."""
+    from annotator.tagging.engines import numpy_engine_wanted
+
     if engine != "flair":
         resolved = resolve_model(model)
         export = model_export(resolved)
+        if numpy_engine_wanted(engine, device, precision):
+            if export is not None:
+                from annotator.tagging.export_header import ExportError
+                from annotator.tagging.numpy_engine import numpy_tagger
+
+                try:
+                    return numpy_tagger(export)
+                except ExportError as exc:
+                    if engine == "numpy":
+                        raise ModelError(
+                            f"the numpy engine does not run {resolved}: {exc}"
+                        ) from None
+                    log.info("the numpy engine does not cover %s (%s)", resolved, exc)
+                except Exception as exc:
+                    raise ModelError(f"cannot load file {resolved}: {exc}") from None
+            elif engine == "numpy":
+                raise ModelError(f"the numpy engine runs exported models only, not {resolved}")
         if export is not None:
             from annotator.tagging.export import ExportError, flat_tagger
 
@@ -286,6 +312,26 @@ def describe_environment() -> str:
     else:
         lines.append("default model: none packaged (pass --model)")
     return "\n".join(lines)
+
+
+def torch_gpu_build() -> bool:
+    """Whether the installed torch is built for GPUs (CUDA or ROCm), told by its library files:
+    asking torch means importing it, which is most of a short job's start."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    folder = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return any(folder.glob("libtorch_cuda*")) or any(folder.glob("libtorch_hip*"))
+
+
+def cpu_only(device: str) -> bool:
+    """Whether `device` means the CPU, known without importing torch: `cpu`, or `auto` where
+    torch has no GPU build (with one, `auto` asks torch, which then loads)."""
+    if device == "cpu":
+        return True
+    return device == "auto" and not torch_gpu_build()
 
 
 def choose_device(name: str = "auto"):

@@ -82,6 +82,7 @@ class Annotator:
         this process has more than one CPU). `span_scores`, `precision` (fp32, bf16, auto):
         see `annotator.tagging.engines.make_engine`."""
         from annotator.models import choose_device, load_model, model_card, model_info
+        from annotator.tagging.engines import numpy_engine_wanted
 
         if split_process is None:
             split_process = SplitterProcess.worthwhile()
@@ -91,9 +92,12 @@ class Annotator:
         self.splitter = (
             SplitterProcess(spacy_model, max_sentence_tokens, **early) if split_process else None
         )
-        self.device = choose_device(device)
+        # the numpy engine's CPU is known without torch, whose import a short job spares
+        self.device = (
+            "cpu" if numpy_engine_wanted(engine, device, precision) else choose_device(device)
+        )
         self.model = model_info(model)
-        self.tagger = load_model(model, device=str(self.device), engine=engine)
+        self.tagger = load_model(model, str(self.device), engine, precision)
         rules = segmenter_settings(self.tagger)
         if rules != early and self.splitter is not None:
             self.splitter.close()

@@ -23,6 +23,7 @@ import annotator.models as models  # noqa: E402
 from annotator.tagging.engines import make_engine  # noqa: E402
 from annotator.tagging.export import FlatTagger  # noqa: E402
 from annotator.tagging.export_header import read_description  # noqa: E402
+from annotator.tagging.numpy_engine import NumpyTagger  # noqa: E402
 from tests.test_fast_tagger import (  # noqa: E402
     VARIANTS,
     _char_dictionary,
@@ -37,6 +38,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 # Flair 0.15.1 cannot load these two back from its own .pt (it saves no `bidirectional`, and
 # renames the one-hot embeddings to one name), so there is no .pt to export
 UNLOADABLE = {"11 embeddings (name sort order)"}
+NUMPY_COVERS = {
+    "word+char bilstm crf",
+    "word+char bilstm softmax",
+    "single char embedding, no rnn, softmax",
+}
 SAVABLE = [name for name in VARIANTS if "unidirectional" not in name and name not in UNLOADABLE]
 
 
@@ -51,10 +57,21 @@ def test_export_gives_the_spans_and_scores_of_its_pt(tmp_path, variant):
     expected = make_engine(loaded, device="cpu").predict(sentences)
     assert_same(flair_predictions(loaded, sentences), expected)
 
-    flat = models.load_model(path, device="cpu")
+    flat = models.load_model(path, device="cpu", engine="fast")
     assert isinstance(flat, FlatTagger)
     assert models.cached_export(path).is_file()
     assert make_engine(flat, device="cpu").predict(sentences) == expected
+    # on the CPU, `auto` runs the numpy engine where it covers the model: the same spans,
+    # scores to float rounding
+    chosen = models.load_model(path, device="cpu")
+    assert isinstance(chosen, NumpyTagger) == (variant in NUMPY_COVERS)
+    found = make_engine(chosen, device="cpu").predict(sentences)
+    assert [[span[:3] for span in spans] for spans in found] == [
+        [span[:3] for span in spans] for spans in expected
+    ]
+    assert [span[3] for spans in found for span in spans] == pytest.approx(
+        [span[3] for spans in expected for span in spans], abs=1e-5
+    )
     # Flair's own tagger rebuilt from the export (for --engine flair): the same predictions
     rebuilt = models.load_tagger(path, device="cpu")
     assert isinstance(rebuilt, SequenceTagger)

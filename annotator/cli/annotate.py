@@ -87,11 +87,13 @@ def _a_number(ctx: click.Context, param: Any, value: float) -> float:
 @PRECISION
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "fast", "flair"]),
+    type=click.Choice(["auto", "numpy", "fast", "flair"]),
     default="auto",
     show_default=True,
-    help="Tagging engine. fast: vectorised, same predictions; flair: "
-    "Flair's predict; auto: fast where the model is supported.",
+    help="Tagging engine. fast: vectorised (torch), same predictions; numpy: the same on "
+    "the CPU without torch, for exported models without character LMs; flair: Flair's "
+    "predict; auto: numpy on a CPU in float32 where it covers the model, else fast where "
+    "it does, else flair.",
 )
 @click.option("--labels", help="Keep only these entity types, comma-separated (e.g. PER,ORG).")
 @click.option(

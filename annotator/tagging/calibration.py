@@ -186,12 +186,10 @@ class SpanMarginals:
         descending), computed in float64: in float32 the forward and backward sums of a long
         sentence lose the digits that tell a marginal of 0.996 from 1.0, where a calibration
         map needs them."""
-        import torch
-
         if not spans:
             return []
-        emissions = emissions.double()
-        transitions = self.transitions.to(emissions.device, torch.float64)
+        emissions = np.asarray(emissions, dtype=np.float64)
+        transitions = np.asarray(self.transitions, dtype=np.float64)
         alpha, beta, log_z = forward_backward_packed(
             emissions, lengths, transitions, self.start_index, self.stop_index
         )
@@ -202,22 +200,18 @@ class SpanMarginals:
                 tags.append(tag)
                 owners.append(number)
                 firsts.append(offset == 0)
-        device = emissions.device
-        rows_t = torch.tensor(rows, device=device)
-        tags_t = torch.tensor(tags, device=device)
-        first_t = torch.tensor(firsts, device=device)
+        rows_a, tags_a, first_a = np.array(rows), np.array(tags), np.array(firsts)
         # a span's path score: alpha at its first token, then transition + emission per token
-        steps = torch.where(
-            first_t,
-            alpha[rows_t, tags_t],
-            transitions[tags_t, torch.roll(tags_t, 1)] + emissions[rows_t, tags_t],
+        steps = np.where(
+            first_a,
+            alpha[rows_a, tags_a],
+            transitions[tags_a, np.roll(tags_a, 1)] + emissions[rows_a, tags_a],
         )
-        total = torch.zeros(len(spans), dtype=emissions.dtype, device=device)
-        total.index_add_(0, torch.tensor(owners, device=device), steps)
-        last = torch.cat([first_t[1:], torch.tensor([True], device=device)])
-        total += beta[rows_t[last], tags_t[last]]
-        sentence_of = torch.tensor([column for column, _, _ in spans], device=device)
-        return torch.exp(total - log_z[sentence_of]).clamp(max=1.0).tolist()
+        total = np.bincount(owners, weights=steps, minlength=len(spans))
+        last = np.append(first_a[1:], True)
+        total += beta[rows_a[last], tags_a[last]]
+        sentence_of = np.array([column for column, _, _ in spans])
+        return np.minimum(np.exp(total - log_z[sentence_of]), 1.0).tolist()
 
 
 class SpanScorer:
@@ -226,9 +220,12 @@ class SpanScorer:
 
     def __init__(self, tagger, calibrated: bool = True) -> None:
         dictionary = tagger.label_dictionary
+        transitions = tagger.crf.transitions
+        if hasattr(transitions, "detach"):  # the torch engines' tagger; the numpy engine's is numpy
+            transitions = transitions.detach().float().cpu().numpy()
         self.marginals = SpanMarginals(
             dictionary.get_items(),
-            tagger.crf.transitions.detach(),
+            transitions,
             dictionary.get_idx_for_item(START_TAG),
             dictionary.get_idx_for_item(STOP_TAG),
         )
@@ -255,7 +252,7 @@ class SpanScorer:
     ) -> list[list[TokenSpan]]:
         """`spans` of a packed batch (one list per sentence, sentences sorted by length,
         descending) with new scores."""
-        to_packed = np.asarray(flat_to_packed.tolist())  # a tensor or an array
+        to_packed = np.asarray(flat_to_packed)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         wanted = [
             (column, to_packed[starts[column] + first : starts[column] + end].tolist(), label)
@@ -290,11 +287,8 @@ class SpanScorer:
                         sentence.clear_embeddings()
                     lengths = [len(sentence) for sentence in batch]
                     packing = Packing.of(np.asarray(lengths))
-                    padded = captured[0].float()
-                    emissions = padded[
-                        torch.from_numpy(packing.sentence).to(padded.device),
-                        torch.from_numpy(packing.step).to(padded.device),
-                    ]
+                    padded = captured[0].float().cpu().numpy()
+                    emissions = padded[packing.sentence, packing.step]
                     rescored = self.rescore_packed(
                         emissions, lengths, packing.flat_to_packed, [spans[i] for i in chunk]
                     )

@@ -8,10 +8,8 @@ quirks are replicated on purpose (see `CharComponent`), so that the engine's pre
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,31 +17,18 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-# tags that flair's get_spans_from_bio treats as "outside"
+from annotator.tagging.lookup import (
+    BatchContext,
+    CharSequences,
+    IndexLookup,
+    TypeLookup,
+    VectorRowLookup,
+    word_index,
+)
 
-
-_DIGITS = re.compile(r"\d")
+__all__ = ["BatchContext", "word_index"]  # the fast engine imports them from here
 #: a character-LM group of texts is padded to its longest by at most this share of its chars
 PAD_SHARE = 0.25
-
-
-class GrowableColumns:
-    """An int64 matrix ``[n_rows, n_cols]`` that grows by amortised doubling (per-type lookup
-    data)."""
-
-    def __init__(self, n_cols: int) -> None:
-        self._data = np.zeros((1024, max(n_cols, 1)), dtype=np.int64)
-        self.n_rows = 0
-
-    def append(self, row: Sequence[int]) -> None:
-        if self.n_rows == self._data.shape[0]:
-            self._data = np.concatenate([self._data, np.zeros_like(self._data)])
-        self._data[self.n_rows, : len(row)] = row
-        self.n_rows += 1
-
-    @property
-    def array(self) -> np.ndarray:
-        return self._data[: self.n_rows]
 
 
 def leaf_embeddings(embeddings: nn.Module) -> list[nn.Module]:
@@ -55,49 +40,14 @@ def leaf_embeddings(embeddings: nn.Module) -> list[nn.Module]:
     return [embeddings]
 
 
-def word_index(vocab: dict[str, int], word: str) -> int:
-    """flair's ``WordEmbeddings.get_cached_token_index``: the word, else its lower case, else with
-    digits as '#', else as '0', else the unknown row -- without the attribute hooks and per-instance
-    cache wrapper that make flair's version cost microseconds a word (the type cache caches)."""
-    if word in vocab:
-        return vocab[word]
-    lower = word.lower()
-    for key in (lower, _DIGITS.sub("#", lower), _DIGITS.sub("0", lower)):
-        if key in vocab:
-            return vocab[key]
-    return len(vocab)
-
-
 def _module_device(module: nn.Module, default: torch.device) -> torch.device:
     for p in module.parameters():
         return p.device
     return default
 
 
-@dataclass
-class BatchContext:
-    """Python/numpy-side view of a batch shared by the components' ``prepare``."""
-
-    sentences: list[list[str]]
-    lengths: np.ndarray  # [B]
-    starts: np.ndarray  # [B] flat start of each sentence
-    sentence_id: np.ndarray  # [N] flat -> sentence
-    position: np.ndarray  # [N] flat -> position in sentence
-    type_ids: np.ndarray  # [N] flat -> word type id
-    type_columns: np.ndarray  # [n_types, n_cols]
-
-
-class Component:
+class Component(TypeLookup):
     """A leaf embedding: per-type lookups (Python), then a torch forward over flat tokens."""
-
-    name: str
-    length: int
-    n_columns: int = 0  # how many integers type_values returns
-    contextual = False  # True: a token's embedding depends on more than its own inputs
-
-    def type_values(self, word: str) -> list[int]:
-        """Integers cached per word type (stored in the shared type table)."""
-        return []
 
     def prepare(self, ctx: BatchContext, cols: slice, device: torch.device) -> dict[str, Any]:
         raise NotImplementedError
@@ -107,15 +57,9 @@ class Component:
         raise NotImplementedError
 
 
-class IndexComponent(Component):
-    """WordEmbeddings / OneHotEmbeddings: one vocabulary index per word type, then a lookup.
-
-    The index function is flair's own (``get_cached_token_index`` with its word -> lower ->
-    digits->'#' -> digits->'0' -> unk fallback, or ``Dictionary.get_idx_for_item`` for one-hot,
-    which raises for unknown words when the dictionary has no ``<unk>``, exactly as flair does).
-    """
-
-    n_columns = 1
+class IndexComponent(IndexLookup, Component):
+    """WordEmbeddings / OneHotEmbeddings: one vocabulary index per word type
+    (`annotator.tagging.lookup.IndexLookup`), then a table lookup."""
 
     def __init__(
         self,
@@ -125,14 +69,9 @@ class IndexComponent(Component):
         layer_norm: nn.Module | None,
         index_fn: Callable[[str], int],
     ) -> None:
-        self.name = name
-        self.length = length
+        super().__init__(name, length, index_fn)
         self.table = table
         self.layer_norm = layer_norm
-        self.index_fn = index_fn
-
-    def type_values(self, word: str) -> list[int]:
-        return [int(self.index_fn(word))]
 
     def prepare(self, ctx: BatchContext, cols: slice, device: torch.device) -> dict[str, Any]:
         idx = ctx.type_columns[ctx.type_ids, cols.start]
@@ -145,19 +84,9 @@ class IndexComponent(Component):
         return out.to(device)
 
 
-class SharedVectorComponent(Component):
+class SharedVectorComponent(VectorRowLookup, Component):
     """annotator's shared word vectors (`annotator.vectors.VectorLookup`): a row per word type,
     dequantised by the table."""
-
-    n_columns = 1
-
-    def __init__(self, name: str, length: int, embedding: nn.Module) -> None:
-        self.name = name
-        self.length = length
-        self.embedding = embedding
-
-    def type_values(self, word: str) -> list[int]:
-        return [self.embedding.row_of(word)]
 
     def prepare(self, ctx: BatchContext, cols: slice, device: torch.device) -> dict[str, Any]:
         rows = ctx.type_columns[ctx.type_ids, cols.start]
@@ -167,19 +96,7 @@ class SharedVectorComponent(Component):
         return self.embedding.vectors_of(inputs["rows"]).to(device)
 
 
-class _CharIds(dict):
-    """character -> flair ``Dictionary`` index, looked up once per character."""
-
-    def __init__(self, dictionary) -> None:
-        super().__init__()
-        self.dictionary = dictionary
-
-    def __missing__(self, char: str) -> int:
-        index = self[char] = self.dictionary.get_idx_for_item(char)
-        return index
-
-
-class CharComponent(Component):
+class CharComponent(CharSequences, Component):
     """CharacterEmbeddings, computed once per unique character-id sequence.
 
     flair quirks replicated (``CharacterEmbeddings._add_embeddings_internal``):
@@ -187,18 +104,12 @@ class CharComponent(Component):
     * The BiLSTM output is read at position ``length - 1`` for *both* directions, so the backward
       half is the backward LSTM state after reading only the last character.  We run the same
       bidirectional ``char_rnn`` on a packed batch and read the same position.
-    * The re-sort map ``d`` is ``d[j] = last i with chars[i] == sorted[j]`` (later matches overwrite
-      earlier ones), where ``sorted`` is the *stable* sort of the sentence's tokens by length,
-      descending.  Only the last occurrence of a repeated character sequence is written back;
-      every earlier occurrence at position ``p`` keeps the embedding computed for ``sorted[p]``.
-      "Repeated" means equal character-id lists, so words that only differ in unknown characters
-      count as duplicates as well.
+    * The re-sort map (`annotator.tagging.lookup.CharSequences`): a token may be embedded from
+      another word's characters.
 
     Without autograd, encodings are cached per character sequence across calls; the cache is
     dropped whenever a char-encoder parameter is replaced or modified in place (version counter).
     """
-
-    n_columns = 1
 
     def __init__(
         self,
@@ -210,21 +121,13 @@ class CharComponent(Component):
         cache_encodings: bool = True,
     ) -> None:
         """`char_dictionary`: anything with Flair's `Dictionary.get_idx_for_item`."""
-        self.name = name
-        self.length = length
-        self.char_dictionary = char_dictionary
         self.char_embedding = char_embedding
         self.char_rnn = char_rnn
         self.cache_encodings = cache_encodings
-        self._char_ids = _CharIds(char_dictionary)
-        self.reset()
+        super().__init__(name, length, char_dictionary)
 
     def reset(self) -> None:
-        self._tuple_ids: dict[tuple[int, ...], int] = {}
-        self._store: list[int] = []  # concatenated char ids of all known character sequences
-        self._offsets: list[int] = []
-        self._lengths: list[int] = []
-        self._np_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        super().reset()
         self._clear_encodings()
 
     def _clear_encodings(self) -> None:
@@ -232,59 +135,10 @@ class CharComponent(Component):
         self._encoded = np.zeros(0, dtype=bool)
         self._weights_key: tuple = ()
 
-    def type_values(self, word: str) -> list[int]:
-        known = self._char_ids
-        chars = tuple([known[c] for c in word])
-        cid = self._tuple_ids.get(chars)
-        if cid is None:
-            cid = len(self._offsets)
-            self._tuple_ids[chars] = cid
-            self._offsets.append(len(self._store))
-            self._lengths.append(len(chars))
-            self._store.extend(chars)
-            self._np_cache = None
-        return [cid]
-
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._np_cache is None:
-            self._np_cache = (
-                np.asarray(self._store, dtype=np.int64),
-                np.asarray(self._offsets, dtype=np.int64),
-                np.asarray(self._lengths, dtype=np.int64),
-            )
-        return self._np_cache
-
-    @staticmethod
-    def source_sequences(
-        cid: np.ndarray, lengths: np.ndarray, sentence_id: np.ndarray
-    ) -> np.ndarray:
-        """Which character sequence flair actually uses for each token (the ``d`` re-sort quirk)."""
-        n = cid.shape[0]
-        flat = np.arange(n)
-        # stable sort within each sentence by length, descending -> flat index of sorted rank
-        by_length = np.lexsort((-lengths, sentence_id))
-        # last occurrence of each (sentence, sequence)
-        grouped = np.lexsort((flat, cid, sentence_id))
-        is_last = np.ones(n, dtype=bool)
-        same_as_next = (sentence_id[grouped[1:]] == sentence_id[grouped[:-1]]) & (
-            cid[grouped[1:]] == cid[grouped[:-1]]
-        )
-        is_last[grouped[:-1][same_as_next]] = False
-        # flat index f = start(sentence) + position, and by_length[f] is that sentence's
-        # rank-`position` token
-        return np.where(is_last, cid, cid[by_length])
-
     def prepare(self, ctx: BatchContext, cols: slice, device: torch.device) -> dict[str, Any]:
-        store, offsets, seq_lengths = self._arrays()
-        cid = ctx.type_columns[ctx.type_ids, cols.start]
-        src = self.source_sequences(cid, seq_lengths[cid], ctx.sentence_id)
+        src = self.sources(ctx, cols)
         unique, inverse = np.unique(src, return_inverse=True)
-        lens = seq_lengths[unique]
-        steps = np.arange(int(lens.max()))
-        mask = steps[None, :] < lens[:, None]
-        chars = np.where(
-            mask, store[np.where(mask, offsets[unique][:, None] + steps[None, :], 0)], 0
-        )
+        chars, lens = self.padded(unique)
         weight_device = self.char_embedding.weight.device
         return {
             "unique": unique,  # character-sequence ids (numpy), for the encoding cache

@@ -1,8 +1,10 @@
 """The tagger engine: token lists in, entity spans out.
 
-Two engines give the same spans: the vectorised fast engine (`annotator.tagging.fast`) for the
-model families it supports, and Flair's own `SequenceTagger.predict` otherwise. Spans are
-mapped back to character offsets here, so downstream code never sees tokens.
+Three engines give the same spans: the numpy engine (`annotator.tagging.numpy_engine`) on the
+CPU for the exports it covers (no torch is imported), the vectorised torch fast engine
+(`annotator.tagging.fast`) for the model families it supports, and Flair's own
+`SequenceTagger.predict` otherwise. Spans are mapped back to character offsets here, so
+downstream code never sees tokens.
 """
 
 from __future__ import annotations
@@ -78,6 +80,22 @@ CPU_TOKENS_PER_BATCH = 8192
 GPU_TOKENS_PER_BATCH = 16384
 
 
+def numpy_engine_wanted(engine: str, device: str, precision: str) -> bool:
+    """Whether to try the numpy engine (it then runs where it covers the model): when asked
+    for (`--engine numpy`), or with `--engine auto` in float32 on a CPU known without asking
+    torch (`annotator.models.cpu_only`). Measured about as fast as the torch fast engine on
+    the default model (`annotator bench`), and a short job's start spares `import torch`."""
+    from annotator.models import cpu_only
+
+    if engine == "numpy":
+        if device not in ("auto", "cpu"):
+            from annotator.errors import UsageError
+
+            raise UsageError(f"--engine numpy runs on the CPU, not --device {device}")
+        return True
+    return engine == "auto" and precision != "bf16" and cpu_only(device)
+
+
 def make_engine(
     tagger,
     batch_size: int = 32,
@@ -95,7 +113,10 @@ def make_engine(
     """
     from annotator.tagging.calibration import SpanScorer
 
-    chosen = _make_engine(tagger, batch_size, device, engine, precision)
+    if getattr(tagger, "name", None) == "numpy":  # a NumpyTagger: its own engine
+        chosen: Engine = tagger
+    else:
+        chosen = _make_engine(tagger, batch_size, device, engine, precision)
     chosen.span_scorer = SpanScorer.for_tagger(tagger, span_scores)
     return chosen
 
@@ -103,6 +124,10 @@ def make_engine(
 def _make_engine(tagger, batch_size: int, device, engine: str, precision: str) -> Engine:
     if engine == "flair":
         return _flair_engine(tagger, batch_size, precision)
+    if engine == "numpy":
+        from annotator.errors import ModelError
+
+        raise ModelError("the numpy engine runs only exported models it covers (see --engine)")
     import torch
 
     from annotator.tagging.fast import FastSequenceTagger

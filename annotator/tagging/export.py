@@ -29,42 +29,18 @@ from annotator.tagging.components import (
     SharedVectorComponent,
     word_index,
 )
-from annotator.tagging.export_header import FORMAT_VERSION, META_KEY, read_description
+from annotator.tagging.export_header import (
+    DICTIONARY,
+    FORMAT_VERSION,
+    META_KEY,
+    ExportError,
+    Vocabulary,
+    read_description,
+    vocabulary_of,
+)
 from annotator.vectors import VectorLookup
 
-_DICTIONARY = "__dictionary__"
-
-
-class ExportError(Exception):
-    """The model holds something the export cannot say as JSON (it stays a `.pt`)."""
-
-
-class Vocabulary:
-    """Flair's `Dictionary` as far as inference reads it: items, their ids, the <unk> rule."""
-
-    def __init__(self, items: list[str], add_unk: bool = True) -> None:
-        self.items = list(items)
-        self.item2idx = {item: index for index, item in enumerate(self.items)}
-        self.add_unk = add_unk
-
-    def get_items(self) -> list[str]:
-        return list(self.items)
-
-    def get_idx_for_item(self, item: str) -> int:
-        """The item's id; unknown: 0 with an <unk>, else IndexError (Flair's rule)."""
-        index = self.item2idx.get(item)
-        if index is not None:
-            return index
-        if self.add_unk:
-            return 0
-        raise IndexError(f"{item!r} is not in the dictionary and it has no <unk>")
-
-    def has_item(self, item: str) -> bool:
-        return item in self.item2idx
-
-    def __len__(self) -> int:
-        return len(self.items)
-
+__all__ = ["ExportError", "Vocabulary", "flat_tagger", "flair_tagger", "read_export"]
 
 # ---------------------------------------------------------------------------- writing
 
@@ -85,7 +61,7 @@ def _to_json(value: Any, where: str = "model") -> Any:
         except (AttributeError, UnicodeDecodeError):
             raise ExportError(f"{where}: a dictionary of items that are not UTF-8 text") from None
         return {
-            _DICTIONARY: items,
+            DICTIONARY: items,
             "add_unk": bool(value.add_unk),
             "multi_label": bool(getattr(value, "multi_label", False)),
             "span_labels": bool(getattr(value, "span_labels", False)),
@@ -153,9 +129,9 @@ def flair_tagger(description: dict[str, Any], tensors: dict[str, torch.Tensor]):
     def rebuild(value: Any) -> Any:
         if isinstance(value, list):
             return [rebuild(item) for item in value]
-        if isinstance(value, dict) and _DICTIONARY in value:
+        if isinstance(value, dict) and DICTIONARY in value:
             dictionary = Dictionary(add_unk=False)
-            for item in value[_DICTIONARY]:
+            for item in value[DICTIONARY]:
                 dictionary.add_item(item)
             dictionary.add_unk = value["add_unk"]
             dictionary.multi_label = value["multi_label"]
@@ -168,10 +144,6 @@ def flair_tagger(description: dict[str, Any], tensors: dict[str, torch.Tensor]):
     state = rebuild(description["model"])
     state["state_dict"] = dict(tensors)
     return SequenceTagger.load(state)
-
-
-def _vocabulary(value: dict[str, Any]) -> Vocabulary:
-    return Vocabulary(value[_DICTIONARY], value["add_unk"])
 
 
 def _embedding(weight: torch.Tensor) -> nn.Embedding:
@@ -213,7 +185,7 @@ def _leaf(params: dict[str, Any], prefix: str, tensors: dict) -> tuple[nn.Module
     if kind == "OneHotEmbeddings" and params.get("field", "text") == "text":
         table = _embedding(tensors[f"{prefix}embedding_layer.weight"])
         norm = _layer_norm(params, prefix, tensors)
-        vocabulary = _vocabulary(params["vocab_dictionary"])
+        vocabulary = vocabulary_of(params["vocab_dictionary"])
         modules = {"embedding_layer": table, **({"layer_norm": norm} if norm else {})}
         # Flair names a one-hot embedding by its field
         name = params.get("name") or f"one-hot-{params.get('field', 'text')}"
@@ -222,7 +194,7 @@ def _leaf(params: dict[str, Any], prefix: str, tensors: dict) -> tuple[nn.Module
         )
         return nn.ModuleDict(modules), component
     if kind == "CharacterEmbeddings":
-        dictionary = _vocabulary(params["path_to_char_dict"])
+        dictionary = vocabulary_of(params["path_to_char_dict"])
         embedding = nn.Embedding(len(dictionary), params["char_embedding_dim"])
         rnn = nn.LSTM(
             params["char_embedding_dim"],
@@ -239,7 +211,7 @@ def _leaf(params: dict[str, Any], prefix: str, tensors: dict) -> tuple[nn.Module
         return table, SharedVectorComponent(params["name"], params["size"][1], table)
     if kind == "FlairEmbeddings" and params.get("tokenized_lm", True):
         lm_params = params["model_params"]
-        dictionary = _vocabulary(lm_params["dictionary"])
+        dictionary = vocabulary_of(lm_params["dictionary"])
         lm = _LanguageModel(lm_params, len(dictionary))
         hidden = lm_params.get("nout") or lm_params["hidden_size"]
         component = FlairComponent(
@@ -293,7 +265,7 @@ class FlatTagger(nn.Module):
             name: tensor.float() if tensor.is_floating_point() else tensor
             for name, tensor in tensors.items()
         }
-        self.label_dictionary = _vocabulary(model["tag_dictionary"])
+        self.label_dictionary = vocabulary_of(model["tag_dictionary"])
         self.tag_type = model["tag_type"]
         self.model_card = model.get("model_card")
         self.use_crf = bool(model["use_crf"])

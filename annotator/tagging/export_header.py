@@ -1,4 +1,5 @@
-"""The export's description, read from its safetensors header alone: no torch, no weights.
+"""The export's description, read from its safetensors header alone: no torch, no weights;
+and what both engines build from it without torch (vocabularies, the export's errors).
 
 A safetensors file starts with the length of its JSON header (8 bytes, little-endian), then the
 header, whose `__metadata__` holds the description (`annotator.tagging.export`). Reading it
@@ -31,3 +32,41 @@ def read_description(path: str | Path) -> dict[str, Any] | None:
             return None
     text = (header.get("__metadata__") or {}).get(META_KEY) if isinstance(header, dict) else None
     return json.loads(text) if text else None
+
+
+DICTIONARY = "__dictionary__"
+
+
+class ExportError(Exception):
+    """The model holds something the export cannot say as JSON (it stays a `.pt`)."""
+
+
+class Vocabulary:
+    """Flair's `Dictionary` as far as inference reads it: items, their ids, the <unk> rule."""
+
+    def __init__(self, items: list[str], add_unk: bool = True) -> None:
+        self.items = list(items)
+        self.item2idx = {item: index for index, item in enumerate(self.items)}
+        self.add_unk = add_unk
+
+    def get_items(self) -> list[str]:
+        return list(self.items)
+
+    def get_idx_for_item(self, item: str) -> int:
+        """The item's id; unknown: 0 with an <unk>, else IndexError (Flair's rule)."""
+        index = self.item2idx.get(item)
+        if index is not None:
+            return index
+        if self.add_unk:
+            return 0
+        raise IndexError(f"{item!r} is not in the dictionary and it has no <unk>")
+
+    def has_item(self, item: str) -> bool:
+        return item in self.item2idx
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def vocabulary_of(value: dict[str, Any]) -> Vocabulary:
+    return Vocabulary(value[DICTIONARY], value["add_unk"])

@@ -28,42 +28,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from annotator.records import TokenSpan
 from annotator.tagging.components import (
     BatchContext,
     CharComponent,
     Component,
     FlairComponent,
-    GrowableColumns,
     IndexComponent,
     SharedVectorComponent,
     leaf_embeddings,
     word_index,
 )
-from annotator.tagging.crf import START_TAG, STOP_TAG, viterbi_decode_packed
+from annotator.tagging.crf import START_TAG, STOP_TAG
+from annotator.tagging.decoding import PackedEngine
 from annotator.tagging.lstm import lstm_packed
-from annotator.tagging.packed import Packing, PreparedBatch, eval_mode, token_chunks
+from annotator.tagging.packed import Packing, PreparedBatch, eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from flair.models import SequenceTagger
 
 
-# tags that flair skips when it adds token-level (non-span) predictions
-# tags that Flair's get_spans_from_bio treats as "outside"
-_OUTSIDE_SPAN_TAGS = frozenset({"", "O", "_"})
-_OUTSIDE_TOKEN_TAGS = frozenset({"O", "_"})
-
-
-class FastSequenceTagger:
+class FastSequenceTagger(PackedEngine):
     """Drop-in fast ``predict`` for a supported flair ``SequenceTagger`` (weights are shared).
 
     ``device``: where the computation runs (default: the tagger's device).  If it differs, the
@@ -108,14 +100,7 @@ class FastSequenceTagger:
             leaves = {leaf.name: leaf for leaf in leaf_embeddings(tagger.embeddings)}
             # flair concatenates token embeddings in *sorted name* order (Token.get_each_embedding)
             self.components = [self._make_component(leaves[name]) for name in sorted(names)]
-        self._column_slices: list[slice] = []
-        n_cols = 0
-        for component in self.components:
-            width = component.n_columns
-            self._column_slices.append(slice(n_cols, n_cols + width))
-            n_cols += width
-        self._n_cols = n_cols
-        self._reset_type_cache()
+        self._set_components()
         rnn = getattr(tagger, "rnn", None) if tagger.use_rnn else None
         # on the CPU, inference runs the LSTM step by step on packed rows (`_forward_cpu`), and
         # without contextual embeddings projects each distinct input row once; cuDNN's LSTM on
@@ -127,18 +112,9 @@ class FastSequenceTagger:
             c.contextual for c in self.components
         )
 
-        dictionary = tagger.label_dictionary
-        self.tags: list[str] = dictionary.get_items()
-        self.predict_spans: bool = bool(tagger.predict_spans)
-        outside = _OUTSIDE_SPAN_TAGS if self.predict_spans else _OUTSIDE_TOKEN_TAGS
-        self._is_outside = np.array([tag in outside for tag in self.tags], dtype=bool)
-        self.use_crf: bool = bool(tagger.use_crf)
-        # annotator.tagging.calibration.SpanScorer: span marginals (calibrated) instead of
-        # Flair's scores; set by make_engine
-        self.span_scorer = None
-        if self.use_crf:
-            self._start_index = dictionary.get_idx_for_item(START_TAG)
-            self._stop_index = dictionary.get_idx_for_item(STOP_TAG)
+        self._set_tags(
+            tagger.label_dictionary.get_items(), bool(tagger.predict_spans), bool(tagger.use_crf)
+        )
 
     # ------------------------------------------------------------------ support
     @staticmethod
@@ -256,32 +232,6 @@ class FastSequenceTagger:
             return SharedVectorComponent(name, length, embedding)
         raise ValueError(f"unsupported embedding type {kind.__name__}")  # pragma: no cover
 
-    # ------------------------------------------------------------------ type cache
-    def _reset_type_cache(self) -> None:
-        self._type_ids: dict[str, int] = {}
-        self._type_columns = GrowableColumns(self._n_cols)
-        for component in self.components:
-            if isinstance(component, CharComponent):
-                component.reset()
-
-    def _lookup_types(self, words: list[str]) -> np.ndarray:
-        """Word strings -> type ids; new types get their per-component indices computed once."""
-        type_ids = self._type_ids
-        ids = list(map(type_ids.get, words))
-        if None in ids:
-            for i, (word, tid) in enumerate(zip(words, ids)):
-                if tid is None:
-                    tid = type_ids.get(word)
-                    if tid is None:
-                        row: list[int] = []
-                        for component in self.components:
-                            row.extend(component.type_values(word))
-                        tid = len(type_ids)
-                        self._type_columns.append(row)
-                        type_ids[word] = tid
-                    ids[i] = tid
-        return np.fromiter(ids, dtype=np.int64, count=len(ids))
-
     # ------------------------------------------------------------------ preparation (Python side)
     def prepare(
         self, sentences: Sequence[Sequence[str]], skip: Collection[int] = ()
@@ -297,8 +247,6 @@ class FastSequenceTagger:
             raise ValueError("prepare() needs a non-empty list of non-empty sentences")
         if np.any(lengths[1:] > lengths[:-1]):
             raise ValueError("prepare() needs sentences sorted by length, descending")
-        if len(self._type_ids) > self.max_cached_types:
-            self._reset_type_cache()
         words = [w for s in sentences for w in s]
         type_ids = self._lookup_types(words)
 
@@ -437,31 +385,23 @@ class FastSequenceTagger:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    # ------------------------------------------------------------------ PackedEngine's hooks
+    def _predicting(self) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(eval_mode(self.tagger))
+        return stack
+
+    def _emissions(self, sentences: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.prepare(sentences)
+        with self._autocast():
+            emissions = self.forward_packed(batch)
+        return emissions.float().cpu().numpy(), batch.flat_to_packed.cpu().numpy()
+
+    def _transitions(self) -> np.ndarray:
+        return self.tagger.crf.transitions.detach().float().cpu().numpy()
+
     # ------------------------------------------------------------------ public API
-    def batches(
-        self, sentences: Sequence[Sequence[str]]
-    ) -> Iterator[tuple[list[int], list[list[str]], list[list[int]]]]:
-        """Drops empty tokens (flair's Sentence does), sorts by length and cuts token-bounded
-        batches.
-
-        Yields (input indices, cleaned sentences, original token positions or [] if unchanged).
-        """
-        cleaned: list[tuple[int, list[str], list[int]]] = []
-        for i, sentence in enumerate(sentences):
-            words = list(sentence)
-            if "" in words:
-                positions = [p for p, w in enumerate(words) if w != ""]
-                words = [words[p] for p in positions]
-            else:
-                positions = []
-            if words:
-                cleaned.append((i, words, positions))
-        cleaned.sort(key=lambda item: len(item[1]), reverse=True)
-        lengths = np.fromiter((len(c[1]) for c in cleaned), dtype=np.int64, count=len(cleaned))
-        for chunk in token_chunks(np.arange(len(cleaned)), lengths, self.max_tokens_per_batch):
-            batch = [cleaned[i] for i in chunk]
-            yield [c[0] for c in batch], [c[1] for c in batch], [c[2] for c in batch]
-
     def emissions(self, sentences: Sequence[Sequence[str]]) -> torch.Tensor:
         """The forward pass alone: emissions ``[total_tokens, num_tags]``, tokens in input order.
 
@@ -479,118 +419,12 @@ class FastSequenceTagger:
             return torch.zeros(0, len(self.tags), device=self.device)
         return torch.cat([piece for _, piece in outputs])
 
-    def predict(self, sentences: Sequence[Sequence[str]]) -> list[list[TokenSpan]]:
-        """For each sentence (list of token strings), the spans ``(first, end_exclusive, label,
-        score)``.
-
-        Token-level taggers (no BIO/BIOES tag dictionary) return one ``(i, i + 1, tag, score)`` per
-        token whose tag is not ``O``/``_``, as flair adds token labels for them.
-        """
-        results: list[list[TokenSpan]] = [[] for _ in sentences]
-        with torch.inference_mode(), eval_mode(self.tagger):
-            for indices, batch_sentences, positions in self.batches(sentences):
-                batch = self.prepare(batch_sentences)
-                with self._autocast():
-                    emissions = self.forward_packed(batch)
-                emissions = emissions.float()  # once, for decoding and for the span scores
-                tags, scores = self.decode(emissions, batch)
-                batch_spans = self.spans(tags, scores, batch.lengths)
-                if self.span_scorer is not None:
-                    batch_spans = self.span_scorer.rescore_packed(
-                        emissions, batch.lengths, batch.flat_to_packed, batch_spans
-                    )
-                for index, spans, original in zip(indices, batch_spans, positions):
-                    if original:
-                        spans = [
-                            (original[a], original[b - 1] + 1, label, score)
-                            for a, b, label, score in spans
-                        ]
-                    results[index] = spans
-        return results
-
-    # ------------------------------------------------------------------ decoding
     def decode(
         self, emissions: torch.Tensor, batch: PreparedBatch
     ) -> tuple[np.ndarray, list[float]]:
         """Packed emissions -> (tag ids, confidences) in flat order, on the CPU."""
-        if self.use_crf:
-            tags, confidences = viterbi_decode_packed(
-                emissions,
-                np.asarray(batch.lengths),
-                self.tagger.crf.transitions.float(),
-                self._start_index,
-                self._stop_index,
-            )
-        else:
-            confidences, tags = torch.max(F.softmax(emissions, dim=1), dim=1)
-        order = batch.flat_to_packed
-        return tags[order].cpu().numpy(), confidences[order].cpu().tolist()
-
-    def spans(
-        self, tags: np.ndarray, scores: list[float], lengths: list[int]
-    ) -> list[list[TokenSpan]]:
-        """Per-sentence spans; flair's ``get_spans_from_bio`` runs only on maximal non-O runs.
-
-        Outside tags reset ``get_spans_from_bio``'s whole state, so decoding each run of inside tags
-        separately is identical to decoding the full sentence, and the Python work scales with the
-        number of entity tokens rather than all tokens.
-        """
-        n_sentences = len(lengths)
-        out: list[list[TokenSpan]] = [[] for _ in range(n_sentences)]
-        inside = ~self._is_outside[tags]
-        if not inside.any():
-            return out
-        starts = np.zeros(n_sentences, dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        is_start = np.zeros(inside.size, dtype=bool)
-        is_start[starts] = True
-        previous_inside = np.concatenate([[False], inside[:-1]]) & ~is_start
-        run_starts = np.flatnonzero(inside & ~previous_inside)
-        next_inside = np.concatenate([inside[1:], [False]])
-        next_inside[starts[1:] - 1] = False
-        run_ends = np.flatnonzero(inside & ~next_inside) + 1
-        run_sentence = np.searchsorted(starts, run_starts, side="right") - 1
-        tag_names = self.tags
-        for begin, end, sentence in zip(
-            run_starts.tolist(), run_ends.tolist(), run_sentence.tolist()
-        ):
-            base = begin - int(starts[sentence])
-            run_tags = [tag_names[t] for t in tags[begin:end].tolist()]
-            run_scores = scores[begin:end]
-            if self.predict_spans:
-                for token_indices, score, label in spans_from_bio(run_tags, run_scores):
-                    out[sentence].append(
-                        (base + token_indices[0], base + token_indices[-1] + 1, label, score)
-                    )
-            else:
-                for k, (tag, score) in enumerate(zip(run_tags, run_scores)):
-                    out[sentence].append((base + k, base + k + 1, tag, score))
-        return out
-
-
-def spans_from_bio(tags: list[str], scores: list[float]) -> list[tuple[list[int], float, str]]:
-    """Flair 0.15.1's ``get_spans_from_bio``, rule for rule, so that spans are decoded without
-    importing Flair (3 s of a short job's start): B-/S- start a span, and so does I- (or any
-    tag after S-) of another class; a span's label is its tags' classes weighted 1.1 at a start
-    and 1.0 after, its score the mean of its tokens'."""
-    found: list[tuple[list[int], float, str]] = []
-    previous = "O-"
-    span: list[int] = []
-    span_scores: list[float] = []
-    weights: dict[str, float] = {}
-    for index, tag in enumerate([*tags, "O"]):
-        if tag in _OUTSIDE_SPAN_TAGS:
-            tag = "O-"
-        inside = tag != "O-"
-        starts = tag[:2] in {"B-", "S-"} or (
-            inside and previous[2:] != tag[2:] and (tag[:2] == "I-" or previous[2:] == "S-")
+        return self.decode_packed(
+            emissions.detach().float().cpu().numpy(),
+            batch.lengths,
+            batch.flat_to_packed.cpu().numpy(),
         )
-        if (starts or not inside) and span:
-            found.append((span, sum(span_scores) / len(span_scores), max(weights, key=weights.get)))
-            span, span_scores, weights = [], [], {}
-        if inside:
-            span.append(index)
-            span_scores.append(scores[index])
-            weights[tag[2:]] = weights.get(tag[2:], 0.0) + (1.1 if starts else 1.0)
-        previous = tag
-    return found

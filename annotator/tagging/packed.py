@@ -1,4 +1,4 @@
-"""The packed (time-major) token layout that the fast engine and the fast trainer share.
+"""The packed (time-major) token layout that the engines and the fast trainer share.
 
 Sentences of a batch are sorted by length, descending; at time step t the first
 `sizes[t]` of them still run. Tokens exist in two orders: *flat* (sentence after sentence)
@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; the numpy engine runs without torch
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -128,6 +130,7 @@ class GoldLayout:
             step > 0, packing.offsets[np.maximum(step - 1, 0)] + packing.sentence, 0
         )
         gold_prev = np.where(step > 0, gold[prev_rows], start_index)
+        import torch
 
         def as_tensor(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(device)
