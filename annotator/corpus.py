@@ -10,15 +10,11 @@ import hashlib
 import logging
 import math
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-
-from tqdm import tqdm
 
 from annotator.errors import CorpusError
 from annotator.files import AtomicFile, sha256_file
@@ -86,6 +82,8 @@ def _copy_verified(
     read: IO[bytes], total: int | None, target: Path, expected: str, label: str, progress: bool
 ) -> None:
     """Stream into a temporary file beside `target`; rename only when the checksum matches."""
+    from tqdm import tqdm  # here: its import is a share of a usage error's answer
+
     digest = hashlib.sha256()
     with AtomicFile(target, durable=True) as atomic:
         with (
@@ -149,7 +147,7 @@ def fetch_corpus(
                         else None
                     )
                     _copy_verified(response, total, target, item.sha256, item.name, progress)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:  # urllib's URLError is an OSError
                 reason = getattr(exc, "reason", exc)
                 raise CorpusError(
                     f"could not download {item.url}: {reason}. On a machine without access, "
@@ -160,6 +158,8 @@ def fetch_corpus(
 
 
 def _open_url(url: str) -> IO[bytes]:
+    import urllib.request  # only here: its import is a share of a usage error's answer
+
     return urllib.request.urlopen(url, timeout=60)
 
 

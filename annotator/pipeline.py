@@ -93,11 +93,10 @@ class Annotator:
             SplitterProcess(spacy_model, max_sentence_tokens, **early) if split_process else None
         )
         # the numpy engine's CPU is known without torch, whose import a short job spares
-        self.device = (
-            "cpu" if numpy_engine_wanted(engine, device, precision) else choose_device(device)
-        )
+        on_cpu = numpy_engine_wanted(engine, device, precision)
+        self._device = None if on_cpu else choose_device(device)
         self.model = model_info(model)
-        self.tagger = load_model(model, str(self.device), engine, precision)
+        self.tagger = load_model(model, "cpu" if on_cpu else str(self._device), engine, precision)
         rules = segmenter_settings(self.tagger)
         if rules != early and self.splitter is not None:
             self.splitter.close()
@@ -105,7 +104,7 @@ class Annotator:
         self.engine = make_engine(
             self.tagger,
             batch_size=batch_size,
-            device=self.device,
+            device=self._device,
             engine=engine,
             span_scores=span_scores,
             precision=precision,
@@ -131,6 +130,16 @@ class Annotator:
             split_process,
             precision=options.precision,
         )
+
+    @property
+    def device(self):
+        """torch's device the model runs on; for the numpy engine the CPU, which imports torch
+        only when asked."""
+        if self._device is None:
+            from annotator.models import choose_device
+
+            self._device = choose_device("cpu")
+        return self._device
 
     @property
     def segmenter(self) -> Segmenter:

@@ -81,7 +81,7 @@ def _best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-_ORDER = ["1", "2@32", "2@", "3", "3w", "3p", "4", "5"]
+_ORDER = ["1", "2@32", "2@", "3", "3w", "3p", "3n", "4", "5"]
 
 
 def _ordered(rows: dict[str, Row]) -> list[Row]:
@@ -239,7 +239,8 @@ def format_section(section: dict[str, Any], per_row_rss: bool) -> str:
     if first:
         lines.append(
             f"first answer: {first['seconds']:.2f} s for one document of {first['characters']} "
-            f"characters through `annotator annotate` in a fresh process (goal <= "
+            f"characters through `annotator annotate` in a fresh process, "
+            f"{first.get('engine', '?')} engine (goal <= "
             f"{first['goal_seconds']:.1f} s); a usage error answers in "
             f"{first['usage_error_seconds']:.2f} s (goal <= "
             f"{first['goal_usage_error_seconds']:.1f} s): {'met' if first['met'] else 'NOT met'}"

@@ -224,7 +224,8 @@ def _row_flair_docs(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
-    """Row 2 (engine flair, a batch size) and 3p (the fast engine) on pre-split sentences."""
+    """Row 2 (engine flair, a batch size), 3p (the fast engine) and 3n (the numpy engine) on
+    pre-split sentences."""
     from annotator.models import choose_device, load_tagger
     from annotator.tagging.engines import FlairEngine, make_engine
 
@@ -232,10 +233,14 @@ def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
     unsupported = _precision_unsupported(spec, device)
     if unsupported:
         return {"skipped": unsupported}
-    tagger = load_tagger(spec["model"], device=str(device))
-    if spec["engine"] == "flair":
-        engine = FlairEngine(tagger, batch_size=spec["batch_size"])
+    if spec["engine"] == "numpy":
+        engine = _numpy_engine(spec, device)
+        if isinstance(engine, str):
+            return {"skipped": engine}
+    elif spec["engine"] == "flair":
+        engine = FlairEngine(load_tagger(spec["model"], device=str(device)), spec["batch_size"])
     else:
+        tagger = load_tagger(spec["model"], device=str(device))
         engine = make_engine(
             tagger, device=device, engine="auto", precision=spec.get("precision", "fp32")
         )
@@ -252,6 +257,20 @@ def _row_tagger(spec: dict[str, Any]) -> dict[str, Any]:
         entities=_entities(texts, per_doc, spans),
         max_tokens_per_batch=getattr(engine, "max_tokens_per_batch", None),
     )
+
+
+def _numpy_engine(spec: dict[str, Any], device):
+    """The numpy engine for row 3n, or why it does not run here."""
+    from annotator.errors import ModelError
+    from annotator.models import load_model
+    from annotator.tagging.engines import make_engine
+
+    if device.type != "cpu" or spec.get("precision", "fp32") != "fp32":
+        return "the numpy engine runs on the CPU in float32"
+    try:
+        return make_engine(load_model(spec["model"], "cpu", engine="numpy"))
+    except ModelError as exc:
+        return str(exc)
 
 
 def _row_annotate(spec: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ model is loaded and warmed up on a few unrelated sentences:
   2  Flair's `tagger.predict` over all (pre-split) sentences, at mini-batch 32 and each other
      `--batch-sizes` candidate; the fastest is marked best
   3p the fast engine's `predict` alone over the same pre-split sentences (diagnostic)
+  3n the numpy engine's `predict` alone, the same way (CPU, float32, models it covers): `auto`
+     picks it on a CPU where it covers the model, so (3) runs it there
   3  `annotator annotate` end to end: read JSONL -> split -> tag -> write Parquet, via
      `annotator.pipeline.annotate`
   3w with `--annotate-workers N`: the same in N worker processes on the device, each splitting
@@ -91,7 +93,8 @@ class BenchOptions:
     memory: bool = False
     repeat: int = 1
     isolate: bool = True  # each row in a fresh process (per-row peak RSS)
-    threads: int | None = None  # torch intra-op threads in every row (default: torch's own)
+    # torch intra-op (and numpy's BLAS) threads in every row (default: their own)
+    threads: int | None = None
     workdir: str | None = None  # keep intermediate files here (default: a temp dir)
     flair_docs: int | None = None  # Flair's rows (1, 2) on the first N documents only
     annotate_workers: int = 1  # > 1: row 3w, annotate in this many worker processes
@@ -143,7 +146,9 @@ class _Runner:
             root = str(Path(__file__).resolve().parents[1])
             env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
             if spec.get("threads"):
-                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
+                # torch's threads, and the numpy engine's (OpenBLAS reads its own variable)
+                for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                    env[name] = str(spec["threads"])
             with open(log_path, "w", encoding="utf-8") as log_file:
                 code = subprocess.call(
                     [sys.executable, "-m", "annotator.bench.rows", "--worker", str(spec_path)],
@@ -273,6 +278,12 @@ def run_section(
                 "(3p) fast engine predict only",
                 "predict on pre-split sentences",
                 {"kind": "tagger", "engine": "auto"},
+            ),
+            (
+                "3n",
+                "(3n) numpy engine predict only",
+                "predict on pre-split sentences, without torch",
+                {"kind": "tagger", "engine": "numpy"},
             ),
             (
                 "4",
@@ -469,6 +480,7 @@ def first_answer(model: str, text: str, device: str, workdir: Path) -> dict[str,
     goal = GOALS["first_answer"]
     return {
         "seconds": seconds,
+        "engine": _first_answer_engine(model, device),
         "characters": len(text),
         "usage_error_seconds": usage,
         "usage_error_exit": code,
@@ -476,6 +488,16 @@ def first_answer(model: str, text: str, device: str, workdir: Path) -> dict[str,
         "goal_usage_error_seconds": goal["usage_error_seconds_at_most"],
         "met": seconds <= goal["seconds_at_most"] and usage <= goal["usage_error_seconds_at_most"],
     }
+
+
+def _first_answer_engine(model: str, device: str) -> str:
+    """The engine `annotate` picks for `model` on `device` (`--engine auto`, float32): numpy
+    where `numpy_engine_wanted` and it covers the model, else the torch fast engine (or
+    Flair's predict, where that does not cover it either)."""
+    from annotator.models import load_model
+    from annotator.tagging.engines import make_engine
+
+    return make_engine(load_model(model, device, precision="fp32"), device=None).name
 
 
 def _resolve_model(model: str | None) -> str | None:

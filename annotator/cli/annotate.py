@@ -197,7 +197,6 @@ def annotate(
 
     Exit codes: 0 done; 1 failed; 2 usage error; 3 done but records were skipped.
     """
-    from annotator.runs.dispatch import annotate_run
     from annotator.runs.request import AnnotateOptions, AnnotateRequest
 
     settings = AnnotateOptions(
@@ -220,6 +219,8 @@ def annotate(
         page_limit=html_limit,
         include_suffixes=include_suffixes,
     )
+    from annotator.runs.dispatch import annotate_run  # after the checks: a usage error is quick
+
     try:
         summary = annotate_run(request)
     except BrokenPipeError:

@@ -79,7 +79,11 @@ def info() -> None:
     show_default=True,
     help="A fresh process per row (per-row peak RSS); --no-isolate is faster.",
 )
-@click.option("--threads", type=int, help="torch threads in every row (default: torch's own).")
+@click.option(
+    "--threads",
+    type=int,
+    help="torch threads (and the numpy engine's BLAS threads) in every row (default: their own).",
+)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),

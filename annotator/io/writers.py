@@ -7,13 +7,12 @@ chunk, so results flow through a pipeline while the input is still arriving.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 from typing import IO, Any
-
-import pyarrow as pa
 
 from annotator.errors import AnnotatorError, RecordFailed
 from annotator.files import AtomicFile, write_failed
@@ -40,51 +39,66 @@ ROW_GROUP_CHARS = 64 << 20  # documents layout: bound a row group by the text it
 SCHEMA_VERSION = 2
 
 
-#: An entity, nested in the documents layout (Parquet struct, JSONL object).
-ENTITY_TYPE = pa.struct(
-    [
-        pa.field("start_char", pa.int64(), nullable=False),
-        pa.field("end_char", pa.int64(), nullable=False),
-        pa.field("entity_text", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("sentence", pa.int32(), nullable=False),
-    ]
-)
+@functools.cache
+def _schemas() -> dict[str, Any]:
+    """The Parquet types, made on first use: pyarrow's import would otherwise be most of a
+    usage error's answer."""
+    import pyarrow as pa
+
+    #: An entity, nested in the documents layout (Parquet struct, JSONL object).
+    ENTITY_TYPE = pa.struct(
+        [
+            pa.field("start_char", pa.int64(), nullable=False),
+            pa.field("end_char", pa.int64(), nullable=False),
+            pa.field("entity_text", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("score", pa.float32(), nullable=False),
+            pa.field("sentence", pa.int32(), nullable=False),
+        ]
+    )
+
+    #: One row per entity. Documented in docs/reference/schemas.md: add columns, never change
+    #: these. Names need no quoting in SQL and mean one thing in both layouts; run_id and
+    #: model_sha keep each row's provenance after an INSERT into a warehouse.
+    SPANS_SCHEMA = pa.schema(
+        [
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("sentence", pa.int32(), nullable=False),
+            pa.field("start_char", pa.int64(), nullable=False),
+            pa.field("end_char", pa.int64(), nullable=False),
+            pa.field("entity_text", pa.string(), nullable=False),
+            pa.field("label", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+            pa.field("score", pa.float32(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("source_row", pa.int64(), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("model_sha", pa.string()),
+        ]
+    )
+
+    #: One row per document, its entities nested; documents without entities have an empty list.
+    DOCUMENTS_SCHEMA = pa.schema(
+        [
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("entities", pa.list_(ENTITY_TYPE), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("source_row", pa.int64(), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("model_sha", pa.string()),
+        ]
+    )
+    return {
+        "ENTITY_TYPE": ENTITY_TYPE,
+        "SPANS_SCHEMA": SPANS_SCHEMA,
+        "DOCUMENTS_SCHEMA": DOCUMENTS_SCHEMA,
+    }
 
 
-#: One row per entity. Documented in docs/reference/schemas.md: add columns, never change these.
-#: Names need no quoting in SQL and mean one thing in both layouts; run_id and model_sha keep each
-#: row's provenance after an INSERT into a warehouse.
-SPANS_SCHEMA = pa.schema(
-    [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("sentence", pa.int32(), nullable=False),
-        pa.field("start_char", pa.int64(), nullable=False),
-        pa.field("end_char", pa.int64(), nullable=False),
-        pa.field("entity_text", pa.string(), nullable=False),
-        pa.field("label", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("source_row", pa.int64(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("model_sha", pa.string()),
-    ]
-)
-
-
-#: One row per document, its entities nested; documents without entities have an empty list.
-DOCUMENTS_SCHEMA = pa.schema(
-    [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("entities", pa.list_(ENTITY_TYPE), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("source_row", pa.int64(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("model_sha", pa.string()),
-    ]
-)
+def __getattr__(name: str) -> Any:
+    if name in ("ENTITY_TYPE", "SPANS_SCHEMA", "DOCUMENTS_SCHEMA"):
+        return _schemas()[name]
+    raise AttributeError(name)
 
 
 def provenance(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -294,10 +308,11 @@ class ParquetWriter:
     def __init__(self, output: str, layout: str, metadata: dict[str, Any]) -> None:
         if output in (None, STDOUT):
             raise AnnotatorError("Parquet cannot be streamed to stdout; give -o FILE.parquet")
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.layout = layout
-        schema = SPANS_SCHEMA if layout == "spans" else DOCUMENTS_SCHEMA
+        schema = _schemas()["SPANS_SCHEMA" if layout == "spans" else "DOCUMENTS_SCHEMA"]
         self.provenance = provenance(metadata)
         metadata = {"schema_version": SCHEMA_VERSION, **metadata}
         self.schema = schema.with_metadata({"annotator": json.dumps(metadata)})
@@ -336,6 +351,8 @@ class ParquetWriter:
 
     def _write_row_group(self) -> None:
         if self.rows:
+            import pyarrow as pa
+
             table = pa.Table.from_pylist(self.rows, schema=self.schema)
             try:
                 self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
