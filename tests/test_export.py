@@ -149,21 +149,23 @@ def test_the_notice_through_the_environment_and_the_cli(tmp_path, tiny_model):
     assert (tmp_path / "a.jsonl").read_text().count('"label"') > 0
 
 
-def test_the_default_model_annotates_without_importing_flair(tmp_path):
-    """The packaged default is an export: `annotate` with it never imports Flair."""
+def test_the_default_model_annotates_without_importing_flair_or_torch(tmp_path):
+    """The packaged default is an export: `annotate` with it never imports Flair, and on a
+    CPU the numpy engine runs it without torch."""
     assert models.DEFAULT_MODEL.suffix == ".safetensors"
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"id": 1, "text": "Angela Merkel visited Paris."}) + "\n")
     script = (
         "import sys\n"
         "from annotator.cli import cli\n"
-        f"try: cli(['annotate', {str(source)!r}, '-o', {str(tmp_path / 'o.jsonl')!r}])\n"
+        f"try: cli(['annotate', {str(source)!r}, '-o', {str(tmp_path / 'o.jsonl')!r},"
+        " '--device', 'cpu'])\n"
         "except SystemExit as exit: assert not exit.code, exit.code\n"
-        "print('flair' in sys.modules)\n"
+        "print('flair' in sys.modules, 'torch' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert result.stdout.strip().splitlines()[-1] == "False False"
     found = json.loads((tmp_path / "o.jsonl").read_text())["entities"]
     assert {(e["entity_text"], e["label"]) for e in found} == {
         ("Angela Merkel", "PER"),
