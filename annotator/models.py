@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotator.corpus import sha256_file
-from annotator.errors import AnnotatorError, MissingModel, ModelError
+from annotator.errors import AnnotatorError, MissingModel, ModelError, UsageError
 from annotator.logs import flair_imported, flair_quieted
 
 log = logging.getLogger("annotator")
@@ -207,10 +207,8 @@ def load_model(
 ):
     """The model for `annotate`: from its export where an engine covers it (no `import
     flair`, no unpickling) -- the numpy engine's NumpyTagger where
-    `annotator.tagging.engines.numpy_engine_wanted` (no `import torch` either), else a
+    `numpy_engine_wanted` (no `import torch` either), else a
     FlatTagger -- else Flair's SequenceTagger (`load_tagger`)."""
-    from annotator.tagging.engines import numpy_engine_wanted
-
     if engine != "flair":
         resolved = resolve_model(model)
         export = model_export(resolved)
@@ -314,24 +312,27 @@ def describe_environment() -> str:
     return "\n".join(lines)
 
 
-def torch_gpu_build() -> bool:
-    """Whether the installed torch is built for GPUs (CUDA or ROCm), told by its library files:
-    asking torch means importing it, which is most of a short job's start."""
+def gpu_possible() -> bool:
+    """Whether `--device auto` could find a GPU, told without importing torch (most of a short
+    job's start): torch built for CUDA or ROCm (its library files), and a GPU driver's device
+    file present."""
     import importlib.util
 
     spec = importlib.util.find_spec("torch")
     if spec is None or not spec.submodule_search_locations:
         return False
     folder = Path(next(iter(spec.submodule_search_locations))) / "lib"
-    return any(folder.glob("libtorch_cuda*")) or any(folder.glob("libtorch_hip*"))
+    if not (any(folder.glob("libtorch_cuda*")) or any(folder.glob("libtorch_hip*"))):
+        return False
+    return Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()
 
 
 def cpu_only(device: str) -> bool:
     """Whether `device` means the CPU, known without importing torch: `cpu`, or `auto` where
-    torch has no GPU build (with one, `auto` asks torch, which then loads)."""
+    no GPU is possible (where one is, `auto` asks torch, which then loads)."""
     if device == "cpu":
         return True
-    return device == "auto" and not torch_gpu_build()
+    return device == "auto" and not gpu_possible()
 
 
 def choose_device(name: str = "auto"):
@@ -347,3 +348,15 @@ def choose_device(name: str = "auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AnnotatorError(f"device {name!r} asked for, but no CUDA GPU is available")
     return device
+
+
+def numpy_engine_wanted(engine: str, device: str, precision: str) -> bool:
+    """Whether to try the numpy engine (it then runs where it covers the model): when asked
+    for (`--engine numpy`), or with `--engine auto` in float32 on a CPU known without asking
+    torch (`cpu_only`). Measured about as fast as the torch fast engine on
+    the default model (`annotator bench`), and a short job's start spares `import torch`."""
+    if engine == "numpy":
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"--engine numpy runs on the CPU, not --device {device}")
+        return True
+    return engine == "auto" and precision != "bf16" and cpu_only(device)

@@ -81,8 +81,13 @@ class Annotator:
         """`split_process`: split sentences in a child process, beside tagging (default: when
         this process has more than one CPU). `span_scores`, `precision` (fp32, bf16, auto):
         see `annotator.tagging.engines.make_engine`."""
-        from annotator.models import choose_device, load_model, model_card, model_info
-        from annotator.tagging.engines import numpy_engine_wanted
+        from annotator.models import (
+            choose_device,
+            load_model,
+            model_card,
+            model_info,
+            numpy_engine_wanted,
+        )
 
         if split_process is None:
             split_process = SplitterProcess.worthwhile()

@@ -19,7 +19,8 @@ NAMESPACES = ["io", "runs", "tagging", "training", "views", "bench", "review"]
 #: Stages in data-flow order: a module may import its own stage or an earlier one.
 STAGES = [
     ["errors", "records", "files", "logs", "streams", "version", *NAMESPACES],
-    # loading a model: Flair's, or its Flair-free export with the fast engine's components
+    # loading a model: Flair's, or its Flair-free export with the fast engine's components,
+    # or the numpy engine (torch-free: its lookups, batching and CRF decoding)
     [
         "models",
         "embeddings",
@@ -28,7 +29,11 @@ STAGES = [
         "tagging.export",
         "tagging.export_header",
         "tagging.components",
+        "tagging.lookup",
         "tagging.packed",
+        "tagging.crf",
+        "tagging.decoding",
+        "tagging.numpy_engine",
         "tagging.precision",
     ],
     ["io.readers", "io.writers", "io.outputs", "io.storage", "io.sinks"],

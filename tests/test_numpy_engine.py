@@ -12,7 +12,8 @@ from flair.embeddings import CharacterEmbeddings  # noqa: E402
 import annotator.models as models  # noqa: E402
 from annotator.bench.docs import read_conll_documents  # noqa: E402
 from annotator.errors import ModelError, UsageError  # noqa: E402
-from annotator.tagging.engines import make_engine, numpy_engine_wanted  # noqa: E402
+from annotator.models import numpy_engine_wanted  # noqa: E402
+from annotator.tagging.engines import make_engine  # noqa: E402
 from annotator.tagging.export import FlatTagger, flat_tagger  # noqa: E402
 from annotator.tagging.numpy_engine import NumpyTagger, numpy_tagger  # noqa: E402
 from tests.test_fast_tagger import (  # noqa: E402
@@ -86,9 +87,7 @@ def test_the_rule_picks_numpy_on_a_cpu_in_float32():
 def test_auto_falls_back_where_numpy_does_not_cover_the_model(tmp_path, caplog):
     """A GRU: `auto` loads it for the torch fast engine; `--engine numpy` says why not."""
     path = tmp_path / "gru.pt"
-    _tagger([_one_hot(), CharacterEmbeddings(_char_dictionary(), 5, 4)], rnn_type="GRU").save(
-        path
-    )
+    _tagger([_one_hot(), CharacterEmbeddings(_char_dictionary(), 5, 4)], rnn_type="GRU").save(path)
     assert isinstance(models.load_model(path, "cpu"), FlatTagger)
     with pytest.raises(ModelError, match="numpy engine does not run .*RNN type GRU"):
         models.load_model(path, "cpu", engine="numpy")

@@ -80,22 +80,6 @@ CPU_TOKENS_PER_BATCH = 8192
 GPU_TOKENS_PER_BATCH = 16384
 
 
-def numpy_engine_wanted(engine: str, device: str, precision: str) -> bool:
-    """Whether to try the numpy engine (it then runs where it covers the model): when asked
-    for (`--engine numpy`), or with `--engine auto` in float32 on a CPU known without asking
-    torch (`annotator.models.cpu_only`). Measured about as fast as the torch fast engine on
-    the default model (`annotator bench`), and a short job's start spares `import torch`."""
-    from annotator.models import cpu_only
-
-    if engine == "numpy":
-        if device not in ("auto", "cpu"):
-            from annotator.errors import UsageError
-
-            raise UsageError(f"--engine numpy runs on the CPU, not --device {device}")
-        return True
-    return engine == "auto" and precision != "bf16" and cpu_only(device)
-
-
 def make_engine(
     tagger,
     batch_size: int = 32,

@@ -35,7 +35,10 @@ from annotator.tagging.export_header import (
     META_KEY,
     ExportError,
     Vocabulary,
+    leaf_descriptions,
+    predicts_spans,
     read_description,
+    tagger_model,
     vocabulary_of,
 )
 from annotator.vectors import VectorLookup
@@ -256,11 +259,7 @@ class FlatTagger(nn.Module):
 
     def __init__(self, description: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        model = description["model"]
-        if model.get("__cls__") != "SequenceTagger":
-            raise ExportError(f"a {model.get('__cls__')}, not a SequenceTagger")
-        if model.get("train_initial_hidden_state"):
-            raise ExportError("a trained initial RNN state")
+        model = tagger_model(description)
         tensors = {
             name: tensor.float() if tensor.is_floating_point() else tensor
             for name, tensor in tensors.items()
@@ -271,20 +270,8 @@ class FlatTagger(nn.Module):
         self.use_crf = bool(model["use_crf"])
         self.use_rnn = bool(model["use_rnn"])
         self.reproject_embeddings = bool(model.get("reproject_embeddings", True))
-        self.predict_spans = any(
-            item.startswith(("B-", "S-", "I-")) for item in self.label_dictionary.get_items()
-        )
-
-        embeddings = model["embeddings"]
-        if embeddings.get("__cls__") == "StackedEmbeddings":
-            leaves = [
-                (params, f"embeddings.list_embedding_{number}.")
-                for number, params in enumerate(embeddings["embeddings"])
-            ]
-        else:
-            leaves = [(embeddings, "embeddings.")]
-        if any(params.get("__cls__") == "StackedEmbeddings" for params, _ in leaves):
-            raise ExportError("nested stacked embeddings")
+        self.predict_spans = predicts_spans(self.label_dictionary.get_items())
+        leaves = leaf_descriptions(model)
         built = [_leaf(params, prefix, tensors) for params, prefix in leaves]
         self.parts = nn.ModuleList([modules for modules, _ in built])
         # Flair concatenates token embeddings in sorted name order

@@ -70,3 +70,33 @@ class Vocabulary:
 
 def vocabulary_of(value: dict[str, Any]) -> Vocabulary:
     return Vocabulary(value[DICTIONARY], value["add_unk"])
+
+
+def tagger_model(description: dict[str, Any]) -> dict[str, Any]:
+    """The description's SequenceTagger, as far as both engines run it (else ExportError)."""
+    model = description["model"]
+    if model.get("__cls__") != "SequenceTagger":
+        raise ExportError(f"a {model.get('__cls__')}, not a SequenceTagger")
+    if model.get("train_initial_hidden_state"):
+        raise ExportError("a trained initial RNN state")
+    return model
+
+
+def leaf_descriptions(model: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Each leaf embedding's parameters and the prefix of its tensors' names."""
+    embeddings = model["embeddings"]
+    if embeddings.get("__cls__") == "StackedEmbeddings":
+        leaves = [
+            (params, f"embeddings.list_embedding_{number}.")
+            for number, params in enumerate(embeddings["embeddings"])
+        ]
+    else:
+        leaves = [(embeddings, "embeddings.")]
+    if any(params.get("__cls__") == "StackedEmbeddings" for params, _ in leaves):
+        raise ExportError("nested stacked embeddings")
+    return leaves
+
+
+def predicts_spans(tags: list[str]) -> bool:
+    """A BIO/BIOES tag dictionary: the tagger predicts spans, not token labels (Flair's rule)."""
+    return any(tag.startswith(("B-", "S-", "I-")) for tag in tags)

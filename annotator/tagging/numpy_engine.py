@@ -24,7 +24,10 @@ from annotator.tagging.decoding import PackedEngine
 from annotator.tagging.export_header import (
     FORMAT_VERSION,
     ExportError,
+    leaf_descriptions,
+    predicts_spans,
     read_description,
+    tagger_model,
     vocabulary_of,
 )
 from annotator.tagging.lookup import (
@@ -203,11 +206,7 @@ class NumpyTagger(PackedEngine):
         max_tokens_per_batch: int = TOKENS_PER_BATCH,
         max_cached_types: int = 2_000_000,
     ) -> None:
-        model = description["model"]
-        if model.get("__cls__") != "SequenceTagger":
-            raise ExportError(f"a {model.get('__cls__')}, not a SequenceTagger")
-        if model.get("train_initial_hidden_state"):
-            raise ExportError("a trained initial RNN state")
+        model = tagger_model(description)
         if model.get("use_rnn") and model.get("rnn_type", "LSTM") != "LSTM":
             raise ExportError(f"RNN type {model.get('rnn_type')}")
         arrays = {
@@ -220,19 +219,11 @@ class NumpyTagger(PackedEngine):
         self.tag_type = self.label_type = model["tag_type"]
         self.model_card = model.get("model_card")
         tags = self.label_dictionary.get_items()
-        predict_spans = any(item.startswith(("B-", "S-", "I-")) for item in tags)
-        self._set_tags(tags, predict_spans, bool(model["use_crf"]))
+        self._set_tags(tags, predicts_spans(tags), bool(model["use_crf"]))
         if self.use_crf:
             self.crf = SimpleNamespace(transitions=arrays["crf.transitions"])
 
-        embeddings = model["embeddings"]
-        if embeddings.get("__cls__") == "StackedEmbeddings":
-            leaves = [
-                (params, f"embeddings.list_embedding_{number}.")
-                for number, params in enumerate(embeddings["embeddings"])
-            ]
-        else:
-            leaves = [(embeddings, "embeddings.")]
+        leaves = leaf_descriptions(model)
         # Flair concatenates token embeddings in sorted name order
         self.components = sorted(
             (_leaf(params, prefix, arrays) for params, prefix in leaves), key=lambda c: c.name
