@@ -24,6 +24,7 @@ ROW_LABELS = [
     "(2) Flair predict, all sentences",
     "(3) annotator annotate, end to end",
     "(3p) fast engine predict only",
+    "(3n) numpy engine predict only",
     "(4) forward pass only (ceiling)",
     "(5) spaCy NER, nlp.pipe",
 ]
@@ -76,23 +77,25 @@ def test_bench_prints_every_row_writes_json_and_reports_identical_output(
     assert section["documents"] == 3 and section["words"] > 100
     assert {"name", "model", "rows", "goals", "memory", "summary"} <= set(section)
     rows = {row["key"]: row for row in section["rows"]}
-    assert set(rows) == {"1", "2@32", "2@64", "3", "3p", "4", "5"}
-    for key in ("1", "2@32", "2@64", "3", "3p", "4"):
+    assert set(rows) == {"1", "2@32", "2@64", "3", "3p", "3n", "4", "5"}
+    for key in ("1", "2@32", "2@64", "3", "3p", "3n", "4"):
         row = rows[key]
         assert row["words"] == section["words"] and row["seconds"] > 0
         assert row["words_per_second"] > 0 and row["peak_rss_mb"] > 0 and row["device"] == "cpu"
         assert {"ratio", "identical", "comparison", "batch", "runs", "skipped"} <= set(row)
     assert rows["2@32"]["ratio"] == 1.0 and rows["2@32"]["comparison"] == "reference"
-    for key in ("1", "2@64", "3", "3p"):  # the same spans, labels and scores as Flair's predict
+    for key in ("1", "2@64", "3", "3p", "3n"):  # the same spans, labels, scores as Flair's
         assert rows[key]["identical"] is True, rows[key]["comparison"]
-    assert rows["3"]["engine"] == "fast" and rows["3"]["entities"] > 0
+    # on the CPU, annotate runs the numpy engine (3n alone); 3p is the torch fast engine
+    assert rows["3"]["engine"] == rows["3n"]["engine"] == "numpy" and rows["3"]["entities"] > 0
+    assert rows["3p"]["engine"] == "fast"
     assert rows["5"]["skipped"] and rows["5"]["words_per_second"] is None
     assert [goal["target"] for goal in section["goals"]] == [3.0, 2.0, 0.7, 1.5]
     assert section["goals"][3]["met"] is None  # no bf16 rows: not judged
     assert section["goals"][1]["met"] is None  # no spaCy row: not judged
     first = section["first_answer"]  # one document, a fresh `annotator annotate` process
     assert 0 < first["usage_error_seconds"] < first["seconds"] and first["usage_error_exit"] == 2
-    assert f"first answer: {first['seconds']:.2f} s" in table
+    assert f"first answer: {first['seconds']:.2f} s" in table and first["engine"] == "numpy"
 
 
 def test_rows_run_in_fresh_processes_with_their_own_peak_rss(tiny_model, tmp_path):
@@ -116,7 +119,7 @@ def test_rows_run_in_fresh_processes_with_their_own_peak_rss(tiny_model, tmp_pat
         "annotate",
     )
     assert result["words"] == prepared["words"] and result["threads"] == 1
-    assert 50 < result["peak_rss_mb"] < 4000 and result["engine"] == "fast"
+    assert 50 < result["peak_rss_mb"] < 4000 and result["engine"] == "numpy"
     assert result["entities"] and not (tmp_path / "out.parquet").exists()
 
 
@@ -215,7 +218,7 @@ def test_rows_count_their_own_words_and_flairs_rows_compare_on_their_documents(t
 
     def run(spec, what):
         result = {"seconds": 1.0, "cpu_seconds": 1.0, "peak_rss_mb": 10.0, "gpu_peak_mb": None}
-        if spec["kind"] in ("tagger", "flair-docs") and spec.get("engine") != "auto":
+        if spec["kind"] == "flair-docs" or spec.get("engine") == "flair":
             return {**result, "entities": spans}
         if spec["kind"] == "forward":
             return result
@@ -233,7 +236,7 @@ def test_rows_count_their_own_words_and_flairs_rows_compare_on_their_documents(t
         100, 100, 300, 900, 300, 300,
     ]  # fmt: skip
     assert rows["3w"]["words_per_second"] == 900 and rows["3w"]["gpu_peak_mb"] == 5.0
-    assert all(rows[key]["identical"] for key in ("1", "3", "3w", "3p"))
+    assert all(rows[key]["identical"] for key in ("1", "3", "3w", "3p", "3n"))
     assert [row["key"] for row in section["rows"]].index("3w") == 3  # right after (3)
     # without --flair-docs every row but 3w sees the documents once
     section = bench_run.run_section(
@@ -241,7 +244,7 @@ def test_rows_count_their_own_words_and_flairs_rows_compare_on_their_documents(t
         with_spacy=False, memory_docs=None,
     )  # fmt: skip
     assert {row["key"]: row["words"] for row in section["rows"] if not row["skipped"]} == {
-        "1": 300, "2@32": 300, "3": 300, "3w": 900, "3p": 300, "4": 300,
+        "1": 300, "2@32": 300, "3": 300, "3w": 900, "3p": 300, "3n": 300, "4": 300,
     }  # fmt: skip
     # a calibrated model with sentence rules: every row splits by them; scores are not compared
     seen = []
