@@ -70,6 +70,9 @@ def test_stacked_lstm_layers_and_no_reprojection(tmp_path):
     chosen = models.load_model(path, "cpu", engine="numpy")
     assert isinstance(chosen, NumpyTagger)
     assert_same_spans(expected, make_engine(chosen).predict(sentences))
+    # small batches, the word-type cache emptied between them: the same again
+    small = numpy_tagger(models.cached_export(path), max_tokens_per_batch=50, max_cached_types=5)
+    assert_same_spans(expected, make_engine(small).predict(sentences))
 
 
 def test_the_rule_picks_numpy_on_a_cpu_in_float32():

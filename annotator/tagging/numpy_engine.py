@@ -138,14 +138,19 @@ class _Chars(CharSequences):
 
     def reset(self) -> None:
         super().reset()
-        self._encodings = np.zeros((0, self.length), dtype=np.float32)
+        self._encodings = np.zeros((1024, self.length), dtype=np.float32)  # rows: capacity
+        self._encoded = 0
 
     def embed(self, values: np.ndarray, sources: np.ndarray | None) -> np.ndarray:
         assert sources is not None
-        known = self._encodings.shape[0]
-        if self.n_sequences > known:
-            fresh = self._encode(np.arange(known, self.n_sequences))
-            self._encodings = np.concatenate([self._encodings, fresh])
+        known, wanted = self._encoded, self.n_sequences
+        if wanted > known:
+            if wanted > self._encodings.shape[0]:  # grown by doubling: copied O(log n) times
+                grown = np.zeros((2 * wanted, self.length), dtype=np.float32)
+                grown[:known] = self._encodings[:known]
+                self._encodings = grown
+            self._encodings[known:wanted] = self._encode(np.arange(known, wanted))
+            self._encoded = wanted
         return self._encodings[sources]
 
     def _encode(self, sequences: np.ndarray) -> np.ndarray:
