@@ -3,6 +3,9 @@ the rule that picks it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 flair = pytest.importorskip("flair")
@@ -94,3 +97,19 @@ def test_auto_falls_back_where_numpy_does_not_cover_the_model(tmp_path, caplog):
     assert isinstance(models.load_model(path, "cpu"), FlatTagger)
     with pytest.raises(ModelError, match="numpy engine does not run .*RNN type GRU"):
         models.load_model(path, "cpu", engine="numpy")
+
+
+def test_limit_threads_sets_blas_threads_without_importing_torch():
+    """A worker's share of the cores: numpy's BLAS gets it at once, torch when it loads."""
+    script = (
+        "import sys, numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from annotator.tagging.engines import limit_threads\n"
+        "limit_threads(1)\n"
+        "print(sorted({i['num_threads'] for i in threadpool_info()}), 'torch' in sys.modules)\n"
+        "import torch\n"
+        "print(torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[1] False", "1"]

@@ -37,6 +37,7 @@ from annotator.records import Document, Entity, RecordError, Summary
 from annotator.runs.directory import annotate_directory
 from annotator.runs.request import AnnotateRequest
 from annotator.runs.shards import FileSource, Positioned, Shard
+from annotator.tagging.engines import limit_threads
 
 log = logging.getLogger("annotator")
 
@@ -142,10 +143,8 @@ class _Tagger:
     def __init__(
         self, request: AnnotateRequest, model_bytes: Any, device: str, threads: int
     ) -> None:
-        import torch
-
         logs.quiet_flair()
-        torch.set_num_threads(max(1, threads))
+        limit_threads(max(1, threads))
         options = replace(request.options, device=device)
         if model_bytes is not None:  # a local model file, shipped through the object store
             import ray

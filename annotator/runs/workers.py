@@ -20,6 +20,7 @@ from annotator.records import Document, Entity, Summary
 from annotator.runs.directory import Manifest, annotate_directory, lock_directory, run_settings
 from annotator.runs.request import AnnotateRequest
 from annotator.runs.shards import FileSource, Shard
+from annotator.tagging.engines import limit_threads
 
 
 def _errors_path(path: str | None, shard: Shard) -> str | None:
@@ -71,9 +72,7 @@ def _worker(
     # Ctrl-C reaches the whole process group: the parent handles it and stops each worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
-    import torch
-
-    torch.set_num_threads(threads)
+    limit_threads(threads)
     logs.configure(label=f"annotator[{number}]")  # as the command line logs, tagged by worker
     progress = _Progress(number, messages)
     try:

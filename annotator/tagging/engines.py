@@ -10,6 +10,8 @@ downstream code never sees tokens.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Protocol
 
 from annotator.records import Entity, Sentence, TokenSpan
@@ -138,6 +140,19 @@ def _flair_engine(tagger, batch_size: int, precision: str) -> FlairEngine:
     if precision == "bf16":
         log.warning("--precision bf16 applies to the fast engine; Flair's predict runs in float32")
     return FlairEngine(tagger, batch_size)
+
+
+def limit_threads(threads: int) -> None:
+    """Each engine's compute threads, `threads` at most: numpy's BLAS (the numpy engine), and
+    torch's intra-op threads, set without importing torch where it is not loaded yet (through
+    the variables it reads when it is)."""
+    from threadpoolctl import threadpool_limits
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)  # libraries loaded from now on
+    threadpool_limits(threads)  # those loaded already
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def entities_of(text: str, sentences: list[Sentence], spans: list[list[TokenSpan]]) -> list[Entity]:
