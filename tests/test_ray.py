@@ -110,7 +110,7 @@ def test_ray_output_equals_the_local_engines(local_ray, tiny_model, inputs, tmp_
     # the actors wrote the parts; the driver got only their metadata, and numbered them
     assert {key for part in received for key in part} == {
         "file", "through", "staged", "documents", "rows", "bytes", "sha256", "errors",
-        "sentences", "tokens", "entities",
+        "sentences", "tokens", "entities", "seconds",
     }  # fmt: skip
     assert [p["file"] for p in manifest["parts"]] == [f"part-{i:05d}.parquet" for i in range(3)]
     assert [p["documents"] for p in manifest["parts"]] == [99, 81, 60]  # blocks of 100 records

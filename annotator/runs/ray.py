@@ -98,7 +98,8 @@ def _block_schema():
 
 def _part_schema():
     """What an actor hands the driver for a block it wrote (`staged` null: no part, as when
-    every record of the block was bad); `errors`: the bad records, in input order."""
+    every record of the block was bad); `errors`: the bad records, in input order;
+    `seconds`: the actor's time on the block (tagging and writing)."""
     import pyarrow as pa
 
     return pa.schema(
@@ -114,6 +115,7 @@ def _part_schema():
             ("sentences", pa.int64()),
             ("tokens", pa.int64()),
             ("entities", pa.string()),
+            ("seconds", pa.float64()),
         ]
     )
 
@@ -231,6 +233,7 @@ class _Tagger:
         options, shard = self.options, self.request.shard
         name = f"{shard.prefix}part-{self.request.run_id[:12]}-{row['file']:05d}-{row['block']:05d}"
         staged = pending_name(f"{name}.{options.output_format}")
+        started = time.perf_counter()
         labels = set(options.labels)
         fail = options.on_error == "fail"
         counts = {"documents": 0, "rows": 0, "sentences": 0, "tokens": 0}
@@ -291,6 +294,7 @@ class _Tagger:
             "sha256": written[1] if written else None,
             "errors": json.dumps(errors),
             "entities": json.dumps(entity_counts),
+            "seconds": time.perf_counter() - started,
             **counts,
         }
 
@@ -423,7 +427,7 @@ def _commit_parts(
     recorded in the manifest (the commit) and published; bad records reported as the local
     backend reports them."""
     options = request.options
-    summary, skipped = Summary(), manifest.data["skipped"]
+    summary, skipped, actor_seconds = Summary(), manifest.data["skipped"], 0.0
     report = ResumedErrors(options.errors if options.on_error == "skip" else None, skipped)
     started = time.perf_counter()
     try:
@@ -436,6 +440,7 @@ def _commit_parts(
                 summary.sentences += part["sentences"]
                 summary.words += part["tokens"]
                 summary.entities.update(json.loads(part["entities"]))
+                actor_seconds += part["seconds"]
                 if part["staged"] is None:  # no document to write: the next part's cursor covers it
                     continue
                 through = (part["file"], part["through"])
@@ -452,6 +457,12 @@ def _commit_parts(
                 )
                 manifest.commit(entry, through, skipped)
         manifest.commit(None, (len(manifest.data["settings"]["inputs"]), 0), skipped, True)
+        if actor_seconds:
+            log.info(
+                "Ray: each actor tagged and wrote %s words/s (%.0f actor-seconds in all)",
+                f"{summary.words / actor_seconds:,.0f}",
+                actor_seconds,
+            )
     finally:
         report.close()
         summary.seconds = time.perf_counter() - started
