@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +22,14 @@ from tests.test_runs import (
     part_files,
     read_manifests,
 )
-from tests.test_storage import ROOT, _put_folder, _remote_documents, _without_source
+from tests.test_storage import (
+    ROOT,
+    _put_folder,
+    _remote_documents,
+    _without_source,
+    killed_run_args,
+    watch_commits,
+)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytest.importorskip("ray.data", reason="the ray extra is not installed")
@@ -190,21 +196,7 @@ def test_ray_to_s3_killed_then_resumed_by_a_local_run_loses_and_repeats_nothing(
     (tmp_path / "in").mkdir()
     docs = _docs(tmp_path / "in" / "docs.jsonl", 800, bad_every=97, seed=5)
     _put_folder(object_store, tmp_path / "in", "tests/ray-killed/in")
-    args = [
-        "s3://tests/ray-killed/in/",
-        "-o",
-        "s3://tests/ray-killed/out/",
-        "-m",
-        str(tiny_model),
-        "--format",
-        "jsonl",
-        "--part-size",
-        "20",
-        "--on-error",
-        "skip",
-        "--batch-size",
-        "8",
-    ]
+    args = killed_run_args("tests/ray-killed", tiny_model)
     own_ray = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # its own cluster, not the fixture's
     env = {**os.environ, **object_store.env(), "PYTHONPATH": str(ROOT), "RAY_TMPDIR": own_ray}
     env.pop("RAY_ADDRESS", None)
@@ -217,35 +209,12 @@ def test_ray_to_s3_killed_then_resumed_by_a_local_run_loses_and_repeats_nothing(
             stderr=stderr,
             start_new_session=True,  # Ray's own processes are killed with it
         )
-    filesystem = admin_filesystem(object_store)
-    seen_parts, deadline = 0, time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            listed = {
-                info.base_name
-                for info in filesystem.get_file_info(
-                    fs.FileSelector("tests/ray-killed/out", allow_not_found=True)
-                )
-                if info.base_name.startswith("part-")
-            }
-            try:
-                with filesystem.open_input_stream("tests/ray-killed/out/manifest.json") as handle:
-                    named = {p["file"] for p in json.loads(handle.read())["parts"]}
-            except OSError:
-                named = set()
-            except ValueError:  # SeaweedFS serves an object being overwritten as it stands
-                continue
-            assert listed <= named, (listed, named)  # never a part the manifest does not name
-            seen_parts = len(named)
-            if seen_parts >= 3:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+        watch_commits(object_store, "tests/ray-killed/out", process, seconds=240)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         shutil.rmtree(own_ray, ignore_errors=True)
-    assert seen_parts >= 3
     for name, value in object_store.env().items():
         monkeypatch.setenv(name, value)
     resumed = _run(*args, "--resume")
@@ -256,5 +225,6 @@ def test_ray_to_s3_killed_then_resumed_by_a_local_run_loses_and_repeats_nothing(
     assert_same_documents(
         _without_source(got), _without_source(_lines([tmp_path / "reference.jsonl"]))
     )
-    left = [i.base_name for i in filesystem.get_file_info(fs.FileSelector("tests/ray-killed/out"))]
+    listing = admin_filesystem(object_store).get_file_info(fs.FileSelector("tests/ray-killed/out"))
+    left = [info.base_name for info in listing]
     assert not [name for name in left if name.endswith(".pending")]
