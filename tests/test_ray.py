@@ -228,3 +228,45 @@ def test_ray_to_s3_killed_then_resumed_by_a_local_run_loses_and_repeats_nothing(
     listing = admin_filesystem(object_store).get_file_info(fs.FileSelector("tests/ray-killed/out"))
     left = [info.base_name for info in listing]
     assert not [name for name in left if name.endswith(".pending")]
+
+
+def test_ray_bad_records_and_on_error_fail_are_the_local_backends(local_ray, tiny_model, tmp_path):
+    """Bad records (a lone surrogate, a cut line): the same --errors lines and rows as a local
+    run; --on-error fail stops at the first, in one line, keeping the parts committed before
+    it."""
+    lines = [
+        json.dumps({"id": f"d{i}", "text": f"Angela Merkel visited Paris {i}."}) for i in range(30)
+    ]
+    lines[11] = '{"id": "s", "text": "Paris \\ud800 London"}'
+    lines[24] = '{"id": "broken'
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    common = [str(tmp_path / "docs.jsonl"), "-m", str(tiny_model), "--format", "jsonl"]
+    common += ["--part-size", "10", "--workers", "1"]
+    for backend in ("local", "ray"):
+        result = _run(
+            *common,
+            "-o",
+            f"{tmp_path / backend}/",
+            "--backend",
+            backend,
+            "--on-error",
+            "skip",
+            "--errors",
+            str(tmp_path / f"{backend}-errors.jsonl"),
+        )
+        assert result.exit_code == 3, result.output
+    errors = [
+        sorted(map(json.dumps, _lines([tmp_path / f"{b}-errors.jsonl"]))) for b in ("local", "ray")
+    ]
+    assert errors[0] == errors[1] and len(errors[0]) == 2 and "lone surrogate" in errors[0][0]
+    assert_same_documents(
+        _lines(part_files(tmp_path / "ray")), _lines(part_files(tmp_path / "local"))
+    )
+    failed = _run(*common, "-o", f"{tmp_path / 'fail'}/", "--backend", "ray")
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    assert [line for line in failed.output.splitlines() if line.startswith("Error:")] == [
+        f"Error: {tmp_path / 'docs.jsonl'}:12: a lone surrogate (\\ud800) in the JSON: not valid "
+        "Unicode text (use --on-error skip to skip bad records)"
+    ]
+    [manifest] = read_manifests(tmp_path / "fail")
+    assert [p["documents"] for p in manifest["parts"]] == [10] and not manifest["complete"]
