@@ -47,6 +47,15 @@ READ_BLOCK = 1024  # records per block out of a read task
 TAG_BATCH = 256  # documents per call of a tagger actor
 
 
+#: A lost node (preempted, crashed) kills its actors and the blocks it held: Ray restarts the
+#: actors elsewhere, without limit, and runs each lost task again, up to this many times more,
+#: so a run survives many node losses; a task that keeps killing its worker (one document
+#: that exhausts memory) stops the run after that many tries instead of looping all night.
+TASK_RETRIES = 4
+RETRIES = {"max_retries": TASK_RETRIES}  # read tasks
+ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}  # tagger actors
+
+
 def _import_ray():
     try:
         import pyarrow  # noqa: F401
@@ -190,15 +199,43 @@ class _TaggedDocument(Document):
     tokens: int = 0
 
 
-def _annotator_error(exc: BaseException) -> AnnotatorError | None:
-    """The user error inside a Ray task's exception, if that is what it is."""
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and the exceptions inside it: a Ray task error's `cause`, else Python's."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, AnnotatorError):
-            return AnnotatorError(str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1])
+        yield exc
         cause = getattr(exc, "cause", None)
         exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def _annotator_error(exc: BaseException) -> AnnotatorError | None:
+    """The user error inside a Ray task's exception, if that is what it is."""
+    for inner in _chain(exc):
+        if isinstance(inner, AnnotatorError):
+            return AnnotatorError(
+                str(getattr(inner, "cause", None) or inner).strip().splitlines()[-1]
+            )
+    return None
+
+
+def _lost_worker_error(ray, exc: BaseException) -> AnnotatorError | None:
+    """One line for a worker or node the cluster lost for good (its retries spent): the
+    committed parts stay, so the same command with --resume goes on from them."""
+    lost = (
+        ray.exceptions.RayActorError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.OutOfMemoryError,
+    )
+    for inner in _chain(exc):
+        if isinstance(inner, lost):
+            first = (str(inner).strip().splitlines() or [""])[0]
+            return AnnotatorError(
+                f"the Ray cluster lost a worker ({type(inner).__name__}: {first}); the parts "
+                "committed so far are kept: run the same command with --resume to go on"
+            )
     return None
 
 
@@ -262,6 +299,7 @@ class RaySource:
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=0.5,
+            **RETRIES,
             fn_kwargs={
                 "reader_options": reader_options,
                 "shard": shard,
@@ -276,6 +314,7 @@ class RaySource:
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_gpus=self.gpus or None,
             num_cpus=self.cpus,
+            **ACTOR_RETRIES,
             fn_constructor_kwargs={
                 "request": request,
                 "model_bytes": model_bytes,
@@ -288,7 +327,7 @@ class RaySource:
                 for row in batch.to_pylist():
                     yield row["file"], row["number"], self._record(row)
         except Exception as exc:
-            error = _annotator_error(exc)
+            error = _annotator_error(exc) or _lost_worker_error(ray, exc)
             if error is None:
                 raise
             raise error from None
