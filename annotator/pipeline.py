@@ -270,7 +270,7 @@ def _chunks(records: Iterable[Any], chunk_chars: int) -> Iterator[tuple[list[Any
             item = take(True)
 
 
-def _bad_record(record: RecordError, on_error: str, report: ErrorReport, summary: Summary) -> None:
+def bad_record(record: RecordError, on_error: str, report: ErrorReport, summary: Summary) -> None:
     """--on-error fail: one clear message; skip: counted and reported."""
     if on_error == "fail":
         raise AnnotatorError(f"{printable(str(record))} (use --on-error skip to skip bad records)")
@@ -283,7 +283,7 @@ def _split_records(
 ) -> Iterator[Document]:
     for record in records:
         if isinstance(record, RecordError):
-            _bad_record(record, on_error, report, summary)
+            bad_record(record, on_error, report, summary)
         else:
             yield record
 
@@ -316,13 +316,13 @@ class _DuplicateIds:
             )
 
 
-def _filtered(entities: list[Entity], labels: set[str], min_score: float) -> list[Entity]:
+def filtered(entities: list[Entity], labels: set[str], min_score: float) -> list[Entity]:
     if not labels and min_score <= 0:
         return entities
     return [e for e in entities if (not labels or e.label in labels) and e.score >= min_score]
 
 
-def _metadata(annotator: Annotator, options: AnnotateOptions, run_id: str) -> dict[str, Any]:
+def run_metadata(annotator: Annotator, options: AnnotateOptions, run_id: str) -> dict[str, Any]:
     import datetime
     from importlib.metadata import version
 
@@ -339,6 +339,16 @@ def _metadata(annotator: Annotator, options: AnnotateOptions, run_id: str) -> di
     }
 
 
+def check_labels(annotator: Annotator, options: AnnotateOptions) -> None:
+    """--labels names only labels the model predicts (a usage error otherwise)."""
+    unknown = set(options.labels) - set(annotator.labels)
+    if unknown:
+        raise UsageError(
+            f"--labels {', '.join(sorted(unknown))}: the model predicts only "
+            f"{', '.join(annotator.labels)}"
+        )
+
+
 def run_pipeline(
     request: AnnotateRequest,
     source: Source,
@@ -351,17 +361,12 @@ def run_pipeline(
     options = request.options
     reader_options = options.reader_options()
     annotator = annotator or Annotator.from_options(options)
+    check_labels(annotator, options)
     labels = set(options.labels)
-    unknown = labels - set(annotator.labels)
-    if unknown:
-        raise UsageError(
-            f"--labels {', '.join(sorted(unknown))}: the model predicts only "
-            f"{', '.join(annotator.labels)}"
-        )
     show = options.progress if options.progress is not None else sys.stderr.isatty()
     summary = Summary()
     report = sink.error_report(options.errors if options.on_error == "skip" else None)
-    metadata = _metadata(annotator, options, request.run_id)
+    metadata = run_metadata(annotator, options, request.run_id)
     bar = tqdm(total=None, unit="doc", file=sys.stderr, disable=not show, dynamic_ncols=True)
     if show:
 
@@ -384,7 +389,7 @@ def run_pipeline(
             for result in source.tag(annotator, documents):
                 if result.error is None:
                     try:
-                        entities = _filtered(result.entities, labels, options.min_score)
+                        entities = filtered(result.entities, labels, options.min_score)
                         sink.write(result.document, entities)
                     except RecordFailed as exc:
                         result.error = str(exc)
@@ -392,7 +397,7 @@ def run_pipeline(
                     doc = result.document
                     for each in sinks:
                         each.skip(doc)
-                    _bad_record(RecordError(doc.source, doc.row, result.error), *failing)
+                    bad_record(RecordError(doc.source, doc.row, result.error), *failing)
                     continue
                 duplicates.add(result.document.id)
                 sink.flush()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,6 +110,10 @@ def object_store(tmp_path_factory):
             "-s3",
             f"-s3.port={s3}",
             f"-s3.config={config}",
+            # its Iceberg and Lance listeners take fixed ports: a second store (another test
+            # session, a developer's own) would make this one exit
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -119,7 +124,8 @@ def object_store(tmp_path_factory):
         _wait_until_ready(store, process)
         yield store
     finally:  # its data is this session's alone: no graceful (10 s) shutdown needed
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 

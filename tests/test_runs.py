@@ -255,7 +255,9 @@ def test_crash_between_part_rename_and_manifest_leaves_an_orphan_that_resume_rem
     with pytest.raises(_Crash):
         _run(*args)
     monkeypatch.setattr(runs.Manifest, "save", real_save)
-    assert (out / "part-00001.jsonl").exists() and len(read_manifests(out)[0]["parts"]) == 1
+    # the orphan waits under its pending name: no listing shows it as a part
+    assert (out / ".part-00001.jsonl.pending").exists() and not (out / "part-00001.jsonl").exists()
+    assert len(read_manifests(out)[0]["parts"]) == 1
     result = _run(*args, "--resume")
     assert result.exit_code == 3, result.output
     assert_same_documents(_lines(part_files(out)), reference)

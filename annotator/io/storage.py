@@ -178,7 +178,9 @@ def remote_fingerprint(uri: str) -> dict[str, Any] | None:
 
 
 class LocalFolder:
-    """A directory output on this machine (or a shared filesystem)."""
+    """A directory output on this machine (or a shared filesystem): parts are written under a
+    pending name, named in the manifest, then renamed onto their own name, so that a listing
+    never shows a part the manifest does not name."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -220,17 +222,20 @@ class LocalFolder:
             return None
 
     def writable_path(self, name: str) -> str:
-        """Where a part's writer writes it (renamed onto `name` when it closes)."""
+        """Where a writer writes the file to be staged as `name` (it renames its temporary
+        file onto it when it closes)."""
         return str(self.path / name)
 
     def stage(self, name: str) -> None:
-        """The closed part is made durable under its name."""
+        """The closed file is made durable under its (hidden, pending) name."""
         with open(self.path / name, "rb") as handle:
             os.fsync(handle.fileno())
         fsync_dir(self.path)
 
-    def publish(self, name: str) -> None:
-        """The manifest names the part: it is in place already."""
+    def publish(self, staged: str, name: str) -> None:
+        """The manifest names the part: renamed from its pending name onto its own."""
+        os.replace(self.path / staged, self.path / name)
+        fsync_dir(self.path)
 
     def lock(self, name: str, what: str, wait: float = 0.0) -> Any:
         return DirectoryLock(self.path / name, what).acquire(wait)
@@ -243,9 +248,10 @@ def pending_name(name: str) -> str:
 
 
 class RemoteFolder:
-    """A directory output in object storage: parts are written here, uploaded under a pending
-    name, named in the manifest, then copied to their own name (object stores cannot rename),
-    so that a listing never shows a part the manifest does not name."""
+    """A directory output in object storage: parts are written to a local scratch folder,
+    uploaded under a pending name, named in the manifest, then copied to their own name
+    (object stores cannot rename), so that a listing never shows a part the manifest does not
+    name."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/") + "/"
@@ -320,27 +326,28 @@ class RemoteFolder:
         return os.path.join(self.scratch, name)
 
     def stage(self, name: str) -> None:
-        """The closed part, uploaded under its pending name (durable, but named by no
-        manifest and matched by no part-* pattern yet)."""
+        """The closed file, uploaded under its (hidden, pending) name in one PUT: durable,
+        but named by no manifest and matched by no part-* pattern yet."""
         from pyarrow import fs
 
         local = self.writable_path(name)
         self._call(
             "cannot write",
-            pending_name(name),
+            name,
             fs.copy_files,
             local,
-            f"{self.root}/{pending_name(name)}",
+            f"{self.root}/{name}",
             fs.LocalFileSystem(),
             _s3(),
         )
         os.remove(local)
 
-    def publish(self, name: str) -> None:
-        """The manifest names the part: copied (on the server) to its own name."""
-        pending = f"{self.root}/{pending_name(name)}"
+    def publish(self, staged: str, name: str) -> None:
+        """The manifest names the part: copied (on the server) from its pending name to its
+        own, the pending object then deleted."""
+        pending = f"{self.root}/{staged}"
         self._call("cannot write", name, _s3().copy_file, pending, f"{self.root}/{name}")
-        self._call("cannot delete", pending_name(name), _s3().delete_file, pending)
+        self._call("cannot delete", staged, _s3().delete_file, pending)
 
     def lock(self, name: str, what: str, wait: float = 0.0) -> Any:
         return Lease(self, name, what).acquire(wait)

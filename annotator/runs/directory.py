@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from annotator.io.storage import (
     RemoteFolder,
     folder_of,
     is_remote,
+    pending_name,
     remote_fingerprint,
 )
 from annotator.io.writers import open_writer
@@ -349,12 +350,33 @@ class Manifest:
         manifest.save()
         return manifest
 
+    def commit(
+        self,
+        part: dict[str, Any] | None,
+        cursor: tuple[int, int],
+        skipped: int,
+        complete: bool = False,
+    ) -> None:
+        """Record a staged `part` (if any) and where the input now stands: the manifest's
+        write is the commit. Then the part is published under its own name."""
+        data = dict(self.data, parts=self.parts + ([part] if part else []))
+        data["cursor"] = {"file": cursor[0], "records": cursor[1]}
+        data["skipped"] = skipped
+        data["complete"] = complete
+        try:
+            self.save(data)
+        except (OSError, AnnotatorError) as exc:
+            raise _write_error(self.path, exc, self) from None
+        if part:
+            self.folder.publish(_staged_name(part), part["file"])
+
     def _finish_publishing(self) -> None:
-        """Parts the manifest names that a crash kept from their place (object storage:
-        copied from their pending name after the manifest was written) are put there now."""
+        """Parts the manifest names that a crash kept from their place (renamed or copied from
+        their pending name after the manifest was written) are put there now."""
         for part in self.parts:
-            if not self.folder.exists(part["file"]):
-                self.folder.publish(part["file"])
+            staged = _staged_name(part)
+            if not self.folder.exists(part["file"]) and self.folder.exists(staged):
+                self.folder.publish(staged, part["file"])
 
     def _remove_uncommitted(self) -> None:
         """Part files (and temporary files) of this shard that the manifest does not name."""
@@ -362,6 +384,7 @@ class Manifest:
         prefixes = (
             f"{self.shard.prefix}part-",
             f".{self.shard.prefix}part-",
+            f"..{self.shard.prefix}part-",  # a pending part's writer's temporary file
             f".{_manifest_name(self.shard)}.",
         )
         for name in self.folder.names():
@@ -372,6 +395,47 @@ class Manifest:
                     name,
                 )
                 self.folder.delete(name)
+
+
+def _staged_name(part: dict[str, Any]) -> str:
+    """Where a committed part waited for its commit: recorded where it is not the part's own
+    pending name (a Ray actor's part, staged before its number was known)."""
+    return part.get("staged") or pending_name(part["file"])
+
+
+def stage_part(writer: Any, folder: Folder, staged: str) -> tuple[int, str]:
+    """Close a part's writer, then stage the file under its pending name `staged`: its size
+    and sha256, for the manifest."""
+    writer.close()  # temporary file -> the pending name
+    path = folder.writable_path(staged)
+    size, digest = os.path.getsize(path), sha256_file(path)
+    folder.stage(staged)
+    return size, digest
+
+
+def part_entry(
+    name: str,
+    documents: int,
+    rows: int,
+    through: tuple[int, int],
+    skipped: int,
+    size: int,
+    digest: str,
+    staged: str | None = None,
+) -> dict[str, Any]:
+    """A committed part as the manifest records it (`through`: the input position its last
+    record reaches; `skipped`: the run's bad records up to there; `staged`: its pending name,
+    where that is not `pending_name(name)`)."""
+    part = {
+        "file": name,
+        "documents": documents,
+        "rows": rows,
+        "through": {"file": through[0], "records": through[1]},
+        "skipped": skipped,
+        "bytes": size,
+        "sha256": digest,
+    }
+    return part if staged is None else {**part, "staged": staged}
 
 
 def _part_problem(folder: Folder, part: dict[str, Any]) -> str | None:
@@ -413,7 +477,7 @@ class PartSink(Sink):
         self.part_size = part_size
         self.metadata: dict[str, Any] = {}
         self.current: Any = None
-        self.name = ""
+        self.name = self.staged = ""
         self.path = ""  # where the part's writer writes it (object storage: a local scratch)
         self.documents = self.rows = 0
         self.last: tuple[int, int, int] | None = None
@@ -423,7 +487,8 @@ class PartSink(Sink):
 
     def _open(self) -> None:
         self.name = self.manifest.part_name(len(self.manifest.parts), self.fmt)
-        self.path = self.manifest.folder.writable_path(self.name)
+        self.staged = pending_name(self.name)
+        self.path = self.manifest.folder.writable_path(self.staged)
         try:
             self.current = open_writer(
                 self.path, self.fmt, self.layout, self.metadata, self.drop_fields
@@ -453,46 +518,23 @@ class PartSink(Sink):
         """Parts are committed whole; nothing is promised before that."""
 
     def _commit(self, complete: bool = False) -> None:
-        """Close the part, note its size and sha256, stage it (durable; object storage:
-        uploaded under a pending name), record it in the manifest, then publish it (object
-        storage: copied to its name)."""
-        data = dict(self.manifest.data, parts=list(self.manifest.parts))
-        folder = self.manifest.folder
-        committed = None
+        """Close the part, note its size and sha256, stage it under its pending name
+        (durable; object storage: uploaded), record it in the manifest, then publish it."""
+        manifest = self.manifest
+        part, cursor, skipped = None, manifest.cursor, manifest.data["skipped"]
         if self.current is not None:
             try:
-                self.current.close()  # temporary file -> part name
-                size, digest = os.path.getsize(self.path), sha256_file(self.path)
-                folder.stage(self.name)
+                size, digest = stage_part(self.current, manifest.folder, self.staged)
             except (OSError, AnnotatorError) as exc:
                 self.abort()
-                raise _write_error(self.path, exc, self.manifest) from None
+                raise _write_error(self.path, exc, manifest) from None
             self.current = None
-            committed = self.name
-            index, number, errors = self.last
-            data["parts"].append(
-                {
-                    "file": self.name,
-                    "documents": self.documents,
-                    "rows": self.rows,
-                    "through": {"file": index, "records": number},
-                    "skipped": errors,
-                    "bytes": size,
-                    "sha256": digest,
-                }
-            )
-            data["cursor"] = {"file": index, "records": number}
-            data["skipped"] = errors
+            index, number, skipped = self.last
+            cursor = (index, number)
+            part = part_entry(self.name, self.documents, self.rows, cursor, skipped, size, digest)
         if complete:
-            data["cursor"] = {"file": len(data["settings"]["inputs"]), "records": 0}
-            data["skipped"] = self.tracker.errors
-            data["complete"] = True
-        try:
-            self.manifest.save(data)
-        except (OSError, AnnotatorError) as exc:
-            raise _write_error(self.manifest.path, exc, self.manifest) from None
-        if committed is not None:
-            folder.publish(committed)
+            cursor, skipped = (len(manifest.data["settings"]["inputs"]), 0), self.tracker.errors
+        manifest.commit(part, cursor, skipped, complete)
 
     def close(self, summary: Summary) -> None:
         """The input is exhausted: commit the last part and mark the run complete."""
@@ -507,10 +549,10 @@ class PartSink(Sink):
             self.current = None
 
     def error_report(self, path: str | None) -> ErrorReport:
-        return _ResumedErrors(path, self.manifest.data["skipped"])
+        return ResumedErrors(path, self.manifest.data["skipped"])
 
 
-class _ResumedErrors(ErrorReport):
+class ResumedErrors(ErrorReport):
     """--errors FILE of a resumed run: keeps the lines of committed bad records, appends the
     rest."""
 
@@ -540,9 +582,12 @@ def annotate_directory(
     annotator: Annotator | None = None,
     watchers: Sequence[Sink] = (),
     lock: bool = True,
+    run: Callable[..., Summary] | None = None,
 ) -> Summary:
     """Annotate `request`'s inputs into numbered part files in its output directory, resuming
-    where it stopped. `source`: a `FileSource` of the request's shard unless given (Ray's).
+    where it stopped. `source`: a `FileSource` of the request's shard unless given (Ray's);
+    `run`: what writes the parts, given the same arguments as `_annotate_directory` (the
+    pipeline here; Ray's actors write their own).
 
     The run holds the directory's lock (of its shard) while it lives; `lock=False` when the
     caller holds it."""
@@ -551,10 +596,32 @@ def annotate_directory(
         source = FileSource(request.input_files(), request.shard)
     held = lock_directory(directory, request.shard) if lock else None
     try:
-        return _annotate_directory(request, directory, source, annotator, watchers)
+        return (run or _annotate_directory)(request, directory, source, annotator, watchers)
     finally:
         if held is not None:
             held.release()
+
+
+def open_run(request: AnnotateRequest, directory: Folder, files: list[str]) -> Manifest:
+    """The run's manifest: a new one, or the one it resumes (checked and tidied); says so."""
+    shard = request.shard
+    settings = run_settings(files, request.options, shard)
+    manifest = Manifest.open(directory, shard, settings, request.resume)
+    if manifest.complete:
+        log.info(
+            "%s: already complete (%d documents in %d parts); nothing to do",
+            manifest.path,
+            manifest.documents,
+            len(manifest.parts),
+        )
+    elif manifest.parts:
+        log.info(
+            "%s: resuming after %d documents in %d parts",
+            manifest.path,
+            manifest.documents,
+            len(manifest.parts),
+        )
+    return manifest
 
 
 def _annotate_directory(
@@ -564,26 +631,11 @@ def _annotate_directory(
     annotator: Annotator | None,
     watchers: Sequence[Sink],
 ) -> Summary:
-    shard = request.shard
-    settings = run_settings(source.files, request.options, shard)
-    manifest = Manifest.open(directory, shard, settings, request.resume)
+    manifest = open_run(request, directory, source.files)
     if manifest.complete:
-        log.info(
-            "%s: already complete (%d documents in %d parts); nothing to do",
-            manifest.path,
-            manifest.documents,
-            len(manifest.parts),
-        )
         for watcher in watchers:  # an --html page of no documents says so
             watcher.close(Summary())
         return Summary()
-    if manifest.parts:
-        log.info(
-            "%s: resuming after %d documents in %d parts",
-            manifest.path,
-            manifest.documents,
-            len(manifest.parts),
-        )
     resumed = _ResumedSource(source, manifest)
     sink = PartSink(manifest, resumed.tracker, request.options, request.part_size)
     return run_pipeline(request, resumed, sink, annotator, watchers)

@@ -1,20 +1,33 @@
 """`annotator annotate --backend ray`: the same pipeline on a Ray cluster (optional extra).
 
-    files ──► Ray Dataset of file names ──► read tasks ──► tagger actors ──► driver ──► writers
-              (one row per input file)     (annotator.    (map_batches, one  (in input
-                                            readers)       Annotator each,    order)
-                                                           one GPU each)
+    files ──► read tasks ──────────► tagger actors ──────────────► driver
+              (annotator.readers;    (map_batches, one Annotator    (in input order: commits
+               numbered blocks of    each, one GPU each: tags a     each part to the manifest,
+               records)              block, writes it as a part)    reports bad records)
 
 Reading runs in Ray tasks with `annotator.readers`, so ids, rows, bad records and compressed
 or Parquet inputs are exactly what the local backend sees (Ray's own `read_json` and
 `read_parquet` cannot say which line a row came from, so `source_row` and SOURCE:ROW ids
-would differ). Each actor loads the tagger once, from the run's request. The driver receives
-the results in input order (`preserve_order`) and writes them with the local backend's sinks —
-the same files, the same schema (`annotator.io.writers.SPANS_SCHEMA`), and for a directory
-output the same part files and manifest, so `--resume` and `--shard` work here too.
+would differ). A read task cuts each file into numbered blocks of records; each actor loads
+the tagger once, from the run's request, and tags a block whole.
+
+A directory output (local, a shared filesystem, or s3://) is written by the actors, as Spark
+and Delta commit a job's files: an actor writes its block as one part with the local writers
+(the same schema, layout and metadata) under a hidden pending name, and hands the driver only
+the part's metadata (documents, rows, size, sha256, how far in the input it reaches, its bad
+records). The driver takes those in input order (`preserve_order`), records each part in the
+manifest (that write is the commit) and only then gives it its `part-NNNNN` name, numbered
+after the parts before it: the folder is the local backend's, so `--resume` and `--shard`
+work here too, and a run either backend started can be finished by the other. The driver
+never holds an entity row. A part an actor died writing is written again, whole, under the
+same pending name; one no manifest names is removed by the next `--resume`.
+
+One output file (`-o FILE`) cannot be written by many actors: there the actors send the
+tagged documents back and the driver writes them with the local backend's sink.
 
 Inputs are local (or shared-filesystem) paths, or s3:// URIs that the read tasks stream
-(`annotator.io.storage`); the workers need the same AWS settings as the driver.
+(`annotator.io.storage`); the workers need the same AWS settings as the driver, and for a
+local output directory the same path on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -24,27 +37,44 @@ import logging
 import os
 import pickle
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from annotator import logs
-from annotator.errors import AnnotatorError
+from annotator.errors import AnnotatorError, RecordFailed
 from annotator.io.readers import ReaderOptions
-from annotator.pipeline import Annotated, Annotator, file_sink, run_pipeline
-from annotator.records import Document, Entity, RecordError, Summary
-from annotator.runs.directory import annotate_directory
+from annotator.io.storage import Folder, folder_of, pending_name
+from annotator.io.writers import open_writer
+from annotator.pipeline import (
+    Annotated,
+    Annotator,
+    bad_record,
+    check_labels,
+    file_sink,
+    filtered,
+    run_metadata,
+    run_pipeline,
+)
+from annotator.records import Document, RecordError, Summary
+from annotator.runs.directory import (
+    Manifest,
+    ResumedErrors,
+    annotate_directory,
+    open_run,
+    part_entry,
+    stage_part,
+)
 from annotator.runs.request import AnnotateRequest
 from annotator.runs.shards import FileSource, Positioned, Shard
 
 log = logging.getLogger("annotator")
 
 
-READ_BLOCK = 1024  # records per block out of a read task
-
-
-TAG_BATCH = 256  # documents per call of a tagger actor
+READ_BLOCK = 1024  # records per block sent back to the driver, for one output file
 
 
 #: A lost node (preempted, crashed) kills its actors and the blocks it held: Ray restarts the
@@ -68,88 +98,87 @@ def _import_ray():
     return ray
 
 
-def _records_of(
-    path: str, skip: int, shard: Shard, options: ReaderOptions
-) -> Iterator[tuple[int, Any]]:
-    for _, number, record in FileSource([path], shard).positioned(options, (0, skip)):
-        yield number, record
-
-
-def _schema(tagged: bool):
+def _block_schema():
     import pyarrow as pa
 
-    columns = [
-        ("file", pa.int64()),
-        ("number", pa.int64()),
-        ("kind", pa.string()),
-        ("id", pa.string()),
-        ("text", pa.string()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-        ("fields", pa.binary()),
-        ("reason", pa.string()),
-    ]
-    if tagged:
-        columns += [("entities", pa.string()), ("sentences", pa.int64()), ("tokens", pa.int64())]
-    return pa.schema(columns)
+    return pa.schema([("file", pa.int64()), ("block", pa.int64()), ("records", pa.large_binary())])
 
 
-def _read_files(
+def _part_schema():
+    """What an actor hands the driver for a block it wrote (`staged` null: no part, as when
+    every record of the block was bad); `errors`: the bad records, in input order."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("file", pa.int64()),
+            ("through", pa.int64()),
+            ("staged", pa.string()),
+            ("documents", pa.int64()),
+            ("rows", pa.int64()),
+            ("bytes", pa.int64()),
+            ("sha256", pa.string()),
+            ("errors", pa.string()),
+            ("sentences", pa.int64()),
+            ("tokens", pa.int64()),
+            ("entities", pa.string()),
+        ]
+    )
+
+
+def _read_blocks(
     batch,
     *,
     reader_options: ReaderOptions,
     shard: Shard,
     cursor: tuple[int, int],
+    block_records: int,
     keep_fields: bool,
 ):
-    """Ray task: the records of the files in `batch`, as blocks of rows, in order."""
+    """Ray task: the records of the files in `batch` (of the shard, after `cursor`), cut into
+    numbered blocks of at most `block_records` records, a row each: a block is never split
+    on its way to an actor."""
     import pyarrow as pa
 
-    schema = _schema(tagged=False)
+    def row(index: int, block: int, records: list) -> Any:
+        data = {"file": [index], "block": [block], "records": [pickle.dumps(records)]}
+        return pa.table(data, schema=_block_schema())
+
     for index, path in zip(batch.column("file").to_pylist(), batch.column("path").to_pylist()):
         skip = cursor[1] if index == cursor[0] else 0
-        rows: list[dict[str, Any]] = []
-        for number, record in _records_of(path, skip, shard, reader_options):
-            if isinstance(record, RecordError):
-                rows.append(
-                    {
-                        "file": index,
-                        "number": number,
-                        "kind": "error",
-                        "id": None,
-                        "text": None,
-                        "source": record.source,
-                        "row": record.row,
-                        "fields": None,
-                        "reason": record.reason,
-                    }
-                )
-            else:
-                rows.append(
-                    {
-                        "file": index,
-                        "number": number,
-                        "kind": "doc",
-                        "id": record.id,
-                        "text": record.text,
-                        "source": record.source,
-                        "row": record.row,
-                        "fields": pickle.dumps(record.fields) if keep_fields else None,
-                        "reason": None,
-                    }
-                )
-            if len(rows) >= READ_BLOCK:
-                yield pa.Table.from_pylist(rows, schema=schema)
-                rows = []
-        if rows:
-            yield pa.Table.from_pylist(rows, schema=schema)
+        records: list[tuple[int, Any]] = []
+        block = 0
+        for _, number, record in FileSource([path], shard).positioned(reader_options, (0, skip)):
+            if isinstance(record, Document) and not keep_fields:
+                record.fields = {}  # not written: not shipped
+            records.append((number, record))
+            if len(records) >= block_records:
+                yield row(index, block, records)
+                records, block = [], block + 1
+        if records:
+            yield row(index, block, records)
+
+
+@dataclass
+class _TaggedDocument(Document):
+    """A document that comes back from the cluster with its results (one output file)."""
+
+    entities: list = field(default_factory=list)
+    sentences: int = 0
+    tokens: int = 0
 
 
 class _Tagger:
-    """Ray actor: loads the tagger once, then tags batches of documents."""
+    """Ray actor: loads the tagger once, then tags blocks of records, each whole; with part
+    `metadata`, writes each block as a part of the run's output directory."""
 
     def __init__(
-        self, request: AnnotateRequest, model_bytes: Any, device: str, threads: int
+        self,
+        request: AnnotateRequest,
+        model_bytes: Any,
+        device: str,
+        threads: int,
+        metadata: dict[str, Any] | None,
     ) -> None:
         import torch
 
@@ -166,37 +195,112 @@ class _Tagger:
                 handle.write(model_bytes)
         # one CPU per actor: no splitter process beside it
         self.annotator = Annotator.from_options(options, split_process=False)
-        self.keep_text = options.layout == "documents"
+        self.request, self.options, self.metadata = request, options, metadata
+        self.folder: Folder | None = folder_of(request.output) if metadata is not None else None
 
     def __call__(self, batch):
         import pyarrow as pa
 
-        rows = batch.to_pylist()
-        documents = [
-            Document(r["id"], r["text"], r["source"], r["row"]) for r in rows if r["kind"] == "doc"
-        ]
+        if self.folder is None:
+            rows = [self._tagged(row) for row in batch.to_pylist()]
+            return pa.Table.from_pylist(rows, schema=_block_schema())
+        rows = [self._part(row, self.folder) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=_part_schema())
+
+    def _annotated(self, records: list[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        """Each record of a block in order: its `RecordError`, or its `Annotated` result."""
+        documents = [record for _, record in records if isinstance(record, Document)]
         results = iter(self.annotator.annotate_documents(documents))
-        for row in rows:
-            if row["kind"] == "doc":
-                result = next(results)
-                row["entities"] = json.dumps([e.to_dict() for e in result.entities])
-                row["sentences"], row["tokens"] = result.sentences, result.tokens
-                if result.error:  # could not be split or tagged: a bad record on the driver
-                    row["kind"], row["reason"], row["entities"] = "error", result.error, None
-            else:
-                row["entities"], row["sentences"], row["tokens"] = None, 0, 0
-            if not self.keep_text:
-                row["text"] = None
-        return pa.Table.from_pylist(rows, schema=_schema(tagged=True))
+        for number, record in records:
+            yield number, record if isinstance(record, RecordError) else next(results)
 
+    def _tagged(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A block's records with their entities, for the driver to write (one output file);
+        a document that could not be split or tagged comes back a bad record."""
+        tagged: list[tuple[int, Any]] = []
+        for number, result in self._annotated(pickle.loads(row["records"])):
+            if isinstance(result, Annotated):
+                doc = result.document
+                if result.error:
+                    result = RecordError(doc.source, doc.row, result.error)
+                else:
+                    result = _TaggedDocument(
+                        **vars(doc),
+                        entities=result.entities,
+                        sentences=result.sentences,
+                        tokens=result.tokens,
+                    )
+            tagged.append((number, result))
+        return {**row, "records": pickle.dumps(tagged)}
 
-@dataclass
-class _TaggedDocument(Document):
-    """A document that comes back from the cluster with its results."""
-
-    entities: list = field(default_factory=list)
-    sentences: int = 0
-    tokens: int = 0
+    def _part(self, row: dict[str, Any], folder: Folder) -> dict[str, Any]:
+        """Tag a block and write it as one part under a pending name (the same name and
+        content if the block is done again); the part's metadata for the driver to commit."""
+        options, shard = self.options, self.request.shard
+        name = f"{shard.prefix}part-{self.request.run_id[:12]}-{row['file']:05d}-{row['block']:05d}"
+        staged = pending_name(f"{name}.{options.output_format}")
+        labels = set(options.labels)
+        fail = options.on_error == "fail"
+        counts = {"documents": 0, "rows": 0, "sentences": 0, "tokens": 0}
+        entity_counts: Counter = Counter()
+        errors: list[tuple[str, int, str]] = []
+        records = pickle.loads(row["records"])
+        writer: Any = None
+        written: tuple[int, str] | None = None  # the staged part's size and sha256
+        try:
+            for _, result in self._annotated(records):
+                if isinstance(result, RecordError):
+                    errors.append((result.source, result.row, result.reason))
+                    if fail:
+                        break
+                    continue
+                doc, entities = result.document, []
+                if result.error is None:
+                    entities = filtered(result.entities, labels, options.min_score)
+                    try:
+                        if writer is None:
+                            writer = open_writer(
+                                folder.writable_path(staged),
+                                options.output_format,
+                                options.layout,
+                                self.metadata or {},
+                                options.drop_fields,
+                            )
+                        writer.write(doc, entities)
+                    except RecordFailed as exc:
+                        result.error = str(exc)
+                if result.error is not None:  # split, tag or write failed: a bad record
+                    errors.append((doc.source, doc.row, result.error))
+                    if fail:
+                        break
+                    continue
+                counts["documents"] += 1
+                counts["rows"] += len(entities) if options.layout == "spans" else 1
+                counts["sentences"] += result.sentences
+                counts["tokens"] += result.tokens
+                entity_counts.update(e.label for e in entities)
+            if writer is not None and not (fail and errors):
+                written = stage_part(writer, folder, staged)
+            elif writer is not None:  # the run stops at this block's bad record
+                writer.abort()
+        except (OSError, AnnotatorError) as exc:
+            if writer is not None:
+                writer.abort()
+            reason = getattr(exc, "strerror", None) or exc
+            raise AnnotatorError(
+                f"cannot write {folder}{staged}: {reason}. The parts recorded in the manifest "
+                "are intact; fix the cause (disk space, permissions) and rerun with --resume"
+            ) from None
+        return {
+            "file": row["file"],
+            "through": records[-1][0],
+            "staged": staged if written else None,
+            "bytes": written[0] if written else 0,
+            "sha256": written[1] if written else None,
+            "errors": json.dumps(errors),
+            "entities": json.dumps(entity_counts),
+            **counts,
+        }
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
@@ -240,8 +344,9 @@ def _lost_worker_error(ray, exc: BaseException) -> AnnotatorError | None:
 
 
 class RaySource:
-    """A source whose records are read and tagged on the cluster and come back in input
-    order, each with its entities."""
+    """Records read and tagged on the cluster, block by block in input order: back to the
+    driver with their entities (`positioned`), or written as parts by the actors, only the
+    parts' metadata coming back (`parts`)."""
 
     def __init__(
         self,
@@ -271,20 +376,33 @@ class RaySource:
     def positioned(
         self, reader_options: ReaderOptions, cursor: tuple[int, int]
     ) -> Iterator[Positioned]:
-        ray, request, options, files, shard = (
-            self.ray,
-            self.request,
-            self.request.options,
-            self.files,
-            self.shard,
-        )
+        """Each record after `cursor`, tagged, in input order (for the driver to write)."""
+        for block in self._blocks(reader_options, cursor, READ_BLOCK, None):
+            for number, record in pickle.loads(block["records"]):
+                yield block["file"], number, record
+
+    def parts(
+        self, cursor: tuple[int, int], part_size: int, metadata: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        """The metadata of each part the actors wrote (blocks of `part_size` records after
+        `cursor`), in input order."""
+        reader_options = self.request.options.reader_options()
+        return self._blocks(reader_options, cursor, part_size, metadata)
+
+    def _blocks(
+        self,
+        reader_options: ReaderOptions,
+        cursor: tuple[int, int],
+        block_records: int,
+        metadata: dict[str, Any] | None,
+    ) -> Iterator[dict[str, Any]]:
+        ray, request, options, files = self.ray, self.request, self.request.options, self.files
         items = [{"file": i, "path": p} for i, p in enumerate(files) if i >= cursor[0]]
         if not items:
             return
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # input order, so resume has a cursor
         context.enable_progress_bars = self.show_progress
-        layout_documents = options.layout == "documents"
         from annotator.models import resolve_model
 
         resolved = resolve_model(options.model)  # a local file travels to the actors with the job
@@ -295,21 +413,22 @@ class RaySource:
         except TypeError:  # Ray before 2.10
             dataset = ray.data.from_items(items, parallelism=len(items))
         dataset = dataset.map_batches(
-            _read_files,
+            _read_blocks,
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=0.5,
             **RETRIES,
             fn_kwargs={
                 "reader_options": reader_options,
-                "shard": shard,
+                "shard": self.shard,
                 "cursor": cursor,
-                "keep_fields": layout_documents and not options.drop_fields,
+                "block_records": block_records,
+                "keep_fields": options.layout == "documents" and not options.drop_fields,
             },
         )
         dataset = dataset.map_batches(
             _Tagger,
-            batch_size=TAG_BATCH,
+            batch_size=1,  # one block: tagged, and written as one part, whole
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_gpus=self.gpus or None,
@@ -320,32 +439,75 @@ class RaySource:
                 "model_bytes": model_bytes,
                 "device": device,
                 "threads": int(self.cpus),
+                "metadata": metadata,
             },
         )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.to_pylist():
-                    yield row["file"], row["number"], self._record(row)
+                yield from batch.to_pylist()
         except Exception as exc:
             error = _annotator_error(exc) or _lost_worker_error(ray, exc)
             if error is None:
                 raise
             raise error from None
 
-    @staticmethod
-    def _record(row: dict[str, Any]) -> Any:
-        if row["kind"] == "error":
-            return RecordError(row["source"], row["row"], row["reason"])
-        return _TaggedDocument(
-            id=row["id"],
-            text=row["text"] or "",
-            source=row["source"],
-            row=row["row"],
-            fields=pickle.loads(row["fields"]) if row["fields"] is not None else {},
-            entities=[Entity(**e) for e in json.loads(row["entities"])],
-            sentences=row["sentences"],
-            tokens=row["tokens"],
-        )
+
+def _commit_parts(
+    request: AnnotateRequest, manifest: Manifest, parts: Iterator[dict[str, Any]]
+) -> Summary:
+    """The driver's share of a directory run: each part the actors wrote, in input order,
+    recorded in the manifest (the commit) and published; bad records reported as the local
+    backend reports them."""
+    options = request.options
+    summary, skipped = Summary(), manifest.data["skipped"]
+    report = ResumedErrors(options.errors if options.on_error == "skip" else None, skipped)
+    started = time.perf_counter()
+    try:
+        for part in parts:
+            for source, row, reason in json.loads(part["errors"]):
+                bad_record(RecordError(source, row, reason), options.on_error, report, summary)
+                skipped += 1
+            summary.documents += part["documents"]
+            summary.sentences += part["sentences"]
+            summary.words += part["tokens"]
+            summary.entities.update(json.loads(part["entities"]))
+            if part["staged"] is None:  # no document to write: the next part's cursor covers it
+                continue
+            through = (part["file"], part["through"])
+            name = manifest.part_name(len(manifest.parts), options.output_format)
+            entry = part_entry(
+                name,
+                part["documents"],
+                part["rows"],
+                through,
+                skipped,
+                part["bytes"],
+                part["sha256"],
+                staged=part["staged"],
+            )
+            manifest.commit(entry, through, skipped)
+        manifest.commit(None, (len(manifest.data["settings"]["inputs"]), 0), skipped, True)
+    finally:
+        report.close()
+        summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_parts(
+    request: AnnotateRequest,
+    directory: Folder,
+    source: RaySource,
+    annotator: Annotator,
+    watchers: Any,
+) -> Summary:
+    """A directory run whose parts the actors write (see the module's docstring)."""
+    manifest = open_run(request, directory, source.files)
+    if manifest.complete:
+        return Summary()
+    check_labels(annotator, request.options)
+    metadata = run_metadata(annotator, request.options, request.run_id)
+    parts = source.parts(manifest.cursor, request.part_size, metadata)
+    return _commit_parts(request, manifest, parts)
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -403,7 +565,7 @@ def annotate_with_ray(request: AnnotateRequest) -> Summary:
         # the driver loads the model too: for the label check and the files' provenance
         driver = Annotator.from_options(replace(options, device="cpu"), split_process=False)
         if request.directory:
-            return annotate_directory(request, source, annotator=driver)
+            return annotate_directory(request, source, driver, run=_write_parts)
         return run_pipeline(request, source, file_sink(request), driver)
     finally:
         if started_here:
