@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_ray import ray  # skips this module too where the ray extra is not installed
 from tests.test_runs import (
     ROOT,
     _docs,
@@ -23,13 +24,15 @@ from tests.test_runs import (
     read_manifests,
 )
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-pytest.importorskip("ray.data", reason="the ray extra is not installed")
-
 #: Two logical CPUs a node: of three tagger actors (one CPU each) a node holds two at most, so
 #: a run spans nodes (Ray spreads them, one a node as a rule); and all three still fit on the
 #: two nodes left after one is lost.
-NODE = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+NODE = {
+    "num_cpus": 2,
+    "node_ip_address": "127.0.0.1",
+    "include_dashboard": False,
+    "dashboard_agent_listen_port": None,  # a free port, not Ray's fixed one
+}
 
 #: Ray turns a 127.0.0.1 address into the machine's own address before it connects, and the
 #: nodes listen on 127.0.0.1 only: this (Ray's single-machine setting) keeps the driver local.
