@@ -150,8 +150,8 @@ def test_a_node_lost_mid_run_loses_and_duplicates_no_record(
     cluster, inputs, tiny_model, reference, tmp_path
 ):
     """Ray restarts the lost node's actor on another node and runs its lost work again: the
-    run completes. Were its retries spent, it would stop with one line, and --resume would
-    complete it: either way, every document exactly once."""
+    run completes. Had Ray given up, it would stop with one line, and --resume would complete
+    it: either way, every document exactly once."""
     before = set(_taggers(cluster))
     out, log = tmp_path / "out", tmp_path / "stderr.log"
     args = _args(inputs, tiny_model, out)
@@ -182,8 +182,8 @@ def test_a_node_lost_mid_run_loses_and_duplicates_no_record(
 
 
 def test_a_worker_lost_for_good_stops_the_run_with_one_line_and_the_resume_hint():
-    """What the driver says when Ray has spent a lost task's retries (the cluster tests above
-    do not get that far: their lost work is redone)."""
+    """What the driver says when Ray gives up on lost work (the cluster tests above do not
+    get that far: Ray redoes their lost work)."""
     from annotator.runs.ray import _lost_worker_error
 
     try:

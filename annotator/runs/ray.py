@@ -77,15 +77,6 @@ log = logging.getLogger("annotator")
 READ_BLOCK = 1024  # records per block sent back to the driver, for one output file
 
 
-#: A lost node (preempted, crashed) kills its actors and the blocks it held: Ray restarts the
-#: actors elsewhere, without limit, and runs each lost task again, up to this many times more,
-#: so a run survives many node losses; a task that keeps killing its worker (one document
-#: that exhausts memory) stops the run after that many tries instead of looping all night.
-TASK_RETRIES = 4
-RETRIES = {"max_retries": TASK_RETRIES}  # read tasks
-ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}  # tagger actors
-
-
 def _import_ray():
     try:
         import pyarrow  # noqa: F401
@@ -324,8 +315,10 @@ def _annotator_error(exc: BaseException) -> AnnotatorError | None:
 
 
 def _lost_worker_error(ray, exc: BaseException) -> AnnotatorError | None:
-    """One line for a worker or node the cluster lost for good (its retries spent): the
-    committed parts stay, so the same command with --resume goes on from them."""
+    """One line for a worker or node the cluster lost for good. Ray Data restarts lost actors
+    and reruns lost tasks without limit (its defaults), so this is what is left when Ray
+    gives up (an object it cannot rebuild, an actor it cannot reach): the committed parts
+    stay, and the same command with --resume goes on from them."""
     lost = (
         ray.exceptions.RayActorError,
         ray.exceptions.WorkerCrashedError,
@@ -417,7 +410,6 @@ class RaySource:
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=0.5,
-            **RETRIES,
             fn_kwargs={
                 "reader_options": reader_options,
                 "shard": self.shard,
@@ -433,7 +425,6 @@ class RaySource:
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_gpus=self.gpus or None,
             num_cpus=self.cpus,
-            **ACTOR_RETRIES,
             fn_constructor_kwargs={
                 "request": request,
                 "model_bytes": model_bytes,
@@ -514,6 +505,12 @@ def _connect(ray, address: str | None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray; True if we did."""
     if log.getEffectiveLevel() > logging.DEBUG:  # Ray Data's own execution notes
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # and its stack dumps of an execution that failed: the run's own one line says it
+        for name in (
+            "ray.data.exceptions",
+            "ray.data._internal.execution.streaming_executor_state",
+        ):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return False
     import signal
