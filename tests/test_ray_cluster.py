@@ -155,21 +155,22 @@ def test_a_node_lost_mid_run_loses_and_duplicates_no_record(
     before = set(_taggers(cluster))
     out, log = tmp_path / "out", tmp_path / "stderr.log"
     args = _args(inputs, tiny_model, out)
-    run = _start(cluster, args, log)
+    run, lost = _start(cluster, args, log), None
     try:
         _wait(lambda: _parts_committed(out) >= 1, run, log)
         # the driver held still (it cannot finish meanwhile) until a worker node has a
         # tagger of this run; the cluster works on meanwhile, blocks pile up in its stores
         os.kill(run.pid, signal.SIGSTOP)
         try:
-            victims = _wait(lambda: _busy_workers(cluster, before), run, log)
-            cluster.remove_node(victims[0])  # its raylet, object store, actors and tasks
+            lost = _wait(lambda: _busy_workers(cluster, before), run, log)[0]
+            cluster.remove_node(lost)  # its raylet, object store, actors and tasks
         finally:
             os.kill(run.pid, signal.SIGCONT)
         code = run.wait(TIMEOUT)
     finally:
         run.kill()
-        cluster.add_node(**NODE)  # three nodes again, for whatever runs next
+        if lost is not None:
+            cluster.add_node(**NODE)  # three nodes again, for whatever runs next
     stderr = log.read_text()
     assert "Traceback" not in stderr, stderr
     if code == 3:  # completed: the lost actor ran again elsewhere
