@@ -106,17 +106,15 @@ def test_s3_input_and_output_give_the_rows_of_a_local_run(s3, tiny_model, mixed_
     assert s3.env()["AWS_SECRET_ACCESS_KEY"] not in remote.output
 
 
-def test_kill_9_then_resume_on_s3_loses_and_repeats_nothing_and_listings_show_only_committed_parts(
-    s3, tiny_model, tmp_path
-):
-    docs = _docs(tmp_path / "docs.jsonl", 500, bad_every=97, seed=5)
-    _put_folder(s3, tmp_path, "tests/killed/in")
-    args = [
-        "s3://tests/killed/in/",
+def killed_run_args(prefix: str, model: Path) -> list[str]:
+    """A run from PREFIX/in/ to PREFIX/out/ in small parts, slow enough to be killed mid-way
+    (its input first, then its output: `args[3:]` are its options)."""
+    return [
+        f"s3://{prefix}/in/",
         "-o",
-        "s3://tests/killed/out/",
+        f"s3://{prefix}/out/",
         "-m",
-        str(tiny_model),
+        str(model),
         "--format",
         "jsonl",
         "--part-size",
@@ -126,6 +124,41 @@ def test_kill_9_then_resume_on_s3_loses_and_repeats_nothing_and_listings_show_on
         "--batch-size",
         "8",
     ]
+
+
+def watch_commits(store, prefix: str, process, seconds: float, parts: int = 3) -> None:
+    """List `prefix` many times a second while `process` writes there, until the manifest
+    names `parts` parts: a listing never shows a part the manifest does not name."""
+    from pyarrow import fs
+
+    filesystem = admin_filesystem(store)
+    named: set[str] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None and len(named) < parts:
+        listed = {
+            info.base_name
+            for info in filesystem.get_file_info(fs.FileSelector(prefix, allow_not_found=True))
+            if info.base_name.startswith("part-")
+        }
+        try:
+            with filesystem.open_input_stream(f"{prefix}/manifest.json") as handle:
+                named = {p["file"] for p in json.loads(handle.read())["parts"]}
+        except OSError:
+            named = set()
+        except ValueError:  # SeaweedFS serves an object being overwritten as it stands
+            continue
+        assert listed <= named, (listed, named)
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert len(named) >= parts
+
+
+def test_kill_9_then_resume_on_s3_loses_and_repeats_nothing_and_listings_show_only_committed_parts(
+    s3, tiny_model, tmp_path
+):
+    docs = _docs(tmp_path / "docs.jsonl", 500, bad_every=97, seed=5)
+    _put_folder(s3, tmp_path, "tests/killed/in")
+    args = killed_run_args("tests/killed", tiny_model)
     env = {**os.environ, **s3.env(), "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "annotator", "annotate", *args],
@@ -133,37 +166,11 @@ def test_kill_9_then_resume_on_s3_loses_and_repeats_nothing_and_listings_show_on
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    filesystem = admin_filesystem(s3)
-    from pyarrow import fs
-
-    seen_parts, deadline = 0, time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            listed = {
-                info.base_name
-                for info in filesystem.get_file_info(
-                    fs.FileSelector("tests/killed/out", allow_not_found=True)
-                )
-                if info.base_name.startswith("part-")
-            }
-            try:
-                with filesystem.open_input_stream("tests/killed/out/manifest.json") as handle:
-                    named = {p["file"] for p in json.loads(handle.read())["parts"]}
-            except OSError:
-                named = set()
-            except ValueError:  # SeaweedFS serves an object being overwritten as it stands
-                continue
-            # a reader listing the output never sees a part the manifest does not name
-            assert listed <= named, (listed, named)
-            seen_parts = len(named)
-            if seen_parts >= 3:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
+        watch_commits(s3, "tests/killed/out", process, seconds=120)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    assert seen_parts >= 3
     resumed = CliRunner().invoke(cli, ["annotate", *args, "--resume"])
     assert resumed.exit_code == 3, resumed.output
     assert "resuming after" in resumed.output

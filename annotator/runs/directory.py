@@ -2,9 +2,10 @@
 shards of the input by document id; one worker process per device.
 
 A directory run writes ``part-00000.jsonl`` (or ``.parquet``), ``part-00001...`` and
-``manifest.json``. Each part is written under a temporary name, renamed, fsynced, and only
-then recorded in the manifest (itself written to a temporary file, fsynced and renamed), so
-after a crash at any moment the manifest names exactly the parts that are complete, and its
+``manifest.json``. Each part is written under a hidden pending name and fsynced, then recorded
+in the manifest (itself written to a temporary file, fsynced and renamed), and only then
+renamed to its own name (a listing never shows a part the manifest does not name), so after a
+crash at any moment the manifest names exactly the parts that are complete, and its
 *cursor* says where the input stands: every input file before ``cursor.file`` is done, and
 the first ``cursor.records`` records (documents and bad records alike) of that file. A resume
 deletes part files the manifest does not name and continues from the cursor, so the union

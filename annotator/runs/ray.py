@@ -39,7 +39,8 @@ import pickle
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def _block_schema():
 
 def _part_schema():
     """What an actor hands the driver for a block it wrote (`staged` null: no part, as when
-    every record of the block was bad); `errors`: the bad records, in input order."""
+    every record of the block was bad); `errors`: the bad records, in input order;
+    `seconds`: the actor's time on the block (tagging and writing)."""
     import pyarrow as pa
 
     return pa.schema(
@@ -113,6 +115,7 @@ def _part_schema():
             ("sentences", pa.int64()),
             ("tokens", pa.int64()),
             ("entities", pa.string()),
+            ("seconds", pa.float64()),
         ]
     )
 
@@ -179,9 +182,9 @@ class _Tagger:
         if model_bytes is not None:  # a local model file, shipped through the object store
             import ray
 
-            model_bytes = ray.get(model_bytes)
+            name, model_bytes = ray.get(model_bytes)
             folder = tempfile.mkdtemp(prefix="annotator-model-")
-            options = replace(options, model=os.path.join(folder, "model.pt"))
+            options = replace(options, model=os.path.join(folder, name))  # its suffix says how
             with open(options.model, "wb") as handle:
                 handle.write(model_bytes)
         # one CPU per actor: no splitter process beside it
@@ -230,6 +233,7 @@ class _Tagger:
         options, shard = self.options, self.request.shard
         name = f"{shard.prefix}part-{self.request.run_id[:12]}-{row['file']:05d}-{row['block']:05d}"
         staged = pending_name(f"{name}.{options.output_format}")
+        started = time.perf_counter()
         labels = set(options.labels)
         fail = options.on_error == "fail"
         counts = {"documents": 0, "rows": 0, "sentences": 0, "tokens": 0}
@@ -290,6 +294,7 @@ class _Tagger:
             "sha256": written[1] if written else None,
             "errors": json.dumps(errors),
             "entities": json.dumps(entity_counts),
+            "seconds": time.perf_counter() - started,
             **counts,
         }
 
@@ -399,7 +404,9 @@ class RaySource:
         from annotator.models import resolve_model
 
         resolved = resolve_model(options.model)  # a local file travels to the actors with the job
-        model_bytes = ray.put(resolved.read_bytes()) if isinstance(resolved, Path) else None
+        model_bytes = (
+            ray.put((resolved.name, resolved.read_bytes())) if isinstance(resolved, Path) else None
+        )
         device = "cuda" if self.gpus else "cpu"  # an actor sees only the GPU Ray gave it
         try:
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
@@ -444,40 +451,48 @@ class RaySource:
 
 
 def _commit_parts(
-    request: AnnotateRequest, manifest: Manifest, parts: Iterator[dict[str, Any]]
+    request: AnnotateRequest, manifest: Manifest, parts: Generator[dict[str, Any], None, None]
 ) -> Summary:
     """The driver's share of a directory run: each part the actors wrote, in input order,
     recorded in the manifest (the commit) and published; bad records reported as the local
     backend reports them."""
     options = request.options
-    summary, skipped = Summary(), manifest.data["skipped"]
+    summary, skipped, actor_seconds = Summary(), manifest.data["skipped"], 0.0
     report = ResumedErrors(options.errors if options.on_error == "skip" else None, skipped)
     started = time.perf_counter()
     try:
-        for part in parts:
-            for source, row, reason in json.loads(part["errors"]):
-                bad_record(RecordError(source, row, reason), options.on_error, report, summary)
-                skipped += 1
-            summary.documents += part["documents"]
-            summary.sentences += part["sentences"]
-            summary.words += part["tokens"]
-            summary.entities.update(json.loads(part["entities"]))
-            if part["staged"] is None:  # no document to write: the next part's cursor covers it
-                continue
-            through = (part["file"], part["through"])
-            name = manifest.part_name(len(manifest.parts), options.output_format)
-            entry = part_entry(
-                name,
-                part["documents"],
-                part["rows"],
-                through,
-                skipped,
-                part["bytes"],
-                part["sha256"],
-                staged=part["staged"],
-            )
-            manifest.commit(entry, through, skipped)
+        with closing(parts):  # a failed run stops the cluster's work before Ray stops
+            for part in parts:
+                for source, row, reason in json.loads(part["errors"]):
+                    bad_record(RecordError(source, row, reason), options.on_error, report, summary)
+                    skipped += 1
+                summary.documents += part["documents"]
+                summary.sentences += part["sentences"]
+                summary.words += part["tokens"]
+                summary.entities.update(json.loads(part["entities"]))
+                actor_seconds += part["seconds"]
+                if part["staged"] is None:  # no document to write: the next part's cursor covers it
+                    continue
+                through = (part["file"], part["through"])
+                name = manifest.part_name(len(manifest.parts), options.output_format)
+                entry = part_entry(
+                    name,
+                    part["documents"],
+                    part["rows"],
+                    through,
+                    skipped,
+                    part["bytes"],
+                    part["sha256"],
+                    staged=part["staged"],
+                )
+                manifest.commit(entry, through, skipped)
         manifest.commit(None, (len(manifest.data["settings"]["inputs"]), 0), skipped, True)
+        if actor_seconds:
+            log.info(
+                "Ray: each actor tagged and wrote %s words/s (%.0f actor-seconds in all)",
+                f"{summary.words / actor_seconds:,.0f}",
+                actor_seconds,
+            )
     finally:
         report.close()
         summary.seconds = time.perf_counter() - started

@@ -4,9 +4,10 @@
 #   RAY_ADDRESS=http://head-node:8265 INPUT=s3://bucket/corpus/ OUTPUT=/shared/entities/ \
 #       ./examples/ops/ray-job.sh
 #
-# The job's driver runs on the head node: it reads nothing itself (Ray tasks read the input,
-# local/shared paths or s3://, gs://... URIs) and writes the part files and manifest into
-# OUTPUT, which must be a path on the head node (a shared filesystem, so you can read it).
+# The job's driver runs on the head node: it reads and writes no document itself (Ray tasks
+# read the input, local/shared paths or s3:// URIs; the tagger actors write their own part
+# files into OUTPUT) and only commits each part to the manifest. OUTPUT must be the same path
+# on every node (a shared filesystem) or an s3:// prefix.
 # Tagger actors take one GPU each when the cluster has GPUs (--workers sets how many).
 # Resubmitting the same command resumes an interrupted run (--resume).
 # Every node needs the package: pip install 'annotator[ray]' (or ship it with --runtime-env).
@@ -14,7 +15,7 @@ set -euo pipefail
 
 : "${RAY_ADDRESS:?set RAY_ADDRESS to the cluster dashboard, e.g. http://head-node:8265}"
 : "${INPUT:?set INPUT}"
-: "${OUTPUT:?set OUTPUT to a directory on the head node (ending in /)}"
+: "${OUTPUT:?set OUTPUT to a shared directory or an s3:// prefix (ending in /)}"
 MODEL=${MODEL:-/shared/models/ner.pt}
 WORKERS_ARGS=${WORKERS:+--workers $WORKERS}
 RAY=${RAY:-ray}
