@@ -298,15 +298,45 @@ class _Tagger:
         }
 
 
-def _annotator_error(exc: BaseException) -> AnnotatorError | None:
-    """The user error inside a Ray task's exception, if that is what it is."""
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and the exceptions inside it: a Ray task error's `cause`, else Python's."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, AnnotatorError):
-            return AnnotatorError(str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1])
+        yield exc
         cause = getattr(exc, "cause", None)
         exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def _annotator_error(exc: BaseException) -> AnnotatorError | None:
+    """The user error inside a Ray task's exception, if that is what it is."""
+    for inner in _chain(exc):
+        if isinstance(inner, AnnotatorError):
+            return AnnotatorError(
+                str(getattr(inner, "cause", None) or inner).strip().splitlines()[-1]
+            )
+    return None
+
+
+def _lost_worker_error(ray, exc: BaseException) -> AnnotatorError | None:
+    """One line for a worker or node the cluster lost for good. Ray Data restarts lost actors
+    and reruns lost tasks without limit (its defaults), so this is what is left when Ray
+    gives up (an object it cannot rebuild, an actor it cannot reach): the committed parts
+    stay, and the same command with --resume goes on from them."""
+    lost = (
+        ray.exceptions.RayActorError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.OutOfMemoryError,
+    )
+    for inner in _chain(exc):
+        if isinstance(inner, lost):
+            first = (str(inner).strip().splitlines() or [""])[0]
+            return AnnotatorError(
+                f"the Ray cluster lost a worker ({type(inner).__name__}: {first}); the parts "
+                "committed so far are kept: run the same command with --resume to go on"
+            )
     return None
 
 
@@ -413,7 +443,7 @@ class RaySource:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 yield from batch.to_pylist()
         except Exception as exc:
-            error = _annotator_error(exc)
+            error = _annotator_error(exc) or _lost_worker_error(ray, exc)
             if error is None:
                 raise
             raise error from None
@@ -489,6 +519,12 @@ def _connect(ray, address: str | None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray; True if we did."""
     if log.getEffectiveLevel() > logging.DEBUG:  # Ray Data's own execution notes
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # and its stack dumps of an execution that failed: the run's own one line says it
+        for name in (
+            "ray.data.exceptions",
+            "ray.data._internal.execution.streaming_executor_state",
+        ):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return False
     import signal
