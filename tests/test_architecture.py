@@ -132,3 +132,17 @@ def test_the_checks_see_the_real_imports():
     assert _stage("tagging.fast") > _stage("segmentation")
     assert "cli.main" in graph["cli"] and "pipeline" in graph["__init__"]  # `__init__`s count
     assert "logs" in graph["cli.main"] and "__init__" not in graph["cli.main"]
+
+
+def test_no_module_imports_another_ones_private_names():
+    """A leading underscore means "this module's own": a name another module needs is public."""
+    modules = _modules()
+    found = [
+        f"{name}: {node.module}.{alias.name}"
+        for name, path in modules.items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("annotator")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not found

@@ -377,7 +377,7 @@ class _NoModel:
 
 
 def test_run_book_anneals_like_flair_and_resumes_the_schedule(tmp_path, monkeypatch):
-    monkeypatch.setattr(runbook, "_draw_curves", lambda output: None)
+    monkeypatch.setattr(runbook, "draw_curves", lambda output: None)
     config = TrainConfig(patience=1, anneal_factor=0.5, min_learning_rate=0.02, max_epochs=20)
     scores = [
         (0.5, 1.0),

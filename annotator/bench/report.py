@@ -65,7 +65,7 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+def best_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The fastest run, its CPU time the least of all runs (each is a best-of on its own), with
     the highest peak RSS of all runs (memory is not noise)."""
     timed = [r for r in results if "seconds" in r]
@@ -84,7 +84,7 @@ def _best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 _ORDER = ["1", "2@32", "2@", "3", "3w", "3p", "3n", "4", "5"]
 
 
-def _ordered(rows: dict[str, Row]) -> list[Row]:
+def ordered_rows(rows: dict[str, Row]) -> list[Row]:
     def rank(row: Row) -> tuple[int, int, str]:
         if row.key.startswith("2@") and row.key != "2@32":
             return (2, int(row.key[2:]), "")
@@ -96,7 +96,7 @@ def _ordered(rows: dict[str, Row]) -> list[Row]:
     return sorted(rows.values(), key=rank)
 
 
-def _goals(rows: dict[str, Row], section: str = "model") -> list[dict[str, Any]]:
+def goal_results(rows: dict[str, Row], section: str = "model") -> list[dict[str, Any]]:
     """The targets of goals.toml for `section` (a goal without one is every section's),
     judged on wall-clock words/s (CPU-time ratios alongside)."""
 

@@ -56,12 +56,12 @@ from annotator.bench.report import (
     GOALS,
     SCORE_TOLERANCE,
     Row,
-    _best_of,
-    _goals,
-    _ordered,
+    best_result,
     compare_entities,
     environment,
     format_section,
+    goal_results,
+    ordered_rows,
     section_summary,
 )
 from annotator.bench.rows import run_spec, spacy_ner_target
@@ -343,7 +343,7 @@ def run_section(
                 "NAME|PATH or ANNOTATOR_SPACY_NER)"
             )
             continue
-        best = _best_of(results[key])
+        best = best_result(results[key])
         if "skipped" in best:
             row.skipped = best["skipped"]
             continue
@@ -410,7 +410,7 @@ def run_section(
             "entities": False,
             "output": str(workdir / f"{name}-memory.parquet"),
         }
-        big = _best_of(
+        big = best_result(
             [run(spec, f"[{name}] (3) annotate on the corpus x{MEMORY_FACTOR} (memory)")]
         )
         one = rows["3"]
@@ -433,8 +433,8 @@ def run_section(
     return {
         "name": name,
         "model": model,
-        "rows": [asdict(r) for r in _ordered(rows)],
-        "goals": _goals(rows, name),
+        "rows": [asdict(r) for r in ordered_rows(rows)],
+        "goals": goal_results(rows, name),
         "memory": memory,
     }
 

@@ -39,7 +39,7 @@ def _is_spans(names: set[str]) -> bool:
     } <= names
 
 
-def _open_output(path: str, text_field: str) -> _Output:
+def open_output(path: str, text_field: str) -> _Output:
     """annotate's output, either layout, Parquet or JSONL, as (id, text or None, entities)."""
     from annotator.io.readers import detect_format
 
@@ -92,10 +92,10 @@ def _open_parquet(path: str) -> _Output:
 
 
 def _open_jsonl(path: str, compression: str | None, text_field: str) -> _Output:
-    from annotator.io.readers import _open_binary
+    from annotator.io.readers import open_binary
 
     def lines() -> Iterator[tuple[int, dict[str, Any]]]:
-        with _open_binary(path, compression) as handle:
+        with open_binary(path, compression) as handle:
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():
                     continue

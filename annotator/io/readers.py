@@ -221,7 +221,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _open_binary(path: str, compression: str | None) -> IO[bytes]:
+def open_binary(path: str, compression: str | None) -> IO[bytes]:
     if path == STDIN:
         raw: IO[bytes] = sys.stdin.buffer
     else:
@@ -377,7 +377,7 @@ def _lines(handle: IO[bytes], limit: int) -> Iterator[bytes | None]:
 
 def _read_jsonl(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
     limit = options.max_record_bytes
-    with _open_binary(path, compression) as handle:
+    with open_binary(path, compression) as handle:
         lines = _lines(handle, limit)
         for number in itertools.count(1):
             try:
@@ -449,7 +449,7 @@ def _not_unicode(record: Any) -> str | None:
 
 
 def _read_text(path: str, compression: str | None, options: ReaderOptions) -> Iterator[Record]:
-    with _open_binary(path, compression) as handle:
+    with open_binary(path, compression) as handle:
         data = handle.read(options.max_record_bytes + 1)
     if len(data) > options.max_record_bytes:
         yield RecordError(path, 0, _too_large(options.max_record_bytes))
@@ -505,7 +505,7 @@ def count_documents(inputs: list[str], options: ReaderOptions = ReaderOptions())
         elif fmt == "text":
             total += 1
         else:
-            with _open_binary(path, compression) as handle:
+            with open_binary(path, compression) as handle:
                 lines = _lines(handle, options.max_record_bytes)
                 total += sum(1 for line in lines if line is None or line.strip())
     return total

@@ -140,7 +140,7 @@ class RunBook:
         state["epoch"], state["learning_rate"] = epoch, float(optimizer.param_groups[0]["lr"])
         model.save(self.output / CHECKPOINT)
         write_json_atomically(self.output / METRICS, state)
-        _draw_curves(self.output)
+        draw_curves(self.output)
         dev_text = (
             f"dev P {percent(dev.precision)} R {percent(dev.recall)} F1 {percent(dev.f1)}"
             if dev is not None and dev.precision is not None and dev.recall is not None
@@ -180,7 +180,7 @@ class FixedSchedule:
         return True
 
 
-def _run_plugin(book: RunBook, anneal: bool, has_dev: bool):
+def run_plugin(book: RunBook, anneal: bool, has_dev: bool):
     """Flair's ModelTrainer reports each epoch to the shared RunBook through this plugin.
 
     With `anneal`, the plugin replaces Flair's AnnealingPlugin (the RunBook steps the same
@@ -236,7 +236,7 @@ def _run_plugin(book: RunBook, anneal: bool, has_dev: bool):
     return RunPlugin()
 
 
-def _draw_curves(output: Path) -> None:
+def draw_curves(output: Path) -> None:
     """training.png beside the model, redrawn every epoch so that a long run can be watched."""
     try:
         plot_training(read_metrics(output), output / TRAINING_PNG, output.name)

@@ -36,7 +36,7 @@ from annotator.records import percent
 from annotator.segmentation import segmentation_card
 from annotator.training.config import CHECKPOINT, CONFIG, METRICS, TrainConfig, resolve_config
 from annotator.training.recipes import build_tagger, has_trainable_embeddings, seed_everything
-from annotator.training.runbook import RunBook, _draw_curves, _run_plugin
+from annotator.training.runbook import RunBook, draw_curves, run_plugin
 
 log = logging.getLogger("annotator")
 
@@ -103,7 +103,7 @@ def _train_with_flair(tagger, corpus, config: TrainConfig, book: RunBook) -> Non
     )
     trainer = ModelTrainer(tagger, training_corpus)
     anneal = config.preset != "transformer"
-    plugin = _run_plugin(book, anneal=anneal, has_dev=corpus.dev is not None)
+    plugin = run_plugin(book, anneal=anneal, has_dev=corpus.dev is not None)
     common = {
         "base_path": book.output,
         "learning_rate": book.learning_rate,
@@ -283,7 +283,7 @@ def _train(
             )
         state.update(finished=finished, test=test_scores)
         write_json_atomically(output / METRICS, state)
-        _draw_curves(output)
+        draw_curves(output)
         if not finished:
             log.warning(
                 "training stopped after epoch %d of %d; continue it with --resume",

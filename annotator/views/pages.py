@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from annotator.errors import AnnotatorError
-from annotator.io.outputs import _open_output
+from annotator.io.outputs import open_output
 from annotator.logs import printable
 from annotator.records import ERROR_KINDS, LabelledSpan, SentenceMatch, sentence_text
 
@@ -361,7 +361,7 @@ def build_view(
 
     if limit < 1:
         raise AnnotatorError("--limit must be at least 1")
-    output = _open_output(spans_file, text_field)
+    output = open_output(spans_file, text_field)
     totals: Counter = Counter()
     shown: list[ViewDoc] = []
     eligible = documents = unreadable = 0
