@@ -18,7 +18,11 @@ DEFAULT_DOCS = 200
 DOC_WORDS = 350  # CoNLL tokens per generated document: 200 of them are ~76k spaCy tokens
 
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conllpp"
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+#: CoNLL++ where a checkout finds it: beside the repository (../shared), or inside it (shared/)
+DEFAULT_CORPORA = [root / "shared" / "data" / "conllpp" for root in (REPOSITORY.parent, REPOSITORY)]
 
 
 _NO_SPACE_BEFORE = {
@@ -217,7 +221,11 @@ def generated_documents(corpus: str | None, count: int | None) -> tuple[list[str
     repository; repeated when it runs out) or from templates where there are none, and where
     they came from."""
     count = count if count is not None else DEFAULT_DOCS
-    folder = Path(corpus) if corpus else DEFAULT_CORPUS
+    folder = (
+        Path(corpus)
+        if corpus
+        else next((found for found in DEFAULT_CORPORA if found.is_dir()), DEFAULT_CORPORA[0])
+    )
     if folder.is_dir() and _conll_files(folder):
         texts = conll_documents(folder, count)
         if texts:
