@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +57,20 @@ class Annotated:
     sentences: int
     tokens: int
     error: str | None = None
+
+    def write(
+        self, write: Callable[[Document, list[Entity]], None], labels: set[str], min_score: float
+    ) -> list[Entity]:
+        """Write the document with its entities that `--labels` and `--min-score` keep, and
+        return those; a document the writer refuses (`RecordFailed`) gets that as its error."""
+        if self.error is None:
+            try:
+                entities = _filtered(self.entities, labels, min_score)
+                write(self.document, entities)
+                return entities
+            except RecordFailed as exc:
+                self.error = str(exc)
+        return []
 
 
 class Annotator:
@@ -334,7 +348,7 @@ class _DuplicateIds:
             )
 
 
-def filtered(entities: list[Entity], labels: set[str], min_score: float) -> list[Entity]:
+def _filtered(entities: list[Entity], labels: set[str], min_score: float) -> list[Entity]:
     if not labels and min_score <= 0:
         return entities
     return [e for e in entities if (not labels or e.label in labels) and e.score >= min_score]
@@ -405,12 +419,7 @@ def run_pipeline(
                 each.open(metadata)
             documents = _split_records(source.records(reader_options), *failing)
             for result in source.tag(annotator, documents):
-                if result.error is None:
-                    try:
-                        entities = filtered(result.entities, labels, options.min_score)
-                        sink.write(result.document, entities)
-                    except RecordFailed as exc:
-                        result.error = str(exc)
+                entities = result.write(sink.write, labels, options.min_score)
                 if result.error is not None:  # split, tag or write failed: a bad record
                     doc = result.document
                     for each in sinks:
@@ -421,10 +430,7 @@ def run_pipeline(
                 sink.flush()
                 for each in watchers:
                     each.write(result.document, entities)
-                summary.documents += 1
-                summary.sentences += result.sentences
-                summary.words += result.tokens
-                summary.entities.update(e.label for e in entities)
+                summary.add(result.sentences, result.tokens, entities)
                 bar.update(1)
                 if show:
                     elapsed = max(time.perf_counter() - started, 1e-9)

@@ -117,6 +117,13 @@ class Summary:
     # (their starts and model loading left out, as `seconds` of a one-process run leaves them)
     work_seconds: float | None = None
 
+    def add(self, sentences: int, words: int, entities: list[Entity]) -> None:
+        """Count one written document (with the entities written for it)."""
+        self.documents += 1
+        self.sentences += sentences
+        self.words += words
+        self.entities.update(e.label for e in entities)
+
     @property
     def words_per_second(self) -> float:
         return self.words / self.seconds if self.seconds > 0 else 0.0

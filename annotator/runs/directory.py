@@ -367,7 +367,7 @@ class Manifest:
         try:
             self.save(data)
         except (OSError, AnnotatorError) as exc:
-            raise _write_error(self.path, exc, self) from None
+            raise write_error(self.path, exc, self) from None
         if part:
             self.folder.publish(_staged_name(part), part["file"])
 
@@ -453,11 +453,19 @@ def _part_problem(folder: Folder, part: dict[str, Any]) -> str | None:
     return None
 
 
-def _write_error(path: str, exc: OSError | AnnotatorError, manifest: Manifest) -> AnnotatorError:
+def write_error(
+    path: str, exc: OSError | AnnotatorError, manifest: Manifest | None = None
+) -> AnnotatorError:
+    """A part or manifest that cannot be written: one line saying what stays intact (a Ray
+    actor, which has no manifest at hand, says so of the manifest's parts)."""
     reason = getattr(exc, "strerror", None) or exc
+    kept = (
+        f"The {len(manifest.parts)} part(s) recorded in {manifest.path} are intact"
+        if manifest is not None
+        else "The parts recorded in the manifest are intact"
+    )
     return AnnotatorError(
-        f"cannot write {path}: {reason}. The {len(manifest.parts)} part(s) "
-        f"recorded in {manifest.path} are intact; fix the cause (disk space, permissions) and "
+        f"cannot write {path}: {reason}. {kept}; fix the cause (disk space, permissions) and "
         "rerun with --resume"
     )
 
@@ -495,7 +503,7 @@ class PartSink(Sink):
                 self.path, self.fmt, self.layout, self.metadata, self.drop_fields
             )
         except (OSError, WriteFailed) as exc:
-            raise _write_error(self.path, exc, self.manifest) from None
+            raise write_error(self.path, exc, self.manifest) from None
         self.documents = self.rows = 0
 
     def write(self, doc: Document, entities: list) -> None:
@@ -504,7 +512,7 @@ class PartSink(Sink):
         try:
             self.current.write(doc, entities)
         except (OSError, WriteFailed) as exc:
-            raise _write_error(self.path, exc, self.manifest) from None
+            raise write_error(self.path, exc, self.manifest) from None
         self.last = self.tracker.position_of(doc)
         self.documents += 1
         self.rows += len(entities) if self.layout == "spans" else 1
@@ -528,7 +536,7 @@ class PartSink(Sink):
                 size, digest = stage_part(self.current, manifest.folder, self.staged)
             except (OSError, AnnotatorError) as exc:
                 self.abort()
-                raise _write_error(self.path, exc, manifest) from None
+                raise write_error(self.path, exc, manifest) from None
             self.current = None
             index, number, skipped = self.last
             cursor = (index, number)

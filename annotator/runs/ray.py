@@ -38,7 +38,6 @@ import os
 import pickle
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from annotator import logs
-from annotator.errors import AnnotatorError, RecordFailed
+from annotator.errors import AnnotatorError
 from annotator.io.readers import ReaderOptions
 from annotator.io.storage import Folder, folder_of, pending_name
 from annotator.io.writers import open_writer
@@ -56,7 +55,6 @@ from annotator.pipeline import (
     bad_record,
     check_labels,
     file_sink,
-    filtered,
     run_metadata,
     run_pipeline,
 )
@@ -68,6 +66,7 @@ from annotator.runs.directory import (
     open_run,
     part_entry,
     stage_part,
+    write_error,
 )
 from annotator.runs.request import AnnotateRequest
 from annotator.runs.shards import FileSource, Positioned, Shard
@@ -235,44 +234,37 @@ class _Tagger:
         started = time.perf_counter()
         labels = set(options.labels)
         fail = options.on_error == "fail"
-        counts = {"documents": 0, "rows": 0, "sentences": 0, "tokens": 0}
-        entity_counts: Counter = Counter()
+        summary, rows = Summary(), 0
         errors: list[tuple[str, int, str]] = []
         records = pickle.loads(row["records"])
         writer: Any = None
         written: tuple[int, str] | None = None  # the staged part's size and sha256
+
+        def write(doc: Document, entities: list) -> None:
+            nonlocal writer
+            if writer is None:  # a block of bad records only writes no part
+                writer = open_writer(
+                    folder.writable_path(staged),
+                    options.output_format,
+                    options.layout,
+                    self.metadata or {},
+                    options.drop_fields,
+                )
+            writer.write(doc, entities)
+
         try:
             for _, result in self._annotated(records):
-                if isinstance(result, RecordError):
-                    errors.append((result.source, result.row, result.reason))
-                    if fail:
-                        break
-                    continue
-                doc, entities = result.document, []
-                if result.error is None:
-                    entities = filtered(result.entities, labels, options.min_score)
-                    try:
-                        if writer is None:
-                            writer = open_writer(
-                                folder.writable_path(staged),
-                                options.output_format,
-                                options.layout,
-                                self.metadata or {},
-                                options.drop_fields,
-                            )
-                        writer.write(doc, entities)
-                    except RecordFailed as exc:
-                        result.error = str(exc)
-                if result.error is not None:  # split, tag or write failed: a bad record
-                    errors.append((doc.source, doc.row, result.error))
-                    if fail:
-                        break
-                    continue
-                counts["documents"] += 1
-                counts["rows"] += len(entities) if options.layout == "spans" else 1
-                counts["sentences"] += result.sentences
-                counts["tokens"] += result.tokens
-                entity_counts.update(e.label for e in entities)
+                if isinstance(result, Annotated):
+                    entities = result.write(write, labels, options.min_score)
+                    if result.error is None:
+                        summary.add(result.sentences, result.tokens, entities)
+                        rows += len(entities) if options.layout == "spans" else 1
+                        continue
+                    # split, tag or write failed: a bad record
+                    result = RecordError(result.document.source, result.document.row, result.error)
+                errors.append((result.source, result.row, result.reason))
+                if fail:
+                    break
             if writer is not None and not (fail and errors):
                 written = stage_part(writer, folder, staged)
             elif writer is not None:  # the run stops at this block's bad record
@@ -280,11 +272,7 @@ class _Tagger:
         except (OSError, AnnotatorError) as exc:
             if writer is not None:
                 writer.abort()
-            reason = getattr(exc, "strerror", None) or exc
-            raise AnnotatorError(
-                f"cannot write {folder}{staged}: {reason}. The parts recorded in the manifest "
-                "are intact; fix the cause (disk space, permissions) and rerun with --resume"
-            ) from None
+            raise write_error(f"{folder}{staged}", exc) from None
         return {
             "file": row["file"],
             "through": records[-1][0],
@@ -292,9 +280,12 @@ class _Tagger:
             "bytes": written[0] if written else 0,
             "sha256": written[1] if written else None,
             "errors": json.dumps(errors),
-            "entities": json.dumps(entity_counts),
+            "documents": summary.documents,
+            "rows": rows,
+            "sentences": summary.sentences,
+            "tokens": summary.words,
+            "entities": json.dumps(summary.entities),
             "seconds": time.perf_counter() - started,
-            **counts,
         }
 
 
